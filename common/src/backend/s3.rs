@@ -1,0 +1,580 @@
+//! rustic_core storage backend on `aws-sdk-s3`.
+//!
+//! rustic_core writes packs one at a time from its archiver threads; throughput comes
+//! from uploading packs concurrently here. Crash safety of the restic format rests on
+//! order (packs, then the index naming them, then the snapshot naming the index), so a
+//! pack write returns as soon as its upload is queued, and every write of any other
+//! file first waits until all queued packs are stored. A failed pack upload fails that
+//! next write, so no index or snapshot ever names a pack that is not stored.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use rustic_core::{
+    BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
+};
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::ratelimit::RateLimiter;
+use crate::s3::{Failure, S3Settings, classify, describe};
+
+/// Byte and request counters, for progress, summaries and tests.
+#[derive(Debug, Default)]
+pub struct TransferStats {
+    pub uploaded_bytes: AtomicU64,
+    pub uploaded_objects: AtomicU64,
+    pub downloaded_bytes: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+impl TransferStats {
+    pub fn uploaded(&self) -> u64 {
+        self.uploaded_bytes.load(Ordering::Relaxed)
+    }
+    pub fn downloaded(&self) -> u64 {
+        self.downloaded_bytes.load(Ordering::Relaxed)
+    }
+}
+
+struct Inner {
+    client: Client,
+    settings: S3Settings,
+    stats: Arc<TransferStats>,
+    upload_limit: Option<RateLimiter>,
+    download_limit: Option<RateLimiter>,
+}
+
+/// The S3 backend. Cheap to clone; clones share the runtime and the upload queue.
+#[derive(Clone)]
+pub struct S3Backend {
+    inner: Arc<Inner>,
+    rt: Arc<Runtime>,
+    permits: Arc<Semaphore>,
+    pending: Arc<Mutex<Vec<JoinHandle<Result<(), String>>>>>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("location", &self.inner.settings.location)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend_error(msg: String) -> Box<RusticError> {
+    RusticError::new(ErrorKind::Backend, msg)
+}
+
+impl S3Backend {
+    /// Sets up the client and its runtime; no request is sent yet.
+    pub fn new(
+        settings: S3Settings,
+        upload_kib_s: Option<u64>,
+        download_kib_s: Option<u64>,
+    ) -> Result<Self, crate::Error> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("stowage-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| crate::Error::Config(format!("cannot start the S3 runtime: {e}")))?;
+        let client = {
+            let _guard = rt.enter();
+            settings.client()?
+        };
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
+            inner: Arc::new(Inner {
+                client,
+                stats: Arc::new(TransferStats::default()),
+                upload_limit: upload_kib_s.map(|k| RateLimiter::new(k * 1024)),
+                download_limit: download_kib_s.map(|k| RateLimiter::new(k * 1024)),
+                settings,
+            }),
+            rt: Arc::new(rt),
+            pending: Arc::new(Mutex::new(Vec::new())),
+            failed: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<TransferStats> {
+        self.inner.stats.clone()
+    }
+
+    pub fn settings(&self) -> &S3Settings {
+        &self.inner.settings
+    }
+
+    /// Object key of a repository file.
+    pub fn key_of(&self, tpe: FileType, id: &Id) -> String {
+        let loc = &self.inner.settings.location;
+        match tpe {
+            FileType::Config => loc.key("config"),
+            FileType::Pack => {
+                let hex = id.to_hex();
+                loc.key(&format!("data/{}/{}", &hex[..2], &*hex))
+            }
+            _ => loc.key(&format!("{}/{}", tpe.dirname(), &*id.to_hex())),
+        }
+    }
+
+    /// Runs a future on the backend's runtime from synchronous code.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Waits until every queued pack upload is stored; the first failure is returned
+    /// (and remembered, so later writes fail too).
+    pub fn flush(&self) -> RusticResult<()> {
+        let handles: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap());
+        if !handles.is_empty() {
+            let results = self.rt.block_on(async {
+                let mut out = Vec::with_capacity(handles.len());
+                for h in handles {
+                    out.push(h.await);
+                }
+                out
+            });
+            for r in results {
+                let err = match r {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e,
+                    Err(join) => format!("pack upload task failed: {join}"),
+                };
+                let mut failed = self.failed.lock().unwrap();
+                if failed.is_none() {
+                    *failed = Some(err);
+                }
+            }
+        }
+        match &*self.failed.lock().unwrap() {
+            Some(e) => Err(backend_error(format!(
+                "an earlier pack upload failed, so nothing that refers to it is written: {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Lists `(key, size)` of all objects under `dir/` of the repository.
+    pub fn list_keys(&self, dir: &str) -> Result<Vec<(String, u64)>, String> {
+        let inner = self.inner.clone();
+        let prefix = format!("{}/", inner.settings.location.key(dir));
+        self.rt
+            .block_on(async move { list_prefix(&inner, &prefix).await })
+    }
+
+    /// Reads a whole object by key. `Ok(None)` when it does not exist.
+    pub fn get_key(&self, key: &str) -> Result<Option<Bytes>, String> {
+        let inner = self.inner.clone();
+        let key = key.to_string();
+        self.rt.block_on(async move {
+            match get_object(&inner, &key, None).await {
+                Ok(b) => Ok(Some(b)),
+                Err((Failure::NotFound, _)) => Ok(None),
+                Err((_, msg)) => Err(msg),
+            }
+        })
+    }
+
+    pub fn put_key(&self, key: &str, body: Bytes) -> Result<(), String> {
+        let inner = self.inner.clone();
+        let key = key.to_string();
+        self.rt
+            .block_on(async move { put_object(&inner, &key, body).await })
+    }
+
+    pub fn delete_key(&self, key: &str) -> Result<(), String> {
+        let inner = self.inner.clone();
+        let key = key.to_string();
+        self.rt.block_on(async move {
+            inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+            inner
+                .client
+                .delete_object()
+                .bucket(&inner.settings.location.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| describe(&e, "delete", &key, &inner.settings))
+        })
+    }
+
+    /// Checks that the bucket exists and the keys may use it.
+    pub fn check_bucket(&self) -> Result<(), String> {
+        let inner = self.inner.clone();
+        self.rt.block_on(async move {
+            inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+            // ListObjectsV2 (not HeadBucket) so a missing bucket and wrong keys come
+            // back with their error codes instead of a bare 404/403.
+            inner
+                .client
+                .list_objects_v2()
+                .bucket(&inner.settings.location.bucket)
+                .prefix(inner.settings.location.key("config"))
+                .max_keys(1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| describe(&e, "access to", "the bucket", &inner.settings))
+        })
+    }
+}
+
+async fn list_prefix(inner: &Inner, prefix: &str) -> Result<Vec<(String, u64)>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = inner
+            .client
+            .list_objects_v2()
+            .bucket(&inner.settings.location.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .map_err(|e| describe(&e, "list", prefix, &inner.settings))?;
+        for obj in resp.contents() {
+            if let Some(k) = obj.key() {
+                out.push((k.to_string(), obj.size().unwrap_or(0).max(0) as u64));
+            }
+        }
+        match resp.next_continuation_token() {
+            Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// GET with retries that also cover a connection dropped while the body streams
+/// (the SDK retries only until the response headers arrive).
+async fn get_object(
+    inner: &Inner,
+    key: &str,
+    range: Option<(u64, u32)>,
+) -> Result<Bytes, (Failure, String)> {
+    let settings = &inner.settings;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let mut req = inner
+            .client
+            .get_object()
+            .bucket(&settings.location.bucket)
+            .key(key);
+        if let Some((offset, len)) = range {
+            if len == 0 {
+                return Ok(Bytes::new());
+            }
+            req = req.range(format!("bytes={}-{}", offset, offset + u64::from(len) - 1));
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err((classify(&e), describe(&e, "read", key, settings))),
+        };
+        match resp.body.collect().await {
+            Ok(data) => {
+                let bytes = data.into_bytes();
+                if let Some((_, len)) = range
+                    && bytes.len() != len as usize
+                {
+                    if attempt < settings.max_attempts {
+                        tracing::warn!(
+                            key,
+                            attempt,
+                            got = bytes.len(),
+                            want = len,
+                            "short read from S3, retrying"
+                        );
+                        backoff(settings, attempt).await;
+                        continue;
+                    }
+                    return Err((
+                        Failure::Other,
+                        format!("S3 read {key}: got {} bytes, expected {len}", bytes.len()),
+                    ));
+                }
+                inner
+                    .stats
+                    .downloaded_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if let Some(l) = &inner.download_limit {
+                    l.acquire(bytes.len() as u64).await;
+                }
+                return Ok(bytes);
+            }
+            Err(e) if attempt < settings.max_attempts => {
+                tracing::warn!(key, attempt, error = %e, "S3 read interrupted, retrying");
+                backoff(settings, attempt).await;
+            }
+            Err(e) => {
+                return Err((
+                    Failure::Unreachable,
+                    format!(
+                        "S3 read {key}: connection lost while reading ({e}), gave up after {attempt} attempts"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+async fn backoff(settings: &S3Settings, attempt: u32) {
+    let ms = settings.initial_backoff.as_millis() as u64 * (1u64 << attempt.min(7));
+    tokio::time::sleep(Duration::from_millis(ms.min(20_000))).await;
+}
+
+async fn put_object(inner: &Inner, key: &str, body: Bytes) -> Result<(), String> {
+    let settings = &inner.settings;
+    let len = body.len() as u64;
+    if let Some(l) = &inner.upload_limit {
+        l.acquire(len).await;
+    }
+    if len > settings.multipart_threshold {
+        put_multipart(inner, key, body).await?;
+    } else {
+        inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        inner
+            .client
+            .put_object()
+            .bucket(&settings.location.bucket)
+            .key(key)
+            .content_length(len as i64)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| describe(&e, "write", key, settings))?;
+    }
+    inner.stats.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
+    inner.stats.uploaded_objects.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), String> {
+    let settings = &inner.settings;
+    let bucket = &settings.location.bucket;
+    inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let created = inner
+        .client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| describe(&e, "start multipart upload of", key, settings))?;
+    let upload_id = created
+        .upload_id()
+        .ok_or_else(|| format!("S3 multipart upload of {key}: server returned no upload id"))?
+        .to_string();
+    let result = async {
+        let mut parts = Vec::new();
+        for (i, chunk) in body.chunks(settings.part_size as usize).enumerate() {
+            let n = i as i32 + 1;
+            inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let part = inner
+                .client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(n)
+                .body(ByteStream::from(body.slice_ref(chunk)))
+                .send()
+                .await
+                .map_err(|e| describe(&e, &format!("upload part {n} of"), key, settings))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .build(),
+            );
+        }
+        inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        inner
+            .client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| describe(&e, "complete multipart upload of", key, settings))?;
+        Ok::<(), String>(())
+    }
+    .await;
+    if result.is_err() {
+        // Best effort: an abandoned upload only costs storage until the bucket's
+        // lifecycle rule removes it.
+        let _ = inner
+            .client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+    }
+    result
+}
+
+fn concat(list: BytesList) -> Bytes {
+    let parts = list.into_vec();
+    if parts.len() == 1 {
+        return parts.into_iter().next().unwrap_or_default();
+    }
+    let mut buf = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for p in parts {
+        buf.extend_from_slice(&p);
+    }
+    buf.freeze()
+}
+
+impl ReadBackend for S3Backend {
+    fn location(&self) -> String {
+        let l = &self.inner.settings.location;
+        format!(
+            "s3:{}/{}",
+            l.endpoint.as_deref().unwrap_or("aws"),
+            l.key("")
+        )
+        .trim_end_matches('/')
+        .to_string()
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        if tpe == FileType::Config {
+            let key = self.key_of(tpe, &Id::default());
+            let inner = self.inner.clone();
+            let found = self
+                .rt
+                .block_on(async move {
+                    let prefix = key.clone();
+                    list_prefix(&inner, &prefix)
+                        .await
+                        .map(|v| v.into_iter().find(|(k, _)| *k == key))
+                })
+                .map_err(backend_error)?;
+            return Ok(found
+                .map(|(_, size)| vec![(Id::default(), u32::try_from(size).unwrap_or(u32::MAX))])
+                .unwrap_or_default());
+        }
+        let keys = self.list_keys(tpe.dirname()).map_err(backend_error)?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|(k, size)| {
+                let name = k.rsplit('/').next()?;
+                let id = name.parse::<Id>().ok()?;
+                Some((id, u32::try_from(size).ok()?))
+            })
+            .collect())
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        let key = self.key_of(tpe, id);
+        let inner = self.inner.clone();
+        self.rt
+            .block_on(async move { get_object(&inner, &key, None).await })
+            .map_err(|(_, m)| backend_error(m))
+    }
+
+    fn read_partial(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        offset: u32,
+        length: u32,
+    ) -> RusticResult<Bytes> {
+        let key = self.key_of(tpe, id);
+        let inner = self.inner.clone();
+        self.rt
+            .block_on(
+                async move { get_object(&inner, &key, Some((u64::from(offset), length))).await },
+            )
+            .map_err(|(_, m)| backend_error(m))
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.key_of(tpe, id)
+    }
+}
+
+impl WriteBackend for S3Backend {
+    fn create(&self) -> RusticResult<()> {
+        // S3 has no directories; only make sure the bucket is there and usable.
+        self.check_bucket().map_err(backend_error)
+    }
+
+    fn write_bytes(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        buf: BytesList,
+    ) -> RusticResult<()> {
+        let key = self.key_of(tpe, id);
+        let body = concat(buf);
+        if tpe != FileType::Pack {
+            // Ordering barrier: see the module comment.
+            self.flush()?;
+            let inner = self.inner.clone();
+            return self
+                .rt
+                .block_on(async move { put_object(&inner, &key, body).await })
+                .map_err(backend_error);
+        }
+        if let Some(e) = &*self.failed.lock().unwrap() {
+            return Err(backend_error(format!("an earlier pack upload failed: {e}")));
+        }
+        // Bounded queue: at most `concurrency` packs in flight (and in memory).
+        let permit = self
+            .rt
+            .block_on(self.permits.clone().acquire_owned())
+            .map_err(|e| backend_error(format!("upload queue closed: {e}")))?;
+        let inner = self.inner.clone();
+        let handle = self.rt.spawn(async move {
+            let r = put_object(&inner, &key, body).await;
+            drop(permit);
+            r
+        });
+        let mut pending = self.pending.lock().unwrap();
+        // Collect finished uploads so the list stays short on long backups; their
+        // errors are remembered for the next barrier.
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *pending)
+            .into_iter()
+            .partition(JoinHandle::is_finished);
+        *pending = running;
+        for h in done {
+            let err = match self.rt.block_on(h) {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(join) => format!("pack upload task failed: {join}"),
+            };
+            self.failed.lock().unwrap().get_or_insert(err);
+        }
+        pending.push(handle);
+        Ok(())
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
+        self.flush()?;
+        let key = self.key_of(tpe, id);
+        self.delete_key(&key).map_err(backend_error)
+    }
+}

@@ -1,0 +1,396 @@
+//! The configuration contract: every environment variable a stowage program reads.
+//!
+//! Variables come in two families:
+//! - the ones restic, VolSync and the AWS tools already use (`RESTIC_REPOSITORY`,
+//!   `AWS_ACCESS_KEY_ID`, ...), so an existing VolSync Secret works unchanged;
+//! - stowage's own, all prefixed `STOWAGE_`. A `STOWAGE_` variable that no program
+//!   knows is an error (a typo must not silently fall back to a default).
+//!
+//! Each struct's field names *are* the variable names (envy upper-cases them), so
+//! every name is defined exactly once.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Prefix of stowage's own variables.
+pub const PREFIX: &str = "STOWAGE_";
+
+/// Variables shared with restic / VolSync / the AWS tools.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ResticEnv {
+    /// Repository location in any form restic accepts (`s3:https://host/bucket/path`,
+    /// `s3:host/bucket/path`, `local:/path`, `/path`), or `s3://bucket/path`.
+    pub restic_repository: Option<String>,
+    /// Repository password.
+    pub restic_password: Option<String>,
+    /// File holding the repository password (first line).
+    pub restic_password_file: Option<PathBuf>,
+    /// PEM bundle of extra trusted CAs for the S3 endpoint (VolSync's custom CA).
+    pub restic_cacert: Option<PathBuf>,
+    /// Cache directory (restic's variable; `STOWAGE_CACHE_DIR` wins).
+    pub restic_cache_dir: Option<PathBuf>,
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    pub aws_session_token: Option<String>,
+    pub aws_default_region: Option<String>,
+    pub aws_region: Option<String>,
+    /// Endpoint for `s3://bucket/path` locations (AWS SDK convention).
+    pub aws_endpoint_url_s3: Option<String>,
+    pub aws_endpoint_url: Option<String>,
+}
+
+/// Settings every program shares: logging and S3 access.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct CommonEnv {
+    /// Log filter in `tracing` syntax (`info`, `debug`, `stowage_common=debug,info`).
+    pub log: String,
+    /// `auto` (JSON unless stderr is a terminal), `json` or `text`.
+    pub log_format: LogFormat,
+    /// Allow plain `http://` S3 endpoints. Off by default: credentials and metadata
+    /// would cross the network unprotected.
+    pub allow_http: bool,
+    /// Path-style S3 addressing (`host/bucket/key`). Default: on for custom endpoints,
+    /// off for AWS.
+    pub s3_path_style: Option<bool>,
+    /// PEM bundle of extra trusted CAs for the S3 endpoint.
+    pub ca_bundle: Option<PathBuf>,
+    /// Parallel pack uploads per program.
+    pub s3_concurrency: usize,
+    /// Objects larger than this many MiB are uploaded in parts.
+    pub s3_multipart_threshold_mib: u64,
+    /// Size of one multipart part in MiB (S3 minimum: 5).
+    pub s3_part_size_mib: u64,
+    /// Attempts per S3 request (throttling, 5xx and dropped connections are retried
+    /// with exponential backoff).
+    pub s3_max_attempts: u32,
+    /// Upload limit in KiB/s (restic's `--limit-upload` unit). Unset: unlimited.
+    pub limit_upload: Option<u64>,
+    /// Download limit in KiB/s. Unset: unlimited.
+    pub limit_download: Option<u64>,
+    /// rustic's cache directory (index and tree cache). Unset: no cache, which is right
+    /// for an ephemeral Job; point it at a persistent volume to spare S3 reads.
+    pub cache_dir: Option<PathBuf>,
+    /// Repository location; overrides `RESTIC_REPOSITORY`.
+    pub repository: Option<String>,
+    /// Password file; overrides `RESTIC_PASSWORD(_FILE)`.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for CommonEnv {
+    fn default() -> Self {
+        Self {
+            log: "info".into(),
+            log_format: LogFormat::Auto,
+            allow_http: false,
+            s3_path_style: None,
+            ca_bundle: None,
+            s3_concurrency: 4,
+            s3_multipart_threshold_mib: 64,
+            s3_part_size_mib: 16,
+            s3_max_attempts: 6,
+            limit_upload: None,
+            limit_download: None,
+            cache_dir: None,
+            repository: None,
+            password_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+/// The mover's own settings (the Job contract between scheduler/prewarm and mover).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct MoverEnv {
+    /// Directory to back up or restore into.
+    pub source: PathBuf,
+    /// Snapshot host. Fixed per repository (never the pod name) so that parent lookup
+    /// and retention see one group; `volsync` continues VolSync's repositories.
+    pub snapshot_host: String,
+    /// Snapshot path recorded in the repository, whatever the local directory is.
+    pub snapshot_path: String,
+    /// Identity of the volume, recorded as snapshot tags.
+    pub namespace: Option<String>,
+    pub pvc: Option<String>,
+    pub pvc_uid: Option<String>,
+    /// Allow an empty source to become the newest snapshot over a non-empty history.
+    pub allow_empty_source: bool,
+    /// Extra exclude globs, comma separated (restic `--exclude` semantics).
+    pub excludes: Option<String>,
+    /// Where the one-line JSON result goes (Kubernetes termination message).
+    pub result_file: Option<PathBuf>,
+    /// Seconds between progress log lines.
+    pub progress_interval_secs: u64,
+}
+
+impl Default for MoverEnv {
+    fn default() -> Self {
+        Self {
+            source: PathBuf::from(DEFAULT_SOURCE),
+            snapshot_host: DEFAULT_SNAPSHOT_HOST.into(),
+            snapshot_path: DEFAULT_SOURCE.into(),
+            namespace: None,
+            pvc: None,
+            pvc_uid: None,
+            allow_empty_source: false,
+            excludes: None,
+            result_file: None,
+            progress_interval_secs: 10,
+        }
+    }
+}
+
+/// Where a mover Job mounts the volume, and the path VolSync's mover records.
+pub const DEFAULT_SOURCE: &str = "/data";
+/// VolSync's mover backs up with `--host volsync`.
+pub const DEFAULT_SNAPSHOT_HOST: &str = "volsync";
+
+/// All `STOWAGE_` variables any program reads (without the prefix, lower case).
+pub fn known_stowage_names() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    names.extend(field_names(&CommonEnv::default()));
+    names.extend(field_names(&MoverEnv::default()));
+    names
+}
+
+fn field_names<T: Serialize>(value: &T) -> Vec<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Rejects `STOWAGE_*` variables that no program knows (typos).
+pub fn check_unknown<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<(), Error> {
+    let known = known_stowage_names();
+    let unknown: Vec<String> = vars
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let rest = k.strip_prefix(PREFIX)?;
+            (!known.contains(&rest.to_ascii_lowercase())).then_some(k)
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let mut list: Vec<String> = known
+        .iter()
+        .map(|n| format!("{PREFIX}{}", n.to_ascii_uppercase()))
+        .collect();
+    list.sort();
+    Err(Error::Config(format!(
+        "unknown variable(s) {}: not read by any stowage program (typo?). Known: {}",
+        unknown.join(", "),
+        list.join(", ")
+    )))
+}
+
+/// Reads one family of variables from `vars`, naming the variable in any error.
+fn parse<T: serde::de::DeserializeOwned>(
+    vars: &[(String, String)],
+    prefix: &str,
+) -> Result<T, Error> {
+    let result = if prefix.is_empty() {
+        envy::from_iter::<_, T>(vars.iter().cloned())
+    } else {
+        envy::prefixed(prefix).from_iter::<_, T>(vars.iter().cloned())
+    };
+    result.map_err(|e| {
+        let mut msg = describe_envy_error(&e, prefix);
+        if !msg.contains(" provided by ") {
+            // envy names the variable only for some errors (not for enums): find it by
+            // parsing each variable of the family on its own.
+            let culprit = vars.iter().find(|(k, _)| {
+                k.starts_with(prefix) && parse_one::<T>(k, &vars_value(vars, k), prefix).is_err()
+            });
+            if let Some((k, _)) = culprit {
+                msg = format!("{msg} (variable {k})");
+            }
+        }
+        Error::Config(msg)
+    })
+}
+
+fn vars_value(vars: &[(String, String)], key: &str) -> String {
+    vars.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+fn parse_one<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &str,
+    prefix: &str,
+) -> Result<T, envy::Error> {
+    let one = std::iter::once((key.to_string(), value.to_string()));
+    if prefix.is_empty() {
+        envy::from_iter::<_, T>(one)
+    } else {
+        envy::prefixed(prefix).from_iter::<_, T>(one)
+    }
+}
+
+fn describe_envy_error(e: &envy::Error, prefix: &str) -> String {
+    match e {
+        envy::Error::MissingValue(field) => {
+            format!("missing variable {prefix}{}", field.to_ascii_uppercase())
+        }
+        envy::Error::Custom(msg) => {
+            // Put the prefix back on the variable name envy reports without it. Secret
+            // variables are plain strings: they never fail to parse, so their values
+            // cannot appear here.
+            let msg = match msg.rsplit_once(" provided by ") {
+                Some((head, var)) => format!("{head} provided by {prefix}{var}"),
+                None => msg.clone(),
+            };
+            format!("invalid configuration: {msg}")
+        }
+    }
+}
+
+/// The environment a program starts with, as plain data (tests pass their own).
+pub fn vars_from_process() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// Everything the mover reads from its environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoverConfig {
+    pub restic: ResticEnv,
+    pub common: CommonEnv,
+    pub mover: MoverEnv,
+}
+
+impl MoverConfig {
+    pub fn from_vars(vars: &[(String, String)]) -> Result<Self, Error> {
+        check_unknown(vars.iter().cloned())?;
+        // Empty values count as unset (Kubernetes renders optional keys as "").
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .cloned()
+            .collect();
+        Ok(Self {
+            restic: parse(&vars, "")?,
+            common: parse(&vars, PREFIX)?,
+            mover: parse(&vars, PREFIX)?,
+        })
+    }
+
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_vars(&vars_from_process())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let c = MoverConfig::from_vars(&[]).unwrap();
+        assert_eq!(c.mover.source, PathBuf::from("/data"));
+        assert_eq!(c.mover.snapshot_host, "volsync");
+        assert_eq!(c.common.s3_concurrency, 4);
+        assert!(!c.common.allow_http);
+    }
+
+    #[test]
+    fn volsync_secret_keys_are_read_unchanged() {
+        let c = MoverConfig::from_vars(&vars(&[
+            (
+                "RESTIC_REPOSITORY",
+                "s3:https://minio.example/bucket/ns/app",
+            ),
+            ("RESTIC_PASSWORD", "pw"),
+            ("AWS_ACCESS_KEY_ID", "AK"),
+            ("AWS_SECRET_ACCESS_KEY", "SK"),
+            ("AWS_DEFAULT_REGION", "eu-1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.restic.restic_repository.as_deref(),
+            Some("s3:https://minio.example/bucket/ns/app")
+        );
+        assert_eq!(c.restic.aws_default_region.as_deref(), Some("eu-1"));
+    }
+
+    #[test]
+    fn own_variables_are_parsed() {
+        let c = MoverConfig::from_vars(&vars(&[
+            ("STOWAGE_ALLOW_HTTP", "true"),
+            ("STOWAGE_S3_CONCURRENCY", "8"),
+            ("STOWAGE_PVC_UID", "1234"),
+            ("STOWAGE_LIMIT_UPLOAD", "512"),
+        ]))
+        .unwrap();
+        assert!(c.common.allow_http);
+        assert_eq!(c.common.s3_concurrency, 8);
+        assert_eq!(c.common.limit_upload, Some(512));
+        assert_eq!(c.mover.pvc_uid.as_deref(), Some("1234"));
+    }
+
+    #[test]
+    fn malformed_value_names_the_variable() {
+        let err = MoverConfig::from_vars(&vars(&[("STOWAGE_S3_CONCURRENCY", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("STOWAGE_S3_CONCURRENCY"), "{err}");
+        let err = MoverConfig::from_vars(&vars(&[("STOWAGE_LOG_FORMAT", "xml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("STOWAGE_LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn unknown_stowage_variable_is_an_error_naming_it() {
+        let err = MoverConfig::from_vars(&vars(&[("STOWAGE_ALOW_HTTP", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("STOWAGE_ALOW_HTTP"), "{err}");
+        assert!(err.contains("STOWAGE_ALLOW_HTTP"), "{err}");
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let c = MoverConfig::from_vars(&vars(&[("STOWAGE_S3_CONCURRENCY", "")])).unwrap();
+        assert_eq!(c.common.s3_concurrency, 4);
+    }
+
+    #[test]
+    fn known_names_cover_every_field() {
+        let names = known_stowage_names();
+        for n in [
+            "allow_http",
+            "source",
+            "snapshot_host",
+            "pvc_uid",
+            "cache_dir",
+        ] {
+            assert!(names.contains(n), "{n}");
+        }
+    }
+}

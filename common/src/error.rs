@@ -1,0 +1,88 @@
+use thiserror::Error;
+
+/// Errors of the shared library. Each message says what failed, on which object, and
+/// what to do; none carries a secret.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// Bad or missing configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The storage (S3 or local directory) failed or refused.
+    #[error("{0}")]
+    Storage(String),
+    /// The password opens no key of the repository.
+    #[error("{0}")]
+    WrongPassword(String),
+    /// Another process holds a lock that forbids this operation.
+    #[error("{0}")]
+    Locked(String),
+    /// An error reported by rustic_core (repository format level).
+    #[error("{0}")]
+    Repository(String),
+}
+
+impl Error {
+    /// rustic_core's own `Display` is a multi-paragraph report; logs want one line.
+    pub fn from_rustic(e: Box<rustic_core::RusticError>) -> Self {
+        if e.is_incorrect_password() {
+            return Error::WrongPassword(
+                "the password opens no key of this repository: check RESTIC_PASSWORD / the \
+                 password file (for stowage-managed repositories, the per-repository password \
+                 derived from the master secret)"
+                    .into(),
+            );
+        }
+        let line = e.display_log();
+        let backend = line.contains("(kind: related to the backend");
+        let line = one_line(&line);
+        if backend {
+            Error::Storage(line)
+        } else {
+            Error::Repository(line)
+        }
+    }
+}
+
+/// Drops rustic's "Error: " prefix and its "(kind: related to X)" tag, which say
+/// nothing to an operator.
+fn one_line(log: &str) -> String {
+    let s = log.strip_prefix("Error: ").unwrap_or(log);
+    let s = match (s.find(" (kind: related to "), s.rfind(')')) {
+        (Some(start), Some(_)) => {
+            let rest = &s[start + 1..];
+            let close = rest.find(')').map_or(s.len(), |i| start + 1 + i + 1);
+            format!("{}{}", &s[..start], &s[close..])
+        }
+        _ => s.to_string(),
+    };
+    s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustic_core::{ErrorKind, RusticError};
+
+    #[test]
+    fn backend_errors_become_storage_errors_in_one_line() {
+        let e = Error::from_rustic(RusticError::new(
+            ErrorKind::Backend,
+            "bucket b does not exist",
+        ));
+        assert!(matches!(e, Error::Storage(_)), "{e:?}");
+        assert_eq!(e.to_string(), "bucket b does not exist");
+    }
+
+    #[test]
+    fn other_errors_keep_their_cause() {
+        let e = Error::from_rustic(RusticError::with_source(
+            ErrorKind::InputOutput,
+            "Failed to open file",
+            std::io::Error::other("boom"),
+        ));
+        assert!(matches!(e, Error::Repository(_)), "{e:?}");
+        assert!(e.to_string().contains("Failed to open file"), "{e}");
+        assert!(e.to_string().contains("boom"), "{e}");
+        assert!(!e.to_string().contains("kind:"), "{e}");
+    }
+}

@@ -1,0 +1,14 @@
+//! Shared library of the stowage programs: the configuration contract, logging, the
+//! S3 client and storage backends, repository access and restic-compatible locks.
+
+pub mod backend;
+pub mod env;
+mod error;
+pub mod location;
+pub mod locks;
+pub mod logging;
+pub mod ratelimit;
+pub mod repo;
+pub mod s3;
+
+pub use error::Error;

@@ -1,0 +1,387 @@
+//! restic-compatible repository locks.
+//!
+//! rustic_core neither takes nor honours restic's `locks/` files, but restic and
+//! VolSync's mover do: a backup holds a non-exclusive lock, prune an exclusive one.
+//! Lock files are JSON, encrypted with the repository key like any repository file,
+//! stored under `locks/<sha256 of the encrypted bytes>`; they are refreshed every
+//! 5 minutes and count as stale after 30.
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
+use aes256ctr_poly1305aes::aead::{Aead, AeadInPlace};
+use bytes::Bytes;
+use jiff::{SignedDuration, Timestamp};
+use rand::Rng;
+use rustic_core::repofile::MasterKey;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+use crate::backend::Storage;
+
+pub const LOCKS_DIR: &str = "locks";
+/// restic refreshes its locks every 5 minutes...
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// ...and considers a lock older than 30 minutes stale.
+pub const STALE_AFTER: SignedDuration = SignedDuration::from_mins(30);
+
+/// A lock file's content, field for field as restic writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub time: Timestamp,
+    pub exclusive: bool,
+    pub hostname: String,
+    pub username: String,
+    pub pid: i64,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+impl LockInfo {
+    /// A lock for this process, taken now.
+    pub fn for_this_process(exclusive: bool) -> Self {
+        let (uid, gid) = std::fs::metadata("/proc/self")
+            .map(|m| (m.uid(), m.gid()))
+            .unwrap_or((0, 0));
+        Self {
+            time: Timestamp::now(),
+            exclusive,
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            username: std::env::var("USER").unwrap_or_else(|_| "stowage".into()),
+            pid: i64::from(std::process::id()),
+            uid,
+            gid,
+        }
+    }
+
+    pub fn is_stale(&self, now: Timestamp) -> bool {
+        now.duration_since(self.time) > STALE_AFTER
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} lock of {}@{} (pid {}) taken {}",
+            if self.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            },
+            self.username,
+            self.hostname,
+            self.pid,
+            self.time
+        )
+    }
+}
+
+/// Whether a new lock (`exclusive` or not) conflicts with an existing fresh one.
+/// Stale locks never conflict. Pure, for the decision tests.
+pub fn conflicts(existing: &LockInfo, want_exclusive: bool, now: Timestamp) -> bool {
+    !existing.is_stale(now) && (existing.exclusive || want_exclusive)
+}
+
+/// The repository key in the form restic's crypto (AES-256-CTR + Poly1305-AES) uses.
+#[derive(Clone)]
+pub struct LockKey([u8; 64]);
+
+impl LockKey {
+    pub fn from_master(key: &MasterKey) -> Result<Self, Error> {
+        let mut k = [0u8; 64];
+        if key.encrypt.len() != 32 || key.mac.k.len() != 16 || key.mac.r.len() != 16 {
+            return Err(Error::Repository(
+                "repository key has an unexpected size".into(),
+            ));
+        }
+        k[..32].copy_from_slice(&key.encrypt);
+        k[32..48].copy_from_slice(&key.mac.k);
+        k[48..].copy_from_slice(&key.mac.r);
+        Ok(Self(k))
+    }
+
+    fn cipher(&self) -> Aes256CtrPoly1305Aes {
+        Aes256CtrPoly1305Aes::new(aes256ctr_poly1305aes::Key::from_slice(&self.0))
+    }
+
+    /// nonce (16) | ciphertext | MAC (16), as restic stores every file.
+    pub fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 16];
+        rand::rng().fill_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(plain.len() + 32);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let tag = self
+            .cipher()
+            .encrypt_in_place_detached(
+                aes256ctr_poly1305aes::aead::Nonce::<Aes256CtrPoly1305Aes>::from_slice(&nonce),
+                &[],
+                &mut out[16..],
+            )
+            .expect("encryption of an in-memory buffer cannot fail");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    pub fn decrypt(&self, data: &[u8]) -> Result<Vec<u8>, Error> {
+        if data.len() < 32 {
+            return Err(Error::Repository("lock file too short".into()));
+        }
+        let nonce =
+            aes256ctr_poly1305aes::aead::Nonce::<Aes256CtrPoly1305Aes>::from_slice(&data[..16]);
+        self.cipher().decrypt(nonce, &data[16..]).map_err(|_| {
+            Error::Repository("lock file does not decrypt with the repository key".into())
+        })
+    }
+}
+
+/// Encodes a lock the way restic stores it; returns (file name, bytes).
+pub fn encode(key: &LockKey, info: &LockInfo) -> (String, Bytes) {
+    let json = serde_json::to_vec(info).expect("lock info serializes");
+    let data = key.encrypt(&json);
+    let name = hex(&Sha256::digest(&data));
+    (name, Bytes::from(data))
+}
+
+/// Decodes a lock file; understands restic's compressed form (version byte 2 + zstd).
+pub fn decode(key: &LockKey, data: &[u8]) -> Result<LockInfo, Error> {
+    let plain = key.decrypt(data)?;
+    let json = match plain.first() {
+        Some(b'{') | Some(b'[') => plain,
+        Some(2) => zstd::decode_all(&plain[1..])
+            .map_err(|e| Error::Repository(format!("lock file does not decompress: {e}")))?,
+        _ => {
+            return Err(Error::Repository(
+                "lock file has an unknown encoding".into(),
+            ));
+        }
+    };
+    serde_json::from_slice(&json)
+        .map_err(|e| Error::Repository(format!("lock file is not valid JSON: {e}")))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// All locks of a repository; unreadable ones are reported with their error.
+pub fn list(
+    storage: &Storage,
+    key: &LockKey,
+) -> Result<Vec<(String, Result<LockInfo, Error>)>, Error> {
+    let mut out = Vec::new();
+    for (name, _) in storage.list(LOCKS_DIR)? {
+        if let Some(data) = storage.read(LOCKS_DIR, &name)? {
+            out.push((name, decode(key, &data)));
+        }
+    }
+    Ok(out)
+}
+
+/// A held lock, refreshed in the background; removed on `release` or drop.
+pub struct LockGuard {
+    stop: Option<mpsc::Sender<()>>,
+    refresher: Option<JoinHandle<Result<String, Error>>>,
+    storage: Storage,
+}
+
+impl LockGuard {
+    /// Removes the lock now. Errors are returned (drop only logs them).
+    pub fn release(mut self) -> Result<(), Error> {
+        self.stop_and_remove()
+    }
+
+    fn stop_and_remove(&mut self) -> Result<(), Error> {
+        drop(self.stop.take());
+        match self.refresher.take().map(JoinHandle::join) {
+            Some(Ok(Ok(name))) => self.storage.remove(LOCKS_DIR, &name),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(Error::Repository("lock refresher panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_and_remove() {
+            tracing::warn!(error = %e, "could not remove the repository lock; it turns stale in 30 minutes");
+        }
+    }
+}
+
+/// Takes a lock: refuses while a conflicting fresh lock exists, writes ours, then
+/// checks again (another process may have locked in between; restic does the same).
+pub fn acquire(storage: &Storage, key: &LockKey, exclusive: bool) -> Result<LockGuard, Error> {
+    check_conflicts(storage, key, exclusive, None)?;
+    let info = LockInfo::for_this_process(exclusive);
+    let (name, data) = encode(key, &info);
+    storage.write(LOCKS_DIR, &name, data)?;
+    if let Err(e) = check_conflicts(storage, key, exclusive, Some(&name)) {
+        let _ = storage.remove(LOCKS_DIR, &name);
+        return Err(e);
+    }
+    tracing::debug!(lock = %name, exclusive, "repository locked");
+    let (tx, rx) = mpsc::channel::<()>();
+    let (st, k) = (storage.clone(), key.clone());
+    let refresher = std::thread::Builder::new()
+        .name("stowage-lock".into())
+        .spawn(move || refresh_loop(&st, &k, info, name, &rx))
+        .map_err(|e| Error::Repository(format!("cannot start the lock refresher: {e}")))?;
+    Ok(LockGuard {
+        stop: Some(tx),
+        refresher: Some(refresher),
+        storage: storage.clone(),
+    })
+}
+
+fn refresh_loop(
+    storage: &Storage,
+    key: &LockKey,
+    mut info: LockInfo,
+    mut name: String,
+    stop: &mpsc::Receiver<()>,
+) -> Result<String, Error> {
+    loop {
+        match stop.recv_timeout(REFRESH_EVERY) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return Ok(name),
+        }
+        // restic refreshes by writing a new lock file and removing the old one.
+        info.time = Timestamp::now();
+        let (new_name, data) = encode(key, &info);
+        match storage.write(LOCKS_DIR, &new_name, data) {
+            Ok(()) => {
+                if let Err(e) = storage.remove(LOCKS_DIR, &name) {
+                    tracing::warn!(error = %e, "could not remove the old lock file after refresh");
+                }
+                name = new_name;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not refresh the repository lock"),
+        }
+    }
+}
+
+fn check_conflicts(
+    storage: &Storage,
+    key: &LockKey,
+    exclusive: bool,
+    ours: Option<&str>,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    for (name, lock) in list(storage, key)? {
+        if Some(name.as_str()) == ours {
+            continue;
+        }
+        match lock {
+            Ok(l) if conflicts(&l, exclusive, now) => {
+                return Err(Error::Locked(format!(
+                    "repository is locked: {} (lock file locks/{name}). Try again later; if \
+                     its holder is gone, the lock turns stale after 30 minutes and stowage-gc \
+                     removes it (or run `restic unlock`)",
+                    l.describe()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(lock = %name, error = %e, "ignoring unreadable lock file"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(exclusive: bool, age_min: i64) -> LockInfo {
+        let mut l = LockInfo::for_this_process(exclusive);
+        l.time = Timestamp::now() - SignedDuration::from_mins(age_min);
+        l
+    }
+
+    #[test]
+    fn conflict_rules() {
+        let now = Timestamp::now();
+        assert!(
+            conflicts(&lock(true, 1), false, now),
+            "fresh exclusive blocks a backup"
+        );
+        assert!(
+            !conflicts(&lock(false, 1), false, now),
+            "shared locks coexist"
+        );
+        assert!(
+            conflicts(&lock(false, 1), true, now),
+            "a prune waits for a backup"
+        );
+        assert!(
+            !conflicts(&lock(true, 31), false, now),
+            "stale locks never block"
+        );
+        assert!(
+            conflicts(&lock(true, 29), false, now),
+            "29 minutes is still fresh"
+        );
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_name_is_content_hash() {
+        let key = LockKey::from_master(&MasterKey::new()).unwrap();
+        let info = lock(true, 0);
+        let (name, data) = encode(&key, &info);
+        assert_eq!(name, hex(&Sha256::digest(&data)));
+        assert_eq!(decode(&key, &data).unwrap(), info);
+        let other = LockKey::from_master(&MasterKey::new()).unwrap();
+        assert!(decode(&other, &data).is_err());
+    }
+
+    #[test]
+    fn decodes_restic_compressed_form_and_go_timestamps() {
+        let key = LockKey::from_master(&MasterKey::new()).unwrap();
+        let json = br#"{"time":"2026-11-23T15:10:14.454962584+01:00","exclusive":true,"hostname":"h","username":"u","pid":7}"#;
+        let mut plain = vec![2u8];
+        plain.extend(zstd::encode_all(&json[..], 3).unwrap());
+        let info = decode(&key, &key.encrypt(&plain)).unwrap();
+        assert!(info.exclusive);
+        assert_eq!(info.time, "2026-11-23T14:10:14.454962584Z".parse().unwrap());
+        assert_eq!((info.uid, info.gid), (0, 0));
+    }
+
+    #[test]
+    fn acquire_refuses_fresh_exclusive_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::Local(dir.path().to_path_buf());
+        let key = LockKey::from_master(&MasterKey::new()).unwrap();
+        let (name, data) = encode(&key, &lock(true, 1));
+        storage.write(LOCKS_DIR, &name, data).unwrap();
+        let err = acquire(&storage, &key, false).err().unwrap();
+        assert!(matches!(err, Error::Locked(_)), "{err}");
+        assert_eq!(
+            storage.list(LOCKS_DIR).unwrap().len(),
+            1,
+            "nothing of ours left behind"
+        );
+
+        storage.remove(LOCKS_DIR, &name).unwrap();
+        let (stale, data) = encode(&key, &lock(true, 45));
+        storage.write(LOCKS_DIR, &stale, data).unwrap();
+        let guard = acquire(&storage, &key, false).unwrap();
+        assert_eq!(storage.list(LOCKS_DIR).unwrap().len(), 2);
+        guard.release().unwrap();
+        let left: Vec<_> = storage
+            .list(LOCKS_DIR)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            left,
+            vec![stale],
+            "only the stale lock remains; ours is gone"
+        );
+    }
+}
