@@ -85,7 +85,7 @@ pub struct CommonEnv {
 impl Default for CommonEnv {
     fn default() -> Self {
         Self {
-            log: "info".into(),
+            log: "info,rustic_core=warn".into(),
             log_format: LogFormat::Auto,
             allow_http: false,
             s3_path_style: None,

@@ -10,5 +10,6 @@ pub mod logging;
 pub mod ratelimit;
 pub mod repo;
 pub mod s3;
+pub mod tags;
 
 pub use error::Error;
