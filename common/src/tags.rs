@@ -7,7 +7,11 @@ pub const PVC_UID: &str = "pvc-uid";
 
 /// `key=value` tags for the given identity (Kubernetes names and UIDs contain neither
 /// `,` nor `=`, so the form is unambiguous).
-pub fn volume_tags(namespace: Option<&str>, pvc: Option<&str>, pvc_uid: Option<&str>) -> Vec<String> {
+pub fn volume_tags(
+    namespace: Option<&str>,
+    pvc: Option<&str>,
+    pvc_uid: Option<&str>,
+) -> Vec<String> {
     [(NAMESPACE, namespace), (PVC, pvc), (PVC_UID, pvc_uid)]
         .into_iter()
         .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| format!("{k}={v}")))
@@ -16,7 +20,8 @@ pub fn volume_tags(namespace: Option<&str>, pvc: Option<&str>, pvc_uid: Option<&
 
 /// The value of tag `key` in a snapshot's tags.
 pub fn tag_value<'a>(tags: &'a [String], key: &str) -> Option<&'a str> {
-    tags.iter().find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+    tags.iter()
+        .find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
 }
 
 #[cfg(test)]

@@ -51,11 +51,20 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
     let infos: Vec<_> = snaps.iter().map(snap_info).collect();
     let repo = repo.to_indexed_ids().map_err(Error::from_rustic)?;
 
-    if !created && source::is_empty(&source).with_context(|| format!("cannot read {}", source.display()))? {
+    if !created
+        && source::is_empty(&source).with_context(|| format!("cannot read {}", source.display()))?
+    {
         let latest = select::select(&infos, &plan.host, &Selector::Latest)?;
         if let Some(latest) = latest {
-            let snap = snaps.iter().find(|s| s.id.to_hex().as_str() == latest.id).expect("listed");
-            let has_data = !repo.get_tree(&snap.tree).map_err(Error::from_rustic)?.nodes.is_empty();
+            let snap = snaps
+                .iter()
+                .find(|s| s.id.to_hex().as_str() == latest.id)
+                .expect("listed");
+            let has_data = !repo
+                .get_tree(&snap.tree)
+                .map_err(Error::from_rustic)?
+                .nodes
+                .is_empty();
             if select::refuse_empty_source(true, has_data, plan.allow_empty) {
                 return Err(EmptySourceRefused {
                     path: source.display().to_string(),
@@ -68,13 +77,21 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
 
     let mut snap_opts = SnapshotOptions::default().host(plan.host.clone());
     if !plan.tags.is_empty() {
-        snap_opts = snap_opts.add_tags(&plan.tags.join(",")).map_err(Error::from_rustic)?;
+        snap_opts = snap_opts
+            .add_tags(&plan.tags.join(","))
+            .map_err(Error::from_rustic)?;
     }
     let snap = snap_opts.to_snapshot().map_err(Error::from_rustic)?;
-    let src = VolumeSource::new(&source, &plan.excludes, bars.files.clone()).map_err(Error::from_rustic)?;
+    let src = VolumeSource::new(&source, &plan.excludes, bars.files.clone())
+        .map_err(Error::from_rustic)?;
     tracing::info!(source = %source.display(), repository = %access.location, host = %plan.host, "backup started");
     let snap = repo
-        .archive(&BackupOptions::default(), &src, snap, &[PathBuf::from(&plan.snapshot_path)])
+        .archive(
+            &BackupOptions::default(),
+            &src,
+            snap,
+            &[PathBuf::from(&plan.snapshot_path)],
+        )
         .map_err(Error::from_rustic)?;
     access.storage.flush()?;
     lock.release()?;
@@ -115,10 +132,18 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
 }
 
 fn check_source(path: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot back up {}: it does not exist or is not readable", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "cannot back up {}: it does not exist or is not readable",
+            path.display()
+        )
+    })?;
     if !meta.is_dir() {
-        bail!("cannot back up {}: not a directory (a mover backs up a mounted volume)", path.display());
+        bail!(
+            "cannot back up {}: not a directory (a mover backs up a mounted volume)",
+            path.display()
+        );
     }
-    path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()))
+    path.canonicalize()
+        .with_context(|| format!("cannot resolve {}", path.display()))
 }

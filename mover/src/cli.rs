@@ -72,7 +72,13 @@ pub struct RestoreArgs {
     /// Directory to restore into [default: STOWAGE_SOURCE or /data]
     pub path: Option<PathBuf>,
     /// Snapshot id (or unique prefix), or `latest`
-    #[arg(long, short = 's', value_name = "ID", default_value = "latest", conflicts_with = "as_of")]
+    #[arg(
+        long,
+        short = 's',
+        value_name = "ID",
+        default_value = "latest",
+        conflicts_with = "as_of"
+    )]
     pub snapshot: String,
     /// Restore the newest snapshot taken at or before this time: RFC 3339, a date
     /// (end of that day, UTC) or an age such as 36h or 2d

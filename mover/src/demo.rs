@@ -57,13 +57,27 @@ pub fn run(args: &DemoArgs, interval: Duration) -> Result<()> {
     }
     let r = restore::run(
         &access,
-        &RestorePlan { target: target.clone(), selector: Selector::Latest, host: plan.host.clone(), replace: false, progress_interval: interval },
+        &RestorePlan {
+            target: target.clone(),
+            selector: Selector::Latest,
+            host: plan.host.clone(),
+            replace: false,
+            progress_interval: interval,
+        },
     )?;
     let diff = treecmp::differences(&treecmp::describe(&source)?, &treecmp::describe(&target)?);
-    println!("backed up  {} -> {} (snapshot {})", source.display(), repo_dir.display(), b.snapshot.as_deref().unwrap_or("-"));
+    println!(
+        "backed up  {} -> {} (snapshot {})",
+        source.display(),
+        repo_dir.display(),
+        b.snapshot.as_deref().unwrap_or("-")
+    );
     println!("restored   {} files into {}", r.files, target.display());
     if !diff.is_empty() {
-        bail!("restored tree differs from the source:\n{}", diff.join("\n"));
+        bail!(
+            "restored tree differs from the source:\n{}",
+            diff.join("\n")
+        );
     }
     println!("compared   restored tree equals the source (content, modes, times, links, xattrs)");
     println!(
@@ -80,7 +94,9 @@ fn make_sample(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(d("data/db"))?;
     std::fs::write(d("config/app.yaml"), "listen: 0.0.0.0:8080\nlog: info\n")?;
     std::fs::write(d("README.txt"), "sample volume for the stowage demo\n")?;
-    let big: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..4 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(d("data/db/table.bin"), big)?;
     std::fs::write(d("data/empty"), "")?;
     std::os::unix::fs::symlink("../config/app.yaml", d("data/app.yaml"))?;

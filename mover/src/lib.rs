@@ -9,8 +9,8 @@ pub mod report;
 pub mod restore;
 pub mod select;
 pub mod snapshots;
-pub mod treecmp;
 pub mod source;
+pub mod treecmp;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -55,8 +55,13 @@ pub fn main() -> ExitCode {
             let message = format!("{e:#}");
             tracing::error!(operation, "{message}");
             if matches!(cli.command, Command::Backup(_) | Command::Restore(_)) {
-                RunResult { operation: operation.into(), ok: false, error: Some(message), ..Default::default() }
-                    .write(cfg.mover.result_file.as_deref());
+                RunResult {
+                    operation: operation.into(),
+                    ok: false,
+                    error: Some(message),
+                    ..Default::default()
+                }
+                .write(cfg.mover.result_file.as_deref());
             }
             ExitCode::from(exit_code(&e))
         }
@@ -100,7 +105,11 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
                 source: a.path.clone().unwrap_or_else(|| m.source.clone()),
                 host: a.host.clone().unwrap_or_else(|| m.snapshot_host.clone()),
                 snapshot_path: m.snapshot_path.clone(),
-                tags: tags::volume_tags(m.namespace.as_deref(), m.pvc.as_deref(), m.pvc_uid.as_deref()),
+                tags: tags::volume_tags(
+                    m.namespace.as_deref(),
+                    m.pvc.as_deref(),
+                    m.pvc_uid.as_deref(),
+                ),
                 excludes,
                 allow_empty: a.allow_empty || m.allow_empty_source,
                 progress_interval: interval,
@@ -110,7 +119,9 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
         }
         Command::Restore(a) => {
             let selector = match (&a.as_of, a.snapshot.as_str()) {
-                (Some(t), _) => Selector::AsOf(select::parse_as_of(t, jiff::Timestamp::now()).map_err(Error::Config)?),
+                (Some(t), _) => Selector::AsOf(
+                    select::parse_as_of(t, jiff::Timestamp::now()).map_err(Error::Config)?,
+                ),
                 (None, "latest") => Selector::Latest,
                 (None, id) => Selector::Id(id.to_string()),
             };

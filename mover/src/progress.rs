@@ -16,7 +16,10 @@ pub struct LogProgressBars {
 
 impl LogProgressBars {
     pub fn new(interval: Duration) -> Self {
-        Self { interval, files: Arc::new(AtomicU64::new(0)) }
+        Self {
+            interval,
+            files: Arc::new(AtomicU64::new(0)),
+        }
     }
 }
 
@@ -61,7 +64,10 @@ pub fn describe(done: u64, total: u64, elapsed: Duration, bytes: bool) -> String
         s += &format!(", {rate:.0}/s");
     }
     if total > done && rate > 0.0 {
-        s += &format!(", about {}s left", ((total - done) as f64 / rate).ceil() as u64);
+        s += &format!(
+            ", about {}s left",
+            ((total - done) as f64 / rate).ceil() as u64
+        );
     }
     s
 }
@@ -74,7 +80,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 impl RusticProgress for LogProgress {
@@ -120,7 +130,12 @@ mod tests {
 
     #[test]
     fn progress_line() {
-        let s = describe(512 * 1024 * 1024, 1024 * 1024 * 1024, Duration::from_secs(8), true);
+        let s = describe(
+            512 * 1024 * 1024,
+            1024 * 1024 * 1024,
+            Duration::from_secs(8),
+            true,
+        );
         assert_eq!(s, "512.0 MiB of 1.0 GiB (50%), 64.0 MiB/s, about 8s left");
         assert_eq!(describe(10, 0, Duration::from_secs(5), false), "10, 2/s");
         assert_eq!(human_bytes(1023), "1023 B");

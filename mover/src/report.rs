@@ -39,7 +39,9 @@ impl RunResult {
             let line = serde_json::to_string(&r).expect("result serializes");
             match &mut r.error {
                 Some(e) if line.len() > TERMINATION_MESSAGE_MAX && e.len() > 16 => {
-                    let keep = e.len().saturating_sub(line.len() - TERMINATION_MESSAGE_MAX + 3);
+                    let keep = e
+                        .len()
+                        .saturating_sub(line.len() - TERMINATION_MESSAGE_MAX + 3);
                     let mut cut = keep.min(e.len());
                     while !e.is_char_boundary(cut) {
                         cut -= 1;
@@ -69,7 +71,11 @@ mod tests {
 
     #[test]
     fn long_errors_fit_the_termination_message() {
-        let r = RunResult { operation: "backup".into(), error: Some("é".repeat(5000)), ..Default::default() };
+        let r = RunResult {
+            operation: "backup".into(),
+            error: Some("é".repeat(5000)),
+            ..Default::default()
+        };
         let line = r.to_line();
         assert!(line.len() <= TERMINATION_MESSAGE_MAX, "{}", line.len());
         let back: RunResult = serde_json::from_str(&line).unwrap();

@@ -36,15 +36,23 @@ pub struct TargetNotEmpty(pub String);
 pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
     let started = Instant::now();
     let target = &plan.target;
-    std::fs::create_dir_all(target).with_context(|| format!("cannot create the restore target {}", target.display()))?;
+    std::fs::create_dir_all(target)
+        .with_context(|| format!("cannot create the restore target {}", target.display()))?;
     if !target.is_dir() {
         bail!("cannot restore into {}: not a directory", target.display());
     }
     // Checked before anything is read or written.
-    if !plan.replace && !source::is_empty(target).with_context(|| format!("cannot read {}", target.display()))? {
+    if !plan.replace
+        && !source::is_empty(target).with_context(|| format!("cannot read {}", target.display()))?
+    {
         return Err(TargetNotEmpty(target.display().to_string()).into());
     }
-    let mut result = RunResult { operation: "restore".into(), ok: true, restored: Some(false), ..Default::default() };
+    let mut result = RunResult {
+        operation: "restore".into(),
+        ok: true,
+        restored: Some(false),
+        ..Default::default()
+    };
 
     let bars = LogProgressBars::new(plan.progress_interval);
     let Some(repo) = access.open(bars)? else {
@@ -68,7 +76,11 @@ pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
         result.duration_secs = started.elapsed().as_secs_f64();
         return Ok(result);
     };
-    let snap = snaps.iter().find(|s| s.id.to_hex().as_str() == picked.id).expect("selected from this list").clone();
+    let snap = snaps
+        .iter()
+        .find(|s| s.id.to_hex().as_str() == picked.id)
+        .expect("selected from this list")
+        .clone();
     tracing::info!(
         snapshot = %picked.id,
         time = %picked.time,
@@ -81,11 +93,15 @@ pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
 
     let repo = repo.to_indexed().map_err(Error::from_rustic)?;
     let node = content_root(&repo, &snap)?;
-    let ls = repo.ls(&node, &LsOptions::default()).map_err(Error::from_rustic)?;
+    let ls = repo
+        .ls(&node, &LsOptions::default())
+        .map_err(Error::from_rustic)?;
     let dest_str = format!("{}/", target.display());
     let dest = LocalDestination::new(&dest_str, true, false).map_err(Error::from_rustic)?;
     let opts = restore_options(plan.replace, is_root());
-    let restore_plan = repo.prepare_restore(&opts, ls.clone(), &dest, false).map_err(Error::from_rustic)?;
+    let restore_plan = repo
+        .prepare_restore(&opts, ls.clone(), &dest, false)
+        .map_err(Error::from_rustic)?;
     let (files, bytes) = (restore_plan.stats.files.restore, restore_plan.restore_size);
     // rustic_core's restore unwraps I/O errors inside its worker pool; turn such a
     // panic into an error that says what happened instead of aborting with a trace.
@@ -122,7 +138,9 @@ pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
 }
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// Restore options: numeric ids (container user names mean nothing), ownership only
@@ -143,7 +161,9 @@ pub fn restore_options(replace: bool, root: bool) -> RestoreOptions {
 /// backup .`) and by stowage hold the content at the root; `restic backup /data` nests
 /// it under `data/`: descend when the tree is exactly that chain.
 fn content_root<S: IndexedFull>(repo: &Repository<S>, snap: &SnapshotFile) -> Result<Node> {
-    let root = repo.node_from_snapshot_and_path(snap, "").map_err(Error::from_rustic)?;
+    let root = repo
+        .node_from_snapshot_and_path(snap, "")
+        .map_err(Error::from_rustic)?;
     let paths: Vec<_> = snap.paths.iter().collect();
     if paths.len() != 1 {
         return Ok(root);

@@ -30,7 +30,9 @@ pub enum Selector {
 pub enum SelectError {
     #[error("no snapshot {0} in the repository (`stowage-mover snapshots` lists them)")]
     UnknownId(String),
-    #[error("snapshot id prefix {0} is ambiguous ({1} snapshots start with it): give more characters")]
+    #[error(
+        "snapshot id prefix {0} is ambiguous ({1} snapshots start with it): give more characters"
+    )]
     Ambiguous(String, usize),
     #[error("no snapshot at or before {0}; the oldest is from {1}")]
     NothingBefore(Timestamp, Timestamp),
@@ -41,12 +43,20 @@ pub enum SelectError {
 /// other tools), so a restore is never empty because of a naming difference.
 pub fn group<'a>(snaps: &'a [SnapInfo], host: &str) -> Vec<&'a SnapInfo> {
     let mine: Vec<_> = snaps.iter().filter(|s| s.host == host).collect();
-    if mine.is_empty() { snaps.iter().collect() } else { mine }
+    if mine.is_empty() {
+        snaps.iter().collect()
+    } else {
+        mine
+    }
 }
 
 /// Picks the snapshot to restore. `Ok(None)`: the repository holds no snapshot.
 /// An explicit id is looked up among all snapshots, not only the group's.
-pub fn select<'a>(snaps: &'a [SnapInfo], host: &str, sel: &Selector) -> Result<Option<&'a SnapInfo>, SelectError> {
+pub fn select<'a>(
+    snaps: &'a [SnapInfo],
+    host: &str,
+    sel: &Selector,
+) -> Result<Option<&'a SnapInfo>, SelectError> {
     if snaps.is_empty() {
         return match sel {
             Selector::Id(id) => Err(SelectError::UnknownId(id.clone())),
@@ -69,7 +79,11 @@ pub fn select<'a>(snaps: &'a [SnapInfo], host: &str, sel: &Selector) -> Result<O
         }
         Selector::AsOf(t) => {
             let g = group(snaps, host);
-            let best = g.iter().filter(|s| s.time <= *t).max_by_key(|s| s.time).copied();
+            let best = g
+                .iter()
+                .filter(|s| s.time <= *t)
+                .max_by_key(|s| s.time)
+                .copied();
             match best {
                 Some(s) => Ok(Some(s)),
                 None => {
@@ -97,9 +111,14 @@ pub fn parse_as_of(input: &str, now: Timestamp) -> Result<Timestamp, String> {
     }
     let age = s.strip_suffix(" ago").unwrap_or(s);
     if let Ok(d) = age.parse::<SignedDuration>() {
-        return now.checked_sub(d).map_err(|e| format!("--as-of {input}: {e}"));
+        return now
+            .checked_sub(d)
+            .map_err(|e| format!("--as-of {input}: {e}"));
     }
-    if let Some(days) = age.strip_suffix('d').and_then(|n| n.trim().parse::<i64>().ok()) {
+    if let Some(days) = age
+        .strip_suffix('d')
+        .and_then(|n| n.trim().parse::<i64>().ok())
+    {
         return now
             .checked_sub(SignedDuration::from_hours(24 * days))
             .map_err(|e| format!("--as-of {input}: {e}"));
@@ -144,10 +163,22 @@ mod tests {
     #[test]
     fn latest_is_newest_of_the_group() {
         let l = list();
-        assert_eq!(select(&l, "volsync", &Selector::Latest).unwrap().unwrap().id, "bbbb3333");
-        assert_eq!(select(&l, "laptop", &Selector::Latest).unwrap().unwrap().id, "cccc4444");
+        assert_eq!(
+            select(&l, "volsync", &Selector::Latest)
+                .unwrap()
+                .unwrap()
+                .id,
+            "bbbb3333"
+        );
+        assert_eq!(
+            select(&l, "laptop", &Selector::Latest).unwrap().unwrap().id,
+            "cccc4444"
+        );
         // No snapshot of our host: fall back to all of them.
-        assert_eq!(select(&l, "other", &Selector::Latest).unwrap().unwrap().id, "cccc4444");
+        assert_eq!(
+            select(&l, "other", &Selector::Latest).unwrap().unwrap().id,
+            "cccc4444"
+        );
     }
 
     #[test]
@@ -159,8 +190,20 @@ mod tests {
     #[test]
     fn id_prefixes() {
         let l = list();
-        assert_eq!(select(&l, "volsync", &Selector::Id("bbbb".into())).unwrap().unwrap().id, "bbbb3333");
-        assert_eq!(select(&l, "volsync", &Selector::Id("CCCC4444".into())).unwrap().unwrap().id, "cccc4444");
+        assert_eq!(
+            select(&l, "volsync", &Selector::Id("bbbb".into()))
+                .unwrap()
+                .unwrap()
+                .id,
+            "bbbb3333"
+        );
+        assert_eq!(
+            select(&l, "volsync", &Selector::Id("CCCC4444".into()))
+                .unwrap()
+                .unwrap()
+                .id,
+            "cccc4444"
+        );
         assert_eq!(
             select(&l, "volsync", &Selector::Id("aaaa".into())).unwrap_err(),
             SelectError::Ambiguous("aaaa".into(), 2)
@@ -175,9 +218,27 @@ mod tests {
     fn as_of_picks_newest_at_or_before() {
         let l = list();
         let at = |s: &str| Selector::AsOf(s.parse().unwrap());
-        assert_eq!(select(&l, "volsync", &at("2026-11-21T10:00:00Z")).unwrap().unwrap().id, "aaaa2222");
-        assert_eq!(select(&l, "volsync", &at("2026-11-21T09:59:59Z")).unwrap().unwrap().id, "aaaa1111");
-        assert_eq!(select(&l, "volsync", &at("2030-01-01T00:00:00Z")).unwrap().unwrap().id, "bbbb3333");
+        assert_eq!(
+            select(&l, "volsync", &at("2026-11-21T10:00:00Z"))
+                .unwrap()
+                .unwrap()
+                .id,
+            "aaaa2222"
+        );
+        assert_eq!(
+            select(&l, "volsync", &at("2026-11-21T09:59:59Z"))
+                .unwrap()
+                .unwrap()
+                .id,
+            "aaaa1111"
+        );
+        assert_eq!(
+            select(&l, "volsync", &at("2030-01-01T00:00:00Z"))
+                .unwrap()
+                .unwrap()
+                .id,
+            "bbbb3333"
+        );
         assert!(matches!(
             select(&l, "volsync", &at("2026-11-01T00:00:00Z")).unwrap_err(),
             SelectError::NothingBefore(..)
@@ -187,22 +248,41 @@ mod tests {
     #[test]
     fn as_of_forms() {
         let now: Timestamp = "2026-11-23T12:00:00Z".parse().unwrap();
-        assert_eq!(parse_as_of("2026-11-22T18:00:00Z", now).unwrap(), "2026-11-22T18:00:00Z".parse().unwrap());
+        assert_eq!(
+            parse_as_of("2026-11-22T18:00:00Z", now).unwrap(),
+            "2026-11-22T18:00:00Z".parse().unwrap()
+        );
         assert_eq!(
             parse_as_of("2026-11-22", now).unwrap(),
             "2026-11-22T23:59:59.999999999Z".parse().unwrap()
         );
-        assert_eq!(parse_as_of("36h", now).unwrap(), "2026-11-22T00:00:00Z".parse().unwrap());
-        assert_eq!(parse_as_of("2d", now).unwrap(), "2026-11-21T12:00:00Z".parse().unwrap());
-        assert_eq!(parse_as_of("1d ago", now).unwrap(), "2026-11-22T12:00:00Z".parse().unwrap());
-        assert!(parse_as_of("yesterday-ish", now).unwrap_err().contains("RFC 3339"));
+        assert_eq!(
+            parse_as_of("36h", now).unwrap(),
+            "2026-11-22T00:00:00Z".parse().unwrap()
+        );
+        assert_eq!(
+            parse_as_of("2d", now).unwrap(),
+            "2026-11-21T12:00:00Z".parse().unwrap()
+        );
+        assert_eq!(
+            parse_as_of("1d ago", now).unwrap(),
+            "2026-11-22T12:00:00Z".parse().unwrap()
+        );
+        assert!(
+            parse_as_of("yesterday-ish", now)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
     }
 
     #[test]
     fn empty_source_guard() {
         assert!(refuse_empty_source(true, true, false));
         assert!(!refuse_empty_source(true, true, true), "explicitly allowed");
-        assert!(!refuse_empty_source(true, false, false), "history is empty too");
+        assert!(
+            !refuse_empty_source(true, false, false),
+            "history is empty too"
+        );
         assert!(!refuse_empty_source(false, true, false), "source has data");
     }
 }

@@ -26,7 +26,12 @@ pub fn list(access: &RepoAccess) -> Result<Vec<SnapInfo>> {
     let Some(repo) = access.open(NoProgressBars)? else {
         return Ok(Vec::new());
     };
-    let mut infos: Vec<_> = repo.get_all_snapshots().map_err(Error::from_rustic)?.iter().map(snap_info).collect();
+    let mut infos: Vec<_> = repo
+        .get_all_snapshots()
+        .map_err(Error::from_rustic)?
+        .iter()
+        .map(snap_info)
+        .collect();
     infos.sort_by_key(|s| s.time);
     Ok(infos)
 }
@@ -52,10 +57,16 @@ pub fn table(snaps: &[SnapInfo]) -> String {
             s.bytes.map_or("-".into(), human_bytes),
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
         out += line.join("  ").trim_end();
         out.push('\n');
     }

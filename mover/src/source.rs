@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustic_core::{
-    LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource, ReadSourceEntry,
-    RusticResult, Excludes,
+    Excludes, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource,
+    ReadSourceEntry, RusticResult,
 };
 
 /// Directory names never backed up: the filesystem's own, recreated by `mkfs`.
@@ -35,7 +35,11 @@ impl VolumeSource {
             &LocalSourceFilterOptions::default(),
             &[root],
         )?;
-        Ok(Self { inner, root: root.to_path_buf(), seen })
+        Ok(Self {
+            inner,
+            root: root.to_path_buf(),
+            seen,
+        })
     }
 }
 

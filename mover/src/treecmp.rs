@@ -62,7 +62,9 @@ pub fn describe(root: &Path) -> std::io::Result<BTreeMap<String, EntryInfo>> {
         };
         let mut hardlink_of = None;
         if ft.is_file() && m.nlink() > 1 {
-            let first = inodes.entry((m.dev(), m.ino())).or_insert_with(|| rel.clone());
+            let first = inodes
+                .entry((m.dev(), m.ino()))
+                .or_insert_with(|| rel.clone());
             if *first != rel {
                 hardlink_of = Some(first.clone());
             }
@@ -100,10 +102,14 @@ pub fn describe(root: &Path) -> std::io::Result<BTreeMap<String, EntryInfo>> {
                 mode: m.mode() & 0o7777,
                 uid: m.uid(),
                 gid: m.gid(),
-                mtime_ns: (!ft.is_dir()).then(|| i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())),
+                mtime_ns: (!ft.is_dir())
+                    .then(|| i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())),
                 size: if ft.is_dir() { 0 } else { m.size() },
                 content,
-                link_target: ft.is_symlink().then(|| std::fs::read_link(&p).map(|t| t.to_string_lossy().into_owned())).transpose()?,
+                link_target: ft
+                    .is_symlink()
+                    .then(|| std::fs::read_link(&p).map(|t| t.to_string_lossy().into_owned()))
+                    .transpose()?,
                 xattrs,
                 hardlink_of,
             },
@@ -113,12 +119,17 @@ pub fn describe(root: &Path) -> std::io::Result<BTreeMap<String, EntryInfo>> {
 }
 
 /// Human-readable differences between two descriptions (empty: equal).
-pub fn differences(a: &BTreeMap<String, EntryInfo>, b: &BTreeMap<String, EntryInfo>) -> Vec<String> {
+pub fn differences(
+    a: &BTreeMap<String, EntryInfo>,
+    b: &BTreeMap<String, EntryInfo>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (k, va) in a {
         match b.get(k) {
             None => out.push(format!("missing: {k}")),
-            Some(vb) if va != vb => out.push(format!("differs: {k}\n  source:   {va:?}\n  restored: {vb:?}")),
+            Some(vb) if va != vb => out.push(format!(
+                "differs: {k}\n  source:   {va:?}\n  restored: {vb:?}"
+            )),
             _ => {}
         }
     }
@@ -128,4 +139,62 @@ pub fn differences(a: &BTreeMap<String, EntryInfo>, b: &BTreeMap<String, EntryIn
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The comparison must see every kind of difference it claims to check.
+    #[test]
+    fn detects_each_kind_of_difference() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::write(a.join("f"), "same").unwrap();
+        let base = describe(&a).unwrap();
+        let check = |change: &dyn Fn(&Path)| {
+            let c = d.path().join("c");
+            let _ = std::fs::remove_dir_all(&c);
+            std::fs::create_dir_all(&c).unwrap();
+            std::fs::copy(a.join("f"), c.join("f")).unwrap();
+            let t = std::fs::metadata(a.join("f")).unwrap().modified().unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(c.join("f"))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            std::fs::set_permissions(
+                c.join("f"),
+                std::fs::metadata(a.join("f")).unwrap().permissions(),
+            )
+            .unwrap();
+            assert!(
+                differences(&base, &describe(&c).unwrap()).is_empty(),
+                "copy equals"
+            );
+            change(&c);
+            assert!(
+                !differences(&base, &describe(&c).unwrap()).is_empty(),
+                "change not seen"
+            );
+        };
+        check(&|c| std::fs::write(c.join("f"), "diff").unwrap());
+        check(&|c| {
+            std::fs::set_permissions(c.join("f"), std::fs::Permissions::from_mode(0o600)).unwrap()
+        });
+        check(&|c| xattr::set(c.join("f"), "user.x", b"1").unwrap());
+        check(&|c| {
+            std::fs::File::options()
+                .write(true)
+                .open(c.join("f"))
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH)
+                .unwrap()
+        });
+        check(&|c| std::fs::write(c.join("g"), "").unwrap());
+        check(&|c| std::os::unix::fs::symlink("f", c.join("l")).unwrap());
+    }
 }
