@@ -80,6 +80,8 @@ pub struct CommonEnv {
     pub repository: Option<String>,
     /// Password file; overrides `RESTIC_PASSWORD(_FILE)`.
     pub password_file: Option<PathBuf>,
+    /// Seconds between progress log lines during long work.
+    pub progress_interval_secs: u64,
 }
 
 impl Default for CommonEnv {
@@ -99,6 +101,7 @@ impl Default for CommonEnv {
             cache_dir: None,
             repository: None,
             password_file: None,
+            progress_interval_secs: 10,
         }
     }
 }
@@ -133,8 +136,6 @@ pub struct MoverEnv {
     pub excludes: Option<String>,
     /// Where the one-line JSON result goes (Kubernetes termination message).
     pub result_file: Option<PathBuf>,
-    /// Seconds between progress log lines.
-    pub progress_interval_secs: u64,
 }
 
 impl Default for MoverEnv {
@@ -149,7 +150,6 @@ impl Default for MoverEnv {
             allow_empty_source: false,
             excludes: None,
             result_file: None,
-            progress_interval_secs: 10,
         }
     }
 }

@@ -23,6 +23,8 @@ pub enum Error {
 
 impl Error {
     /// rustic_core's own `Display` is a multi-paragraph report; logs want one line.
+    // Takes the box as rustic_core hands it over (`RusticResult`'s error type).
+    #[allow(clippy::boxed_local)]
     pub fn from_rustic(e: Box<rustic_core::RusticError>) -> Self {
         if e.is_incorrect_password() {
             return Error::WrongPassword(

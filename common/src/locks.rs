@@ -168,11 +168,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A lock file's name and its decoded content (or why it could not be read).
+pub type LockEntry = (String, Result<LockInfo, Error>);
+
 /// All locks of a repository; unreadable ones are reported with their error.
-pub fn list(
-    storage: &Storage,
-    key: &LockKey,
-) -> Result<Vec<(String, Result<LockInfo, Error>)>, Error> {
+pub fn list(storage: &Storage, key: &LockKey) -> Result<Vec<LockEntry>, Error> {
     let mut out = Vec::new();
     for (name, _) in storage.list(LOCKS_DIR)? {
         if let Some(data) = storage.read(LOCKS_DIR, &name)? {

@@ -20,6 +20,8 @@ pub struct RepoAccess {
     pub storage: Storage,
     password: String,
     cache_dir: Option<PathBuf>,
+    /// Upload and download limits in KiB/s.
+    pub limits: (Option<u64>, Option<u64>),
 }
 
 impl std::fmt::Debug for RepoAccess {
@@ -93,6 +95,7 @@ impl RepoAccess {
                 .cache_dir
                 .clone()
                 .or_else(|| restic.restic_cache_dir.clone()),
+            limits: (common.limit_upload, common.limit_download),
         })
     }
 
@@ -108,6 +111,7 @@ impl RepoAccess {
             storage,
             password,
             cache_dir,
+            limits: (None, None),
         }
     }
 
@@ -119,8 +123,12 @@ impl RepoAccess {
     }
 
     fn unopened<P: ProgressBars>(&self, progress: P) -> Result<Repository<()>, Error> {
-        Repository::new_with_progress(&self.options(), &self.storage.backends()?, progress)
-            .map_err(Error::from_rustic)
+        Repository::new_with_progress(
+            &self.options(),
+            &self.storage.backends(self.limits)?,
+            progress,
+        )
+        .map_err(Error::from_rustic)
     }
 
     /// Whether a repository exists here. A clear "no" only when the storage answered;

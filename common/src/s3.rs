@@ -34,6 +34,8 @@ pub struct S3Settings {
     pub connect_timeout: Duration,
     /// Upper bound for one attempt of one request (a stalled server is retried).
     pub attempt_timeout: Duration,
+    /// How often upload progress is logged.
+    pub progress_interval: Duration,
 }
 
 // Secrets must never reach a log line, not even through `{:?}`.
@@ -111,6 +113,7 @@ impl S3Settings {
             initial_backoff: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(300),
+            progress_interval: Duration::from_secs(common.progress_interval_secs.max(1)),
             location,
         })
     }

@@ -87,7 +87,7 @@ fn access(cli: &Cli, cfg: &MoverConfig) -> Result<RepoAccess> {
 }
 
 fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
-    let interval = Duration::from_secs(cfg.mover.progress_interval_secs.max(1));
+    let interval = Duration::from_secs(cfg.common.progress_interval_secs.max(1));
     let m = &cfg.mover;
     match &cli.command {
         Command::Backup(a) => {

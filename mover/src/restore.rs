@@ -1,11 +1,11 @@
 //! `stowage-mover restore`.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use rustic_core::repofile::{Node, SnapshotFile};
+use rustic_core::repofile::{Node, NodeType, SnapshotFile};
 use rustic_core::{IndexedFull, LocalDestination, LsOptions, Repository, RestoreOptions};
 use stowage_common::repo::RepoAccess;
 use stowage_common::{Error, locks};
@@ -105,7 +105,19 @@ pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
     let (files, bytes) = (restore_plan.stats.files.restore, restore_plan.restore_size);
     // rustic_core's restore unwraps I/O errors inside its worker pool; turn such a
     // panic into an error that says what happened instead of aborting with a trace.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| repo.restore(restore_plan, &opts, ls, &dest)))
+    // restic omits a mode of 0 from its trees (Go `omitempty`) and reads the absence
+    // back as 0; rustic_core reads it as "unknown" and leaves the default mode. Note
+    // such entries and give them mode 0 at the end, as restic would.
+    let zero_mode = std::sync::Mutex::new(Vec::new());
+    let ls_noting = ls.inspect(|item| {
+        if let Ok((p, n)) = item
+            && n.meta.mode.is_none()
+            && matches!(n.node_type, NodeType::File | NodeType::Dir)
+        {
+            zero_mode.lock().unwrap().push(p.clone());
+        }
+    });
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| repo.restore(restore_plan, &opts, ls_noting, &dest)))
         .map_err(|p| {
             let what = p
                 .downcast_ref::<String>()
@@ -115,6 +127,12 @@ pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
             anyhow!("restore into {} failed while reading or writing data: {what}. The target is incomplete; run the restore again with --replace", target.display())
         })?
         .map_err(Error::from_rustic)?;
+    for p in zero_mode.into_inner().unwrap().into_iter().rev() {
+        let full = target.join(&p);
+        if let Err(e) = std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o0)) {
+            tracing::warn!(path = %full.display(), error = %e, "could not restore mode 0");
+        }
+    }
     lock.release()?;
 
     let stats = access.storage.stats();

@@ -107,20 +107,25 @@ admin_token = "test-admin-token"
             counter: AtomicU32::new(0),
             _dir: dir,
         };
-        // Wait until the RPC side answers, then give the node a role.
+        // Wait until the daemon answers over RPC (`node id` alone reads a local file),
+        // then give the node a role.
         let deadline = Instant::now() + Duration::from_secs(60);
-        let node = loop {
-            match g.cli_try(&["node", "id", "-q"]) {
-                Ok(out) => break out.trim().split('@').next().unwrap().to_string(),
-                Err(e) if Instant::now() > deadline => {
-                    panic!(
-                        "garage did not start: {e}\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    )
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        while let Err(e) = g.cli_try(&["status"]) {
+            if Instant::now() > deadline {
+                panic!(
+                    "garage did not start: {e}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
-        };
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let node = g
+            .cli(&["node", "id", "-q"])
+            .trim()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string();
         g.cli(&["layout", "assign", "-z", "dc1", "-c", "10G", &node]);
         g.cli(&["layout", "apply", "--version", "1"]);
         g.cli(&[

@@ -116,7 +116,7 @@ async fn handle(
     let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
     let p = *plan.lock().unwrap();
     let fault = match p.fault {
-        Some(f) if p.every > 0 && n % p.every == 0 => {
+        Some(f) if p.every > 0 && n.is_multiple_of(p.every) => {
             faults.fetch_add(1, Ordering::Relaxed);
             Some(f)
         }

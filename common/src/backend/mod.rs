@@ -2,6 +2,7 @@
 //! directory. Also gives raw access to files rustic_core does not know (restic locks).
 
 pub mod s3;
+pub mod throttle;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,17 +35,16 @@ impl Storage {
             Location::Local(path) => Ok(Storage::Local(path.clone())),
             Location::S3(s3) => {
                 let settings = S3Settings::from_env(s3.clone(), restic, common)?;
-                Ok(Storage::S3(S3Backend::new(
-                    settings,
-                    common.limit_upload,
-                    common.limit_download,
-                )?))
+                Ok(Storage::S3(S3Backend::new(settings)?))
             }
         }
     }
 
-    /// The backend rustic_core drives.
-    pub fn backends(&self) -> Result<RepositoryBackends, Error> {
+    /// The backend rustic_core drives, rate-limited as given (KiB/s).
+    pub fn backends(
+        &self,
+        limits: (Option<u64>, Option<u64>),
+    ) -> Result<RepositoryBackends, Error> {
         let be: Arc<dyn WriteBackend> = match self {
             Storage::Local(path) => {
                 let p = path.to_str().ok_or_else(|| {
@@ -53,6 +53,10 @@ impl Storage {
                 Arc::new(LocalBackend::new(p, Vec::new()).map_err(Error::from_rustic)?)
             }
             Storage::S3(s3) => Arc::new(s3.clone()),
+        };
+        let be: Arc<dyn WriteBackend> = match limits {
+            (None, None) => be,
+            (up, down) => Arc::new(throttle::Throttled::new(be, up, down)),
         };
         Ok(RepositoryBackends::new(be, None))
     }

@@ -22,7 +22,6 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::ratelimit::RateLimiter;
 use crate::s3::{Failure, S3Settings, classify, describe};
 
 /// Byte and request counters, for progress, summaries and tests.
@@ -32,6 +31,7 @@ pub struct TransferStats {
     pub uploaded_objects: AtomicU64,
     pub downloaded_bytes: AtomicU64,
     pub requests: AtomicU64,
+    pub multipart_uploads: AtomicU64,
 }
 
 impl TransferStats {
@@ -47,9 +47,35 @@ struct Inner {
     client: Client,
     settings: S3Settings,
     stats: Arc<TransferStats>,
-    upload_limit: Option<RateLimiter>,
-    download_limit: Option<RateLimiter>,
+    started: std::time::Instant,
+    last_progress: Mutex<std::time::Instant>,
 }
+
+impl Inner {
+    /// Logs upload progress every `progress_interval` (packs finish in the
+    /// background, after the archiver has long counted them as read).
+    fn report_upload(&self) {
+        let Ok(mut last) = self.last_progress.try_lock() else {
+            return;
+        };
+        if last.elapsed() < self.settings.progress_interval {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let sent = self.stats.uploaded();
+        let rate = sent as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        tracing::info!(
+            uploaded_bytes = sent,
+            objects = self.stats.uploaded_objects.load(Ordering::Relaxed),
+            "uploading: {:.1} MiB sent, {:.1} MiB/s",
+            sent as f64 / 1048576.0,
+            rate / 1048576.0
+        );
+    }
+}
+
+/// A queued pack upload.
+type Upload = JoinHandle<Result<(), String>>;
 
 /// The S3 backend. Cheap to clone; clones share the runtime and the upload queue.
 #[derive(Clone)]
@@ -57,7 +83,7 @@ pub struct S3Backend {
     inner: Arc<Inner>,
     rt: Arc<Runtime>,
     permits: Arc<Semaphore>,
-    pending: Arc<Mutex<Vec<JoinHandle<Result<(), String>>>>>,
+    pending: Arc<Mutex<Vec<Upload>>>,
     failed: Arc<Mutex<Option<String>>>,
 }
 
@@ -75,11 +101,7 @@ fn backend_error(msg: String) -> Box<RusticError> {
 
 impl S3Backend {
     /// Sets up the client and its runtime; no request is sent yet.
-    pub fn new(
-        settings: S3Settings,
-        upload_kib_s: Option<u64>,
-        download_kib_s: Option<u64>,
-    ) -> Result<Self, crate::Error> {
+    pub fn new(settings: S3Settings) -> Result<Self, crate::Error> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("stowage-s3")
@@ -95,8 +117,8 @@ impl S3Backend {
             inner: Arc::new(Inner {
                 client,
                 stats: Arc::new(TransferStats::default()),
-                upload_limit: upload_kib_s.map(|k| RateLimiter::new(k * 1024)),
-                download_limit: download_kib_s.map(|k| RateLimiter::new(k * 1024)),
+                started: std::time::Instant::now(),
+                last_progress: Mutex::new(std::time::Instant::now()),
                 settings,
             }),
             rt: Arc::new(rt),
@@ -135,31 +157,24 @@ impl S3Backend {
     /// (and remembered, so later writes fail too).
     pub fn flush(&self) -> RusticResult<()> {
         let handles: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap());
-        if !handles.is_empty() {
-            let results = self.rt.block_on(async {
-                let mut out = Vec::with_capacity(handles.len());
-                for h in handles {
-                    out.push(h.await);
-                }
-                out
-            });
-            for r in results {
-                let err = match r {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e,
-                    Err(join) => format!("pack upload task failed: {join}"),
-                };
-                let mut failed = self.failed.lock().unwrap();
-                if failed.is_none() {
-                    *failed = Some(err);
-                }
-            }
-        }
+        self.settle(handles);
         match &*self.failed.lock().unwrap() {
             Some(e) => Err(backend_error(format!(
                 "an earlier pack upload failed, so nothing that refers to it is written: {e}"
             ))),
             None => Ok(()),
+        }
+    }
+
+    /// Waits for the given uploads; the first failure is remembered.
+    fn settle(&self, handles: Vec<Upload>) {
+        for h in handles {
+            let err = match self.rt.block_on(h) {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(join) => format!("pack upload task failed: {join}"),
+            };
+            self.failed.lock().unwrap().get_or_insert(err);
         }
     }
 
@@ -309,9 +324,6 @@ async fn get_object(
                     .stats
                     .downloaded_bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if let Some(l) = &inner.download_limit {
-                    l.acquire(bytes.len() as u64).await;
-                }
                 return Ok(bytes);
             }
             Err(e) if attempt < settings.max_attempts => {
@@ -338,9 +350,6 @@ async fn backoff(settings: &S3Settings, attempt: u32) {
 async fn put_object(inner: &Inner, key: &str, body: Bytes) -> Result<(), String> {
     let settings = &inner.settings;
     let len = body.len() as u64;
-    if let Some(l) = &inner.upload_limit {
-        l.acquire(len).await;
-    }
     if len > settings.multipart_threshold {
         put_multipart(inner, key, body).await?;
     } else {
@@ -358,6 +367,7 @@ async fn put_object(inner: &Inner, key: &str, body: Bytes) -> Result<(), String>
     }
     inner.stats.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
     inner.stats.uploaded_objects.fetch_add(1, Ordering::Relaxed);
+    inner.report_upload();
     Ok(())
 }
 
@@ -373,6 +383,10 @@ async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), Stri
         .send()
         .await
         .map_err(|e| describe(&e, "start multipart upload of", key, settings))?;
+    inner
+        .stats
+        .multipart_uploads
+        .fetch_add(1, Ordering::Relaxed);
     let upload_id = created
         .upload_id()
         .ok_or_else(|| format!("S3 multipart upload of {key}: server returned no upload id"))?
@@ -560,14 +574,7 @@ impl WriteBackend for S3Backend {
             .into_iter()
             .partition(JoinHandle::is_finished);
         *pending = running;
-        for h in done {
-            let err = match self.rt.block_on(h) {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
-                Err(join) => format!("pack upload task failed: {join}"),
-            };
-            self.failed.lock().unwrap().get_or_insert(err);
-        }
+        self.settle(done);
         pending.push(handle);
         Ok(())
     }

@@ -117,7 +117,7 @@ pub fn assert_same_tree(source: &Path, restored: &Path) {
         "restored tree differs:\n{}",
         diff.join("\n")
     );
-    assert!(a.len() > 0);
+    assert!(!a.is_empty());
 }
 
 /// `restic` with the test password and `env`.

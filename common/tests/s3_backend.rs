@@ -1,0 +1,254 @@
+//! The S3 backend against a real S3 server (Garage): ordering, multipart, failures.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustic_core::{FileType, Id, ReadBackend, WriteBackend};
+use stowage_common::backend::S3Backend;
+use stowage_common::env::{CommonEnv, ResticEnv};
+use stowage_common::location::Location;
+use stowage_common::s3::S3Settings;
+use stowage_testkit::garage;
+use stowage_testkit::proxy::{Fault, FaultProxy};
+
+fn backend(endpoint: &str, bucket: &str, common: CommonEnv) -> S3Backend {
+    let g = garage::shared();
+    let restic = ResticEnv {
+        aws_access_key_id: Some(g.access_key.clone()),
+        aws_secret_access_key: Some(g.secret_key.clone()),
+        aws_default_region: Some(garage::REGION.into()),
+        ..Default::default()
+    };
+    let Location::S3(loc) = Location::parse(&format!("s3:{endpoint}/{bucket}/repo"), None).unwrap()
+    else {
+        panic!()
+    };
+    let common = CommonEnv {
+        allow_http: true,
+        ..common
+    };
+    let mut settings = S3Settings::from_env(loc, &restic, &common).unwrap();
+    settings.initial_backoff = Duration::from_millis(20);
+    S3Backend::new(settings).unwrap()
+}
+
+fn ids(n: usize) -> Vec<Id> {
+    (0..n).map(|_| Id::random()).collect()
+}
+
+#[test]
+fn index_is_written_only_after_every_pack_is_stored() {
+    let g = garage::shared();
+    let proxy = FaultProxy::start(g.addr());
+    // Every request is slow, so pack uploads are still running when the index comes.
+    proxy.set(1, Some(Fault::Delay(Duration::from_millis(300))));
+    let bucket = g.bucket("ordering");
+    let be = backend(
+        &proxy.endpoint,
+        &bucket,
+        CommonEnv {
+            s3_concurrency: 4,
+            ..Default::default()
+        },
+    );
+    let packs = ids(6);
+    for id in &packs {
+        be.write_bytes(
+            FileType::Pack,
+            id,
+            false,
+            Bytes::from(vec![7u8; 1000]).into(),
+        )
+        .unwrap();
+    }
+    let index = Id::random();
+    be.write_bytes(
+        FileType::Index,
+        &index,
+        true,
+        Bytes::from_static(b"index").into(),
+    )
+    .unwrap();
+    // Check directly on the server, not through the proxy.
+    let direct = backend(&g.endpoint, &bucket, CommonEnv::default());
+    let stored: Vec<Id> = direct.list(FileType::Pack).unwrap();
+    for id in &packs {
+        assert!(
+            stored.contains(id),
+            "pack {id:?} missing when the index was written"
+        );
+    }
+    assert_eq!(direct.list(FileType::Index).unwrap(), vec![index]);
+    assert_eq!(
+        direct.read_full(FileType::Pack, &packs[0]).unwrap(),
+        Bytes::from(vec![7u8; 1000])
+    );
+}
+
+#[test]
+fn failed_pack_upload_fails_the_index_write_and_no_index_is_stored() {
+    let g = garage::shared();
+    let proxy = FaultProxy::start(g.addr());
+    let bucket = g.bucket("packfail");
+    let be = backend(
+        &proxy.endpoint,
+        &bucket,
+        CommonEnv {
+            s3_max_attempts: 1,
+            ..Default::default()
+        },
+    );
+    be.create().unwrap();
+    proxy.set(1, Some(Fault::InternalError));
+    let before = proxy.requests();
+    be.write_bytes(
+        FileType::Pack,
+        &Id::random(),
+        false,
+        Bytes::from_static(b"pack").into(),
+    )
+    .unwrap();
+    let err = be
+        .write_bytes(
+            FileType::Index,
+            &Id::random(),
+            true,
+            Bytes::from_static(b"i").into(),
+        )
+        .unwrap_err();
+    assert!(
+        err.display_log().contains("pack upload failed"),
+        "{}",
+        err.display_log()
+    );
+    assert_eq!(
+        proxy.requests(),
+        before + 1,
+        "the index upload was never attempted"
+    );
+    proxy.set(0, None);
+    let direct = backend(&g.endpoint, &bucket, CommonEnv::default());
+    assert!(direct.list(FileType::Index).unwrap().is_empty());
+}
+
+#[test]
+fn large_objects_use_multipart_and_read_back_whole_and_in_ranges() {
+    let g = garage::shared();
+    let bucket = g.bucket("multipart");
+    let be = backend(
+        &g.endpoint,
+        &bucket,
+        CommonEnv {
+            s3_multipart_threshold_mib: 5,
+            s3_part_size_mib: 5,
+            ..Default::default()
+        },
+    );
+    let data: Vec<u8> = stowage_testkit::trees::random_bytes(13 * 1024 * 1024 + 7, 1);
+    let id = Id::random();
+    be.write_bytes(FileType::Pack, &id, false, Bytes::from(data.clone()).into())
+        .unwrap();
+    be.flush().unwrap();
+    assert_eq!(
+        be.stats()
+            .multipart_uploads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        be.read_full(FileType::Pack, &id).unwrap(),
+        Bytes::from(data.clone())
+    );
+    let part = be
+        .read_partial(FileType::Pack, &id, false, 6 * 1024 * 1024 - 3, 100)
+        .unwrap();
+    assert_eq!(&part[..], &data[6 * 1024 * 1024 - 3..6 * 1024 * 1024 + 97]);
+    assert_eq!(
+        be.list_with_size(FileType::Pack).unwrap(),
+        vec![(id, data.len() as u32)]
+    );
+    // Small objects do not.
+    be.write_bytes(
+        FileType::Pack,
+        &Id::random(),
+        false,
+        Bytes::from(vec![1u8; 1024]).into(),
+    )
+    .unwrap();
+    be.flush().unwrap();
+    assert_eq!(
+        be.stats()
+            .multipart_uploads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn config_listing_distinguishes_absent_from_unreachable() {
+    let g = garage::shared();
+    let bucket = g.bucket("config");
+    let be = backend(&g.endpoint, &bucket, CommonEnv::default());
+    assert!(
+        be.list(FileType::Config).unwrap().is_empty(),
+        "absent: a clear empty answer"
+    );
+    be.write_bytes(
+        FileType::Config,
+        &Id::default(),
+        false,
+        Bytes::from_static(b"cfg").into(),
+    )
+    .unwrap();
+    assert_eq!(be.list(FileType::Config).unwrap().len(), 1);
+    let gone = backend(
+        &format!("http://127.0.0.1:{}", stowage_testkit::free_port()),
+        &bucket,
+        CommonEnv {
+            s3_max_attempts: 1,
+            ..Default::default()
+        },
+    );
+    let err = gone.list(FileType::Config).unwrap_err();
+    assert!(
+        err.display_log().contains("cannot reach"),
+        "{}",
+        err.display_log()
+    );
+    let missing = backend(&g.endpoint, "no-such-bucket", CommonEnv::default());
+    let err = missing.list(FileType::Config).unwrap_err();
+    assert!(
+        err.display_log().contains("does not exist"),
+        "{}",
+        err.display_log()
+    );
+}
+
+#[test]
+fn dropped_connections_during_reads_are_retried() {
+    let g = garage::shared();
+    let proxy = FaultProxy::start(g.addr());
+    let bucket = g.bucket("truncate");
+    let be = backend(
+        &proxy.endpoint,
+        &bucket,
+        CommonEnv {
+            s3_max_attempts: 4,
+            ..Default::default()
+        },
+    );
+    let id = Id::random();
+    let data = Bytes::from(stowage_testkit::trees::random_bytes(300_000, 3));
+    be.write_bytes(FileType::Index, &id, true, data.clone().into())
+        .unwrap();
+    proxy.set(2, Some(Fault::Truncate(1000)));
+    for _ in 0..6 {
+        assert_eq!(be.read_full(FileType::Index, &id).unwrap(), data);
+        assert_eq!(
+            &be.read_partial(FileType::Index, &id, false, 100, 200_000)
+                .unwrap()[..],
+            &data[100..200_100]
+        );
+    }
+    assert!(proxy.faults() >= 5);
+}

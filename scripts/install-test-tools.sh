@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests and benchmarks need on a fresh Debian machine with a Rust
+# toolchain: restic (interoperability peer), GNU time (peak memory), and Garage (the
+# real S3 server the tests start on loopback), built from crates.io.
+set -euo pipefail
+
+GARAGE_VERSION=2.5.0
+
+missing=()
+command -v restic >/dev/null || missing+=(restic)
+[ -x /usr/bin/time ] || missing+=(time)
+command -v touch >/dev/null || missing+=(coreutils)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} from Debian"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+garage_bin="$(command -v garage || true)"
+[ -n "$garage_bin" ] || garage_bin="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
+if ! [ -x "$garage_bin" ] || ! "$garage_bin" --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+  echo "building the Garage S3 server $GARAGE_VERSION from crates.io (about 12 minutes on 2 cores)"
+  cargo install garage --locked --version "$GARAGE_VERSION" --quiet
+fi
+echo "test tools: $(restic version | head -1); garage $("$garage_bin" --version 2>/dev/null | head -1 | awk '{print $2}')"
