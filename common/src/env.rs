@@ -82,6 +82,9 @@ pub struct CommonEnv {
     pub password_file: Option<PathBuf>,
     /// Seconds between progress log lines during long work.
     pub progress_interval_secs: u64,
+    /// MiB of pack data a restore may hold in memory at once (bounds a mover's memory
+    /// under its 512Mi limit; more is not faster on one volume).
+    pub read_budget_mib: u32,
 }
 
 impl Default for CommonEnv {
@@ -102,6 +105,7 @@ impl Default for CommonEnv {
             repository: None,
             password_file: None,
             progress_interval_secs: 10,
+            read_budget_mib: 96,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Shared library of the stowage programs: the configuration contract, logging, the
 //! S3 client and storage backends, repository access and restic-compatible locks.
 
+pub mod allocator;
 pub mod backend;
 pub mod env;
 mod error;

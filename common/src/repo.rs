@@ -7,7 +7,7 @@ use rustic_core::{
 };
 
 use crate::Error;
-use crate::backend::Storage;
+use crate::backend::{BackendOptions, Storage};
 use crate::env::{CommonEnv, ResticEnv};
 use crate::location::Location;
 
@@ -20,8 +20,8 @@ pub struct RepoAccess {
     pub storage: Storage,
     password: String,
     cache_dir: Option<PathBuf>,
-    /// Upload and download limits in KiB/s.
-    pub limits: (Option<u64>, Option<u64>),
+    /// Read budget and rate limits.
+    pub backend_options: BackendOptions,
 }
 
 impl std::fmt::Debug for RepoAccess {
@@ -95,7 +95,7 @@ impl RepoAccess {
                 .cache_dir
                 .clone()
                 .or_else(|| restic.restic_cache_dir.clone()),
-            limits: (common.limit_upload, common.limit_download),
+            backend_options: BackendOptions::from_env(common),
         })
     }
 
@@ -111,7 +111,7 @@ impl RepoAccess {
             storage,
             password,
             cache_dir,
-            limits: (None, None),
+            backend_options: BackendOptions::default(),
         }
     }
 
@@ -125,7 +125,7 @@ impl RepoAccess {
     fn unopened<P: ProgressBars>(&self, progress: P) -> Result<Repository<()>, Error> {
         Repository::new_with_progress(
             &self.options(),
-            &self.storage.backends(self.limits)?,
+            &self.storage.backends(&self.backend_options)?,
             progress,
         )
         .map_err(Error::from_rustic)

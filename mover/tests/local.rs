@@ -390,3 +390,41 @@ fn help_is_there_for_every_command() {
         assert!(r.stdout.contains("Usage:"), "{cmd:?}: {}", r.stdout);
     }
 }
+
+#[test]
+fn cache_directory_is_used_when_configured() {
+    let d = tmp();
+    let (src, repo, cache) = (join(&d, "src"), join(&d, "repo"), join(&d, "cache"));
+    trees::many_small(&src, 300, 1);
+    let env = with(local_env(&repo), &[("STOWAGE_CACHE_DIR", path(&cache))]);
+    run(&env, &["backup", path(&src)]).ok();
+    trees::write_random(&src.join("new.bin"), 10_000, 5);
+    let second = run(&env, &["backup", path(&src)]).ok().result();
+    assert!(second.added_bytes >= 10_000);
+    // rustic keeps index and snapshot files of the repository in the cache.
+    let cached: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.contains("/index/"))
+        .collect();
+    assert!(
+        !cached.is_empty(),
+        "index files cached under {}",
+        cache.display()
+    );
+    let out = join(&d, "out");
+    run(&env, &["restore", path(&out)]).ok();
+    assert_same_tree(&src, &out);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}

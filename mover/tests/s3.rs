@@ -107,6 +107,27 @@ fn wrong_credentials_are_named_and_nothing_is_written() {
 }
 
 #[test]
+fn wrong_password_over_s3_is_named_and_writes_nothing() {
+    let d = tmp();
+    let src = join(&d, "src");
+    trees::many_small(&src, 5, 1);
+    let repo = repo("password");
+    run(&s3_env(&repo), &["backup", path(&src)]).ok();
+    let bad = with(s3_env(&repo), &[("RESTIC_PASSWORD", "not the password")]);
+    run(&bad, &["backup", path(&src)]).failed(1, "password opens no key");
+    run(&bad, &["restore", path(&join(&d, "out"))]).failed(1, "password opens no key");
+    let snaps = restic(&s3_env(&repo), &["snapshots", "--json"], None).ok();
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&snaps.stdout)
+            .unwrap()
+            .len(),
+        1
+    );
+    let locks = restic(&s3_env(&repo), &["list", "locks", "--no-lock"], None).ok();
+    assert_eq!(locks.stdout.trim(), "", "no lock left behind");
+}
+
+#[test]
 fn missing_bucket_is_named_and_not_created() {
     let d = tmp();
     let src = join(&d, "src");

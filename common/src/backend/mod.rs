@@ -1,6 +1,7 @@
 //! Where repository files are stored: S3 (the project's one S3 stack) or a local
 //! directory. Also gives raw access to files rustic_core does not know (restic locks).
 
+pub mod budget;
 pub mod s3;
 pub mod throttle;
 
@@ -16,6 +17,32 @@ use crate::env::{CommonEnv, ResticEnv};
 use crate::location::Location;
 use crate::s3::S3Settings;
 pub use s3::{S3Backend, TransferStats};
+
+/// How rustic_core's view of the storage is wrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Upload / download limits in KiB/s.
+    pub limit_upload: Option<u64>,
+    pub limit_download: Option<u64>,
+    /// Pack data held in memory at once by reads (restores), in MiB.
+    pub read_budget_mib: u32,
+}
+
+impl BackendOptions {
+    pub fn from_env(common: &CommonEnv) -> Self {
+        Self {
+            limit_upload: common.limit_upload,
+            limit_download: common.limit_download,
+            read_budget_mib: common.read_budget_mib,
+        }
+    }
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self::from_env(&CommonEnv::default())
+    }
+}
 
 /// An opened storage location.
 #[derive(Clone, Debug)]
@@ -40,11 +67,8 @@ impl Storage {
         }
     }
 
-    /// The backend rustic_core drives, rate-limited as given (KiB/s).
-    pub fn backends(
-        &self,
-        limits: (Option<u64>, Option<u64>),
-    ) -> Result<RepositoryBackends, Error> {
+    /// The backend rustic_core drives, with the read budget and rate limits.
+    pub fn backends(&self, opts: &BackendOptions) -> Result<RepositoryBackends, Error> {
         let be: Arc<dyn WriteBackend> = match self {
             Storage::Local(path) => {
                 let p = path.to_str().ok_or_else(|| {
@@ -54,7 +78,8 @@ impl Storage {
             }
             Storage::S3(s3) => Arc::new(s3.clone()),
         };
-        let be: Arc<dyn WriteBackend> = match limits {
+        let be: Arc<dyn WriteBackend> = Arc::new(budget::ReadBudget::new(be, opts.read_budget_mib));
+        let be: Arc<dyn WriteBackend> = match (opts.limit_upload, opts.limit_download) {
             (None, None) => be,
             (up, down) => Arc::new(throttle::Throttled::new(be, up, down)),
         };

@@ -354,14 +354,21 @@ async fn put_object(inner: &Inner, key: &str, body: Bytes) -> Result<(), String>
         put_multipart(inner, key, body).await?;
     } else {
         inner.stats.requests.fetch_add(1, Ordering::Relaxed);
-        inner
+        let req = inner
             .client
             .put_object()
             .bucket(&settings.location.bucket)
             .key(key)
             .content_length(len as i64)
-            .body(ByteStream::from(body))
-            .send()
+            .body(ByteStream::from(body));
+        let req = with_timeout(req.customize(), settings, len);
+        // Over TLS the payload needs no SigV4 hash of its own.
+        let req = if settings.sign_payload() {
+            req
+        } else {
+            req.disable_payload_signing()
+        };
+        req.send()
             .await
             .map_err(|e| describe(&e, "write", key, settings))?;
     }
@@ -396,17 +403,25 @@ async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), Stri
         for (i, chunk) in body.chunks(settings.part_size as usize).enumerate() {
             let n = i as i32 + 1;
             inner.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let part = inner
+            let req = inner
                 .client
                 .upload_part()
                 .bucket(bucket)
                 .key(key)
                 .upload_id(&upload_id)
                 .part_number(n)
-                .body(ByteStream::from(body.slice_ref(chunk)))
-                .send()
-                .await
-                .map_err(|e| describe(&e, &format!("upload part {n} of"), key, settings))?;
+                .body(ByteStream::from(body.slice_ref(chunk)));
+            let part = {
+                let c = with_timeout(req.customize(), settings, chunk.len() as u64);
+                if settings.sign_payload() {
+                    c
+                } else {
+                    c.disable_payload_signing()
+                }
+            }
+            .send()
+            .await
+            .map_err(|e| describe(&e, &format!("upload part {n} of"), key, settings))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(n)
@@ -445,6 +460,25 @@ async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), Stri
             .await;
     }
     result
+}
+
+/// An attempt timeout
+/// that lets a pack through a slow home uplink (at least 64 KiB/s assumed) while a
+/// hung connection is still cut and retried.
+fn with_timeout<T, E, B>(
+    req: aws_sdk_s3::client::customize::CustomizableOperation<T, E, B>,
+    settings: &S3Settings,
+    len: u64,
+) -> aws_sdk_s3::client::customize::CustomizableOperation<T, E, B> {
+    let secs = (len / (64 * 1024)).max(settings.attempt_timeout.as_secs());
+    req.config_override(
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(settings.connect_timeout)
+                .operation_attempt_timeout(Duration::from_secs(secs))
+                .build(),
+        ),
+    )
 }
 
 fn concat(list: BytesList) -> Bytes {
