@@ -60,7 +60,8 @@ pub struct CommonEnv {
     pub s3_path_style: Option<bool>,
     /// PEM bundle of extra trusted CAs for the S3 endpoint.
     pub ca_bundle: Option<PathBuf>,
-    /// Parallel pack uploads per program.
+    /// Parallel pack uploads per program. Each holds a pack (32 MiB or more) in
+    /// memory; 2 keep a backup under 256 MiB and saturate 2 cores.
     pub s3_concurrency: usize,
     /// Objects larger than this many MiB are uploaded in parts.
     pub s3_multipart_threshold_mib: u64,
@@ -95,7 +96,7 @@ impl Default for CommonEnv {
             allow_http: false,
             s3_path_style: None,
             ca_bundle: None,
-            s3_concurrency: 4,
+            s3_concurrency: 2,
             s3_multipart_threshold_mib: 64,
             s3_part_size_mib: 16,
             s3_max_attempts: 6,
@@ -105,7 +106,7 @@ impl Default for CommonEnv {
             repository: None,
             password_file: None,
             progress_interval_secs: 10,
-            read_budget_mib: 96,
+            read_budget_mib: 64,
         }
     }
 }
@@ -318,7 +319,7 @@ mod tests {
         let c = MoverConfig::from_vars(&[]).unwrap();
         assert_eq!(c.mover.source, PathBuf::from("/data"));
         assert_eq!(c.mover.snapshot_host, "volsync");
-        assert_eq!(c.common.s3_concurrency, 4);
+        assert_eq!(c.common.s3_concurrency, 2);
         assert!(!c.common.allow_http);
     }
 
@@ -381,7 +382,7 @@ mod tests {
     #[test]
     fn empty_values_count_as_unset() {
         let c = MoverConfig::from_vars(&vars(&[("STOWAGE_S3_CONCURRENCY", "")])).unwrap();
-        assert_eq!(c.common.s3_concurrency, 4);
+        assert_eq!(c.common.s3_concurrency, 2);
     }
 
     #[test]

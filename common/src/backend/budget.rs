@@ -2,7 +2,7 @@
 //!
 //! rustic_core's restore reads pack ranges on 20 threads and hands the decrypted blobs
 //! to writer tasks without a bound, so on a large restore the data in flight grows
-//! with the volume (measured: 1.1 GiB peak for a 1 GiB restore). A mover Job runs
+//! with the volume (measured: 1.1 GiB peak for a 1 GiB restore from S3). A mover Job runs
 //! under a 512Mi limit. Here every pack read first reserves its size from a budget
 //! and gives it back when the last reference to the data is dropped, so at most the
 //! budget's worth of pack data is held at once, whatever drives the reads.
