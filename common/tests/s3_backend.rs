@@ -32,6 +32,15 @@ fn backend(endpoint: &str, bucket: &str, common: CommonEnv) -> S3Backend {
     S3Backend::new(settings).unwrap()
 }
 
+/// A backend on a fresh bucket, reached through a fault proxy.
+fn proxied(hint: &str, common: CommonEnv) -> (FaultProxy, String, S3Backend) {
+    let g = garage::shared();
+    let proxy = FaultProxy::start(g.addr());
+    let bucket = g.bucket(hint);
+    let be = backend(&proxy.endpoint, &bucket, common);
+    (proxy, bucket, be)
+}
+
 fn ids(n: usize) -> Vec<Id> {
     (0..n).map(|_| Id::random()).collect()
 }
@@ -88,11 +97,8 @@ fn index_is_written_only_after_every_pack_is_stored() {
 #[test]
 fn failed_pack_upload_fails_the_index_write_and_no_index_is_stored() {
     let g = garage::shared();
-    let proxy = FaultProxy::start(g.addr());
-    let bucket = g.bucket("packfail");
-    let be = backend(
-        &proxy.endpoint,
-        &bucket,
+    let (proxy, bucket, be) = proxied(
+        "packfail",
         CommonEnv {
             s3_max_attempts: 1,
             ..Default::default()
@@ -226,12 +232,8 @@ fn config_listing_distinguishes_absent_from_unreachable() {
 
 #[test]
 fn dropped_connections_during_reads_are_retried() {
-    let g = garage::shared();
-    let proxy = FaultProxy::start(g.addr());
-    let bucket = g.bucket("truncate");
-    let be = backend(
-        &proxy.endpoint,
-        &bucket,
+    let (proxy, _bucket, be) = proxied(
+        "truncate",
         CommonEnv {
             s3_max_attempts: 4,
             ..Default::default()

@@ -1,9 +1,8 @@
 //! Where repository files are stored: S3 (the project's one S3 stack) or a local
 //! directory. Also gives raw access to files rustic_core does not know (restic locks).
 
-pub mod budget;
 pub mod s3;
-pub mod throttle;
+pub mod shaped;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,12 +77,13 @@ impl Storage {
             }
             Storage::S3(s3) => Arc::new(s3.clone()),
         };
-        let be: Arc<dyn WriteBackend> = Arc::new(budget::ReadBudget::new(be, opts.read_budget_mib));
-        let be: Arc<dyn WriteBackend> = match (opts.limit_upload, opts.limit_download) {
-            (None, None) => be,
-            (up, down) => Arc::new(throttle::Throttled::new(be, up, down)),
-        };
-        Ok(RepositoryBackends::new(be, None))
+        let be = shaped::Shaped::new(
+            be,
+            opts.read_budget_mib,
+            opts.limit_upload,
+            opts.limit_download,
+        );
+        Ok(RepositoryBackends::new(Arc::new(be), None))
     }
 
     /// Waits for queued uploads (S3); the first failure is returned.

@@ -1,4 +1,5 @@
-//! A memory budget for pack reads.
+//! What rustic_core sees of the storage: a memory budget for pack reads and optional
+//! rate limits, for any backend.
 //!
 //! rustic_core's restore reads pack ranges on 20 threads and hands the decrypted blobs
 //! to writer tasks without a bound, so on a large restore the data in flight grows
@@ -12,10 +13,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use bytes::Bytes;
 use rustic_core::{BytesList, FileType, Id, ReadBackend, RusticResult, WriteBackend};
 
+use crate::ratelimit::RateLimiter;
+
 #[derive(Debug)]
-pub struct ReadBudget {
+pub struct Shaped {
     inner: Arc<dyn WriteBackend>,
     pool: Arc<Pool>,
+    up: Option<RateLimiter>,
+    down: Option<RateLimiter>,
 }
 
 /// A counting semaphore in KiB for plain threads (rustic's reader pool).
@@ -51,8 +56,15 @@ impl AsRef<[u8]> for Held {
     }
 }
 
-impl ReadBudget {
-    pub fn new(inner: Arc<dyn WriteBackend>, budget_mib: u32) -> Self {
+impl Shaped {
+    /// `budget_mib`: pack data held by reads at once; limits in KiB/s (restic's
+    /// unit), `None` is unlimited.
+    pub fn new(
+        inner: Arc<dyn WriteBackend>,
+        budget_mib: u32,
+        up_kib: Option<u64>,
+        down_kib: Option<u64>,
+    ) -> Self {
         let total = budget_mib.max(1).saturating_mul(1024);
         Self {
             inner,
@@ -61,7 +73,17 @@ impl ReadBudget {
                 released: Condvar::new(),
                 total,
             }),
+            up: up_kib.map(|k| RateLimiter::new(k * 1024)),
+            down: down_kib.map(|k| RateLimiter::new(k * 1024)),
         }
+    }
+
+    /// Waits for the download limit after data arrived.
+    fn got(&self, b: Bytes) -> Bytes {
+        if let Some(l) = &self.down {
+            l.acquire(b.len() as u64);
+        }
+        b
     }
 
     /// KiB to reserve for `len` bytes: rounded up, and never more than the whole budget
@@ -89,7 +111,7 @@ impl ReadBudget {
     }
 }
 
-impl ReadBackend for ReadBudget {
+impl ReadBackend for Shaped {
     fn location(&self) -> String {
         self.inner.location()
     }
@@ -97,7 +119,7 @@ impl ReadBackend for ReadBudget {
         self.inner.list_with_size(tpe)
     }
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
-        self.inner.read_full(tpe, id)
+        self.inner.read_full(tpe, id).map(|b| self.got(b))
     }
     fn read_partial(
         &self,
@@ -108,12 +130,16 @@ impl ReadBackend for ReadBudget {
         length: u32,
     ) -> RusticResult<Bytes> {
         if tpe != FileType::Pack {
-            return self.inner.read_partial(tpe, id, cacheable, offset, length);
+            return self
+                .inner
+                .read_partial(tpe, id, cacheable, offset, length)
+                .map(|b| self.got(b));
         }
         let permit = self.reserve(length);
-        let data = self
-            .inner
-            .read_partial(tpe, id, cacheable, offset, length)?;
+        let data = self.got(
+            self.inner
+                .read_partial(tpe, id, cacheable, offset, length)?,
+        );
         Ok(Bytes::from_owner(Held {
             data,
             _permit: permit,
@@ -124,7 +150,7 @@ impl ReadBackend for ReadBudget {
     }
 }
 
-impl WriteBackend for ReadBudget {
+impl WriteBackend for Shaped {
     fn create(&self) -> RusticResult<()> {
         self.inner.create()
     }
@@ -135,6 +161,11 @@ impl WriteBackend for ReadBudget {
         cacheable: bool,
         buf: BytesList,
     ) -> RusticResult<()> {
+        // Writes wait for their slot before they are handed on: for S3 that is before
+        // the pack joins the upload queue, so the queue drains at the limit.
+        if let Some(l) = &self.up {
+            l.acquire(buf.size() as u64);
+        }
         self.inner.write_bytes(tpe, id, cacheable, buf)
     }
     fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
@@ -146,16 +177,8 @@ impl WriteBackend for ReadBudget {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cost_rounds_up_and_is_capped_by_the_budget() {
-        assert_eq!(ReadBudget::cost(0, 100), 1);
-        assert_eq!(ReadBudget::cost(1, 100), 1);
-        assert_eq!(ReadBudget::cost(1025, 100), 2);
-        assert_eq!(ReadBudget::cost(10 << 20, 100), 100);
-    }
-
-    #[test]
-    fn budget_is_held_until_the_data_is_dropped() {
+    /// A local repository directory holding one pack of `len` bytes.
+    fn local_with_pack(len: usize) -> (tempfile::TempDir, rustic_backend::local::LocalBackend, Id) {
         let dir = tempfile::tempdir().unwrap();
         let local =
             rustic_backend::local::LocalBackend::new(dir.path().to_str().unwrap(), Vec::new())
@@ -167,10 +190,24 @@ mod tests {
                 FileType::Pack,
                 &id,
                 false,
-                Bytes::from(vec![5u8; 3 << 20]).into(),
+                Bytes::from(vec![5u8; len]).into(),
             )
             .unwrap();
-        let b = ReadBudget::new(Arc::new(local), 4);
+        (dir, local, id)
+    }
+
+    #[test]
+    fn cost_rounds_up_and_is_capped_by_the_budget() {
+        assert_eq!(Shaped::cost(0, 100), 1);
+        assert_eq!(Shaped::cost(1, 100), 1);
+        assert_eq!(Shaped::cost(1025, 100), 2);
+        assert_eq!(Shaped::cost(10 << 20, 100), 100);
+    }
+
+    #[test]
+    fn budget_is_held_until_the_data_is_dropped() {
+        let (_dir, local, id) = local_with_pack(3 << 20);
+        let b = Shaped::new(Arc::new(local), 4, None, None);
         let a = b
             .read_partial(FileType::Pack, &id, false, 0, 2 << 20)
             .unwrap();
@@ -190,21 +227,8 @@ mod tests {
 
     #[test]
     fn a_blocked_reader_proceeds_when_data_is_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let local =
-            rustic_backend::local::LocalBackend::new(dir.path().to_str().unwrap(), Vec::new())
-                .unwrap();
-        local.create().unwrap();
-        let id = Id::random();
-        local
-            .write_bytes(
-                FileType::Pack,
-                &id,
-                false,
-                Bytes::from(vec![5u8; 2 << 20]).into(),
-            )
-            .unwrap();
-        let b = Arc::new(ReadBudget::new(Arc::new(local), 2));
+        let (_dir, local, id) = local_with_pack(2 << 20);
+        let b = Arc::new(Shaped::new(Arc::new(local), 2, None, None));
         let first = b
             .read_partial(FileType::Pack, &id, false, 0, 2 << 20)
             .unwrap();
