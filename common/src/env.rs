@@ -88,6 +88,13 @@ pub struct CommonEnv {
     pub read_budget_mib: u32,
 }
 
+impl CommonEnv {
+    /// Time between progress lines (at least a second).
+    pub fn progress_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.progress_interval_secs.max(1))
+    }
+}
+
 impl Default for CommonEnv {
     fn default() -> Self {
         Self {

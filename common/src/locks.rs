@@ -43,12 +43,17 @@ pub struct LockInfo {
     pub gid: u32,
 }
 
+/// The (uid, gid) this process runs as, if /proc tells.
+pub fn process_owner() -> Option<(u32, u32)> {
+    std::fs::metadata("/proc/self")
+        .ok()
+        .map(|m| (m.uid(), m.gid()))
+}
+
 impl LockInfo {
     /// A lock for this process, taken now.
     pub fn for_this_process(exclusive: bool) -> Self {
-        let (uid, gid) = std::fs::metadata("/proc/self")
-            .map(|m| (m.uid(), m.gid()))
-            .unwrap_or((0, 0));
+        let (uid, gid) = process_owner().unwrap_or((0, 0));
         Self {
             time: Timestamp::now(),
             exclusive,

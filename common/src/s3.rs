@@ -113,7 +113,7 @@ impl S3Settings {
             initial_backoff: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(300),
-            progress_interval: Duration::from_secs(common.progress_interval_secs.max(1)),
+            progress_interval: common.progress_interval(),
             location,
         })
     }

@@ -13,7 +13,6 @@ pub mod source;
 pub mod treecmp;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
@@ -87,7 +86,7 @@ fn access(cli: &Cli, cfg: &MoverConfig) -> Result<RepoAccess> {
 }
 
 fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
-    let interval = Duration::from_secs(cfg.common.progress_interval_secs.max(1));
+    let interval = cfg.common.progress_interval();
     let m = &cfg.mover;
     match &cli.command {
         Command::Backup(a) => {

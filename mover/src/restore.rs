@@ -1,6 +1,6 @@
 //! `stowage-mover restore`.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -156,9 +156,7 @@ pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
 }
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    locks::process_owner().is_some_and(|(uid, _)| uid == 0)
 }
 
 /// Restore options: numeric ids (container user names mean nothing), ownership only
