@@ -144,6 +144,8 @@ pub struct MoverEnv {
     pub pvc_uid: Option<String>,
     /// Allow an empty source to become the newest snapshot over a non-empty history.
     pub allow_empty_source: bool,
+    /// Let a PVC continue a repository holding another PVC's history (first-backup guard).
+    pub adopt_history: bool,
     /// Extra exclude globs, comma separated (restic `--exclude` semantics).
     pub excludes: Option<String>,
     /// Where the one-line JSON result goes (Kubernetes termination message).
@@ -160,10 +162,95 @@ impl Default for MoverEnv {
             pvc: None,
             pvc_uid: None,
             allow_empty_source: false,
+            adopt_history: false,
             excludes: None,
             result_file: None,
         }
     }
+}
+
+/// The scheduler's settings (`STOWAGE_` prefix).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SchedulerEnv {
+    /// Namespace of stowage itself (policies ConfigMap, credentials Secret).
+    pub system_namespace: String,
+    pub policies_configmap: String,
+    pub credentials_secret: String,
+    /// Opt-in label key on PVCs and namespaces.
+    pub backup_label: String,
+    /// Mover Jobs running at once across the cluster.
+    pub max_concurrent_jobs: usize,
+    /// Only these namespaces (comma separated; empty: all).
+    pub include_namespaces: Option<String>,
+    /// Never these namespaces (comma separated).
+    pub exclude_namespaces: Option<String>,
+    /// Image of the mover Jobs.
+    pub mover_image: String,
+    /// Repositories live under `<base>/<namespace>/<pvc>`, e.g.
+    /// `s3:https://s3.lan/volsync-backups` (restic's forms).
+    pub repository_base: Option<String>,
+    /// Prometheus Pushgateway base URL (`http://host:9091`); unset: no metrics.
+    pub pushgateway_url: Option<String>,
+}
+
+/// Where the mover image is published (kustomize sets the real tag).
+pub const DEFAULT_MOVER_IMAGE: &str = "ghcr.io/stowage-backup/stowage-mover:latest";
+
+impl Default for SchedulerEnv {
+    fn default() -> Self {
+        Self {
+            system_namespace: "stowage".into(),
+            policies_configmap: "stowage-policies".into(),
+            credentials_secret: "stowage-credentials".into(),
+            backup_label: "backup".into(),
+            max_concurrent_jobs: 3,
+            include_namespaces: None,
+            exclude_namespaces: None,
+            mover_image: DEFAULT_MOVER_IMAGE.into(),
+            repository_base: None,
+            pushgateway_url: None,
+        }
+    }
+}
+
+/// Everything the scheduler reads from its environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    pub restic: ResticEnv,
+    pub common: CommonEnv,
+    pub scheduler: SchedulerEnv,
+}
+
+impl SchedulerConfig {
+    pub fn from_vars(vars: &[(String, String)]) -> Result<Self, Error> {
+        check_unknown(vars.iter().cloned())?;
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .cloned()
+            .collect();
+        Ok(Self {
+            restic: parse(&vars, "")?,
+            common: parse(&vars, PREFIX)?,
+            scheduler: parse(&vars, PREFIX)?,
+        })
+    }
+
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_vars(&vars_from_process())
+    }
+}
+
+/// Comma-separated list (empty entries dropped).
+pub fn list(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Where a mover Job mounts the volume, and the path VolSync's mover records.
@@ -176,6 +263,7 @@ pub fn known_stowage_names() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     names.extend(field_names(&CommonEnv::default()));
     names.extend(field_names(&MoverEnv::default()));
+    names.extend(field_names(&SchedulerEnv::default()));
     names
 }
 

@@ -10,7 +10,15 @@ pub mod locks;
 pub mod logging;
 pub mod ratelimit;
 pub mod repo;
+pub mod result;
 pub mod s3;
 pub mod tags;
 
 pub use error::Error;
+
+#[cfg(feature = "k8s")]
+pub mod k8s;
+#[cfg(feature = "k8s")]
+pub mod metrics;
+#[cfg(feature = "k8s")]
+pub mod schedule;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rustic_core::{BackupOptions, SnapshotOptions};
 use stowage_common::repo::RepoAccess;
-use stowage_common::{Error, locks};
+use stowage_common::{Error, locks, tags};
 
 use crate::progress::{LogProgressBars, human_bytes};
 use crate::report::RunResult;
@@ -24,7 +24,27 @@ pub struct BackupPlan {
     pub tags: Vec<String>,
     pub excludes: Vec<String>,
     pub allow_empty: bool,
+    /// The PVC's UID when known: the first-backup guard compares it with the history.
+    pub pvc_uid: Option<String>,
+    /// Let this PVC continue a repository that holds another PVC's history.
+    pub adopt_history: bool,
     pub progress_interval: Duration,
+}
+
+/// The first-backup guard's refusal.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing the first backup of PVC {pvc_uid}: the repository holds another volume's history \
+     (newest snapshot {snapshot} of {origin}, {time}) and no snapshot of this PVC. This happens \
+     when an app comes up on a new, empty or re-initialised volume, e.g. after a cluster rebuild \
+     without restore. If this volume's data is the one to keep, allow it: annotate the PVC \
+     stowage.io/adopt-repository=true (mover: STOWAGE_ADOPT_HISTORY=true)"
+)]
+pub struct ForeignHistoryRefused {
+    pub pvc_uid: String,
+    pub snapshot: String,
+    pub origin: String,
+    pub time: String,
 }
 
 /// The empty-source guard's refusal (its own type so callers and tests can tell it).
@@ -49,6 +69,24 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
 
     let snaps = repo.get_all_snapshots().map_err(Error::from_rustic)?;
     let infos: Vec<_> = snaps.iter().map(snap_info).collect();
+    if let Some(uid) = plan.pvc_uid.as_deref()
+        && !plan.adopt_history
+        && let Some(newest) = select::foreign_history(&infos, uid)
+    {
+        let tag = |k| tags::tag_value(&newest.tags, k).unwrap_or("?").to_string();
+        return Err(ForeignHistoryRefused {
+            pvc_uid: uid.to_string(),
+            snapshot: newest.id[..8].to_string(),
+            origin: format!(
+                "{}/{} uid {}",
+                tag(tags::NAMESPACE),
+                tag(tags::PVC),
+                tag(tags::PVC_UID)
+            ),
+            time: newest.time.to_string(),
+        }
+        .into());
+    }
     let repo = repo.to_indexed_ids().map_err(Error::from_rustic)?;
 
     if !created

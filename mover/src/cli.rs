@@ -65,6 +65,10 @@ pub struct BackupArgs {
     /// Snapshot host [default: STOWAGE_SNAPSHOT_HOST or volsync]
     #[arg(long)]
     pub host: Option<String>,
+    /// Let this PVC (STOWAGE_PVC_UID) continue a repository that holds another
+    /// volume's history (the first-backup guard refuses that otherwise)
+    #[arg(long)]
+    pub adopt_history: bool,
 }
 
 #[derive(Debug, Args)]

@@ -48,6 +48,8 @@ pub fn run(args: &DemoArgs, interval: Duration) -> Result<()> {
         tags: stowage_common::tags::volume_tags(Some("demo"), Some("sample"), None),
         excludes: Vec::new(),
         allow_empty: false,
+        pvc_uid: None,
+        adopt_history: false,
         progress_interval: interval,
     };
     let b = backup::run(&access, &plan)?;

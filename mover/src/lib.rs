@@ -58,6 +58,7 @@ pub fn main() -> ExitCode {
                     operation: operation.into(),
                     ok: false,
                     error: Some(message),
+                    reason: Some(failure_reason(&e).into()),
                     ..Default::default()
                 }
                 .write(cfg.mover.result_file.as_deref());
@@ -73,6 +74,27 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(Error::Config(_)) => EXIT_CONFIG,
         Some(Error::Locked(_)) => EXIT_LOCKED,
         _ => EXIT_FAILURE,
+    }
+}
+
+/// The machine-readable reason of a failure, for the result's `reason`.
+pub fn failure_reason(e: &anyhow::Error) -> &'static str {
+    use crate::report::reason;
+    if e.downcast_ref::<backup::EmptySourceRefused>().is_some() {
+        return reason::EMPTY_SOURCE;
+    }
+    if e.downcast_ref::<backup::ForeignHistoryRefused>().is_some() {
+        return reason::FOREIGN_HISTORY;
+    }
+    if e.downcast_ref::<restore::TargetNotEmpty>().is_some() {
+        return reason::TARGET_NOT_EMPTY;
+    }
+    match e.downcast_ref::<Error>() {
+        Some(Error::Config(_)) => reason::CONFIG,
+        Some(Error::Locked(_)) => reason::LOCKED,
+        Some(Error::WrongPassword(_)) => reason::WRONG_PASSWORD,
+        Some(Error::Storage(_)) => reason::STORAGE,
+        _ => reason::FAILED,
     }
 }
 
@@ -111,6 +133,8 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
                 ),
                 excludes,
                 allow_empty: a.allow_empty || m.allow_empty_source,
+                pvc_uid: m.pvc_uid.clone().filter(|u| !u.is_empty()),
+                adopt_history: a.adopt_history || m.adopt_history,
                 progress_interval: interval,
             };
             let result = backup::run(&access(cli, cfg)?, &plan)?;

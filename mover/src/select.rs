@@ -135,6 +135,18 @@ pub fn refuse_empty_source(source_is_empty: bool, latest_has_data: bool, allowed
     source_is_empty && latest_has_data && !allowed
 }
 
+/// The first-backup guard: the newest snapshot of the repository when it has snapshots
+/// but none of the PVC with this UID (snapshots without a UID tag, e.g. VolSync's, count
+/// as another volume's: safety first, adopting is one annotation).
+pub fn foreign_history<'a>(snaps: &'a [SnapInfo], pvc_uid: &str) -> Option<&'a SnapInfo> {
+    if snaps.iter().any(|s| {
+        stowage_common::tags::tag_value(&s.tags, stowage_common::tags::PVC_UID) == Some(pvc_uid)
+    }) {
+        return None;
+    }
+    snaps.iter().max_by_key(|s| s.time)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +296,27 @@ mod tests {
             "history is empty too"
         );
         assert!(!refuse_empty_source(false, true, false), "source has data");
+    }
+
+    #[test]
+    fn foreign_history_guard() {
+        let mut a = snap("aaaa1111", "2026-11-01T00:00:00Z", "volsync");
+        a.tags = vec!["pvc-uid=old".into()];
+        let mut b = snap("bbbb2222", "2026-11-02T00:00:00Z", "volsync");
+        b.tags = vec!["pvc-uid=old".into()];
+        // Empty repository: a first backup is fine.
+        assert!(foreign_history(&[], "new").is_none());
+        // Only another UID's history: refused, naming the newest.
+        assert_eq!(
+            foreign_history(&[a.clone(), b.clone()], "new").unwrap().id,
+            "bbbb2222"
+        );
+        // The PVC has history of its own: fine.
+        let mut c = snap("cccc3333", "2026-11-03T00:00:00Z", "volsync");
+        c.tags = vec!["pvc-uid=new".into()];
+        assert!(foreign_history(&[a.clone(), b, c], "new").is_none());
+        // Untagged history (VolSync's) counts as foreign.
+        let v = snap("dddd4444", "2026-11-01T00:00:00Z", "volsync");
+        assert_eq!(foreign_history(&[v], "new").unwrap().id, "dddd4444");
     }
 }

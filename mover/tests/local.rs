@@ -79,6 +79,7 @@ fn empty_source_over_history_is_refused_unless_allowed() {
     let r = run(&env, &["backup", path(&src)]).failed(1, "is empty");
     assert!(r.stderr.contains("--allow-empty"), "{}", r.stderr);
     assert!(!r.result().ok);
+    assert_eq!(r.result().reason.as_deref(), Some("EmptySource"));
     let listed = run(&env, &["snapshots", "--json"]).ok();
     let snaps: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(snaps.len(), 1, "no snapshot was added");
@@ -88,6 +89,44 @@ fn empty_source_over_history_is_refused_unless_allowed() {
         &["backup", path(&src)],
     )
     .ok();
+}
+
+#[test]
+fn first_backup_of_a_new_pvc_over_foreign_history_is_refused_unless_adopted() {
+    let d = tmp();
+    let (src, repo) = (join(&d, "src"), join(&d, "repo"));
+    trees::many_small(&src, 10, 1);
+    let old = with(local_env(&repo), &[("STOWAGE_PVC_UID", "uid-old")]);
+    run(&old, &["backup", path(&src)]).ok();
+    // The old PVC keeps backing up.
+    run(&old, &["backup", path(&src)]).ok();
+    // A new incarnation (new UID, e.g. a fresh volume after a rebuild) is refused.
+    let new = with(
+        local_env(&repo),
+        &[("STOWAGE_PVC_UID", "uid-new"), ("STOWAGE_NAMESPACE", "db")],
+    );
+    let r = run(&new, &["backup", path(&src)]).failed(1, "refusing the first backup");
+    assert!(
+        r.stderr.contains("stowage.io/adopt-repository=true"),
+        "{}",
+        r.stderr
+    );
+    let result = r.result();
+    assert_eq!(result.reason.as_deref(), Some("ForeignHistory"));
+    assert!(result.error.unwrap().contains("uid uid-old"));
+    let listed = run(&old, &["snapshots", "--json"]).ok();
+    let snaps: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(snaps.len(), 2, "no snapshot was added");
+    // Allowed by the user (annotation -> STOWAGE_ADOPT_HISTORY), then it has its own
+    // history and needs no permission any more.
+    run(
+        &with(new.clone(), &[("STOWAGE_ADOPT_HISTORY", "true")]),
+        &["backup", path(&src)],
+    )
+    .ok();
+    run(&new, &["backup", path(&src)]).ok();
+    // Without a UID (manual runs) there is no guard.
+    run(&local_env(&repo), &["backup", path(&src)]).ok();
 }
 
 #[test]

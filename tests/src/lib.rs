@@ -2,8 +2,10 @@
 //! a real S3 server process (Garage) on loopback, a fault-injecting proxy in front of
 //! it, and generators of directory trees with every kind of entry a volume can hold.
 
+pub mod fakeapi;
 pub mod garage;
 pub mod proxy;
+pub mod sim;
 pub mod trees;
 
 use std::net::TcpListener;

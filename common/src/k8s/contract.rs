@@ -1,0 +1,130 @@
+//! Every label, annotation, Secret key and fixed name that stowage's programs and
+//! manifests share. Producers and consumers both use these constants; the kustomize
+//! checks compare the manifests against them.
+
+/// Label and annotation prefix of everything stowage records on objects.
+pub const PREFIX: &str = "stowage.io/";
+
+// The opt-in label key and the names of the policies ConfigMap and credentials Secret
+// are settings: their defaults are in `env::SchedulerEnv`.
+/// Values of the opt-in label that opt a PVC out (a PVC label overrides its
+/// namespace's).
+pub const OPT_OUT_VALUES: &[&str] = &["none", "off", "false", "disabled"];
+
+/// Namespace label: mover Jobs in this namespace may run as root with the
+/// capabilities to read every file and restore ownership.
+pub const LABEL_PRIVILEGED_MOVER: &str = "stowage.io/privileged-mover";
+
+/// `app.kubernetes.io/*` labels on everything stowage creates.
+pub mod app {
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const NAME: &str = "app.kubernetes.io/name";
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// The value of `managed-by` and `part-of`.
+    pub const STOWAGE: &str = "stowage";
+}
+
+/// Labels stowage puts on its own objects, to find its work again.
+pub mod label {
+    /// UID of the PVC a mover Job works on (names can exceed label limits, UIDs not).
+    pub const PVC_UID: &str = "stowage.io/pvc-uid";
+    /// `backup` or `restore`.
+    pub const OPERATION: &str = "stowage.io/operation";
+}
+
+/// Annotations a user may set on a PVC.
+pub mod user {
+    /// Repository URL for this PVC instead of `<base>/<namespace>/<pvc>`.
+    pub const REPOSITORY: &str = "stowage.io/repository";
+    /// Name of a Secret in the PVC's namespace with RESTIC_REPOSITORY, RESTIC_PASSWORD
+    /// and S3 keys (VolSync style); used as it is.
+    pub const SECRET: &str = "stowage.io/secret";
+    /// Extra exclude patterns, comma separated (restic `--exclude` syntax).
+    pub const EXCLUDES: &str = "stowage.io/excludes";
+    /// Mover memory (request and limit), e.g. `1Gi`.
+    pub const MOVER_MEMORY: &str = "stowage.io/mover-memory";
+    /// Mover CPU request, e.g. `1` or `250m`.
+    pub const MOVER_CPU: &str = "stowage.io/mover-cpu";
+    /// User the mover runs as: `UID` or `UID:GID`.
+    pub const MOVER_USER: &str = "stowage.io/mover-user";
+    /// Any new value requests a backup at the next scheduler pass.
+    pub const BACKUP_NOW: &str = "stowage.io/backup-now";
+    /// `"true"`: this PVC may continue a repository that holds another PVC's history
+    /// (the first-backup guard lets it through).
+    pub const ADOPT_REPOSITORY: &str = "stowage.io/adopt-repository";
+    /// `"true"` on a PVC that refers to the stowage kind: bind it empty instead of
+    /// restoring.
+    pub const FORCE_EMPTY: &str = "stowage.io/force-empty";
+}
+
+/// Annotations stowage records on a PVC.
+pub mod status {
+    /// RFC 3339 time of the last backup attempt (started Job).
+    pub const LAST_ATTEMPT: &str = "stowage.io/last-attempt";
+    /// RFC 3339 time of the last successful backup.
+    pub const LAST_BACKUP: &str = "stowage.io/last-backup";
+    /// Snapshot id of the last successful backup.
+    pub const LAST_SNAPSHOT: &str = "stowage.io/last-snapshot";
+    /// `Succeeded` or `Failed: <reason>` of the last finished backup.
+    pub const LAST_RESULT: &str = "stowage.io/last-result";
+    /// Name of the last backup Job started for this PVC.
+    pub const LAST_JOB: &str = "stowage.io/last-job";
+    /// Name of the last backup Job whose result is recorded (results are recorded once).
+    pub const RECORDED_JOB: &str = "stowage.io/recorded-job";
+    /// The `backup-now` value the scheduler last served.
+    pub const BACKUP_NOW_SERVED: &str = "stowage.io/backup-now-served";
+    /// Snapshot id this PVC was populated from (set by prewarm; lets the first-backup
+    /// guard through).
+    pub const POPULATED_FROM: &str = "stowage.io/populated-from";
+    /// Why the scheduler last skipped this PVC (cleared when it starts a backup).
+    pub const SKIPPED: &str = "stowage.io/skipped";
+}
+
+/// The API group and kind of stowage's CRD (a PVC's `spec.dataSourceRef`).
+pub const CRD_GROUP: &str = "stowage.io";
+pub const CRD_KIND: &str = "Restore";
+
+/// Keys of the central Secret in the stowage namespace.
+pub mod secret_keys {
+    /// Master secret from which every repository's password is derived.
+    pub const MASTER_PASSWORD: &str = "master-password";
+    pub const MOVER_ACCESS_KEY_ID: &str = "mover-access-key-id";
+    pub const MOVER_SECRET_ACCESS_KEY: &str = "mover-secret-access-key";
+    pub const GC_ACCESS_KEY_ID: &str = "gc-access-key-id";
+    pub const GC_SECRET_ACCESS_KEY: &str = "gc-secret-access-key";
+}
+
+/// Keys of a per-run Secret or a VolSync-style user Secret (restic's variables).
+pub mod run_secret_keys {
+    pub const RESTIC_REPOSITORY: &str = "RESTIC_REPOSITORY";
+    pub const RESTIC_PASSWORD: &str = "RESTIC_PASSWORD";
+    pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+}
+
+/// Key of the policies ConfigMap holding the YAML/JSON document.
+pub const POLICIES_KEY: &str = "policies.yaml";
+
+/// Where a mover Job mounts the volume.
+pub const MOVER_DATA_PATH: &str = "/data";
+/// Writable scratch space of a mover (its root filesystem is read-only).
+pub const MOVER_TMP_PATH: &str = "/tmp";
+/// Kubernetes' default termination message file, read back by the scheduler.
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+
+/// Event reasons (the troubleshooting docs have a section per reason).
+pub mod reason {
+    pub const BACKUP_STARTED: &str = "BackupStarted";
+    pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
+    pub const BACKUP_FAILED: &str = "BackupFailed";
+    pub const UNKNOWN_POLICY: &str = "UnknownPolicy";
+    pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
+    pub const BLOCK_VOLUME: &str = "BlockVolumeSkipped";
+    pub const VOLUME_IN_USE: &str = "VolumeInUse";
+    pub const MOVER_USER_UNKNOWN: &str = "MoverUserUnknown";
+    pub const FOREIGN_HISTORY: &str = "ForeignHistory";
+    pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+}

@@ -1,0 +1,172 @@
+//! Metrics of a run, pushed to a Prometheus Pushgateway at its end (the programs are
+//! short-lived Jobs: nothing stays up to be scraped). Every metric name is defined here.
+//! The text exposition format is small enough to write directly.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::Error;
+
+/// Metric names (the PrometheusRule and dashboard use these).
+pub mod names {
+    pub const SCHEDULER_PVCS: &str = "stowage_scheduler_pvcs";
+    pub const SCHEDULER_DUE: &str = "stowage_scheduler_due";
+    pub const SCHEDULER_STARTED: &str = "stowage_scheduler_jobs_started";
+    pub const SCHEDULER_SKIPPED: &str = "stowage_scheduler_skipped";
+    pub const SCHEDULER_MISSED: &str = "stowage_scheduler_missed_intervals";
+    pub const SCHEDULER_ERRORS: &str = "stowage_scheduler_errors";
+    pub const BACKUP_RESULTS: &str = "stowage_backup_results";
+    pub const BACKUP_LAST_SUCCESS: &str = "stowage_backup_last_success_timestamp_seconds";
+    pub const BACKUP_LAST_FAILED: &str = "stowage_backup_last_failed";
+    pub const PASS_DURATION: &str = "stowage_pass_duration_seconds";
+    pub const PASS_LAST_RUN: &str = "stowage_pass_last_run_timestamp_seconds";
+}
+
+/// Label set and value of one sample.
+type Sample = (BTreeMap<String, String>, f64);
+
+/// Gauges with labels, by metric name (with their help text).
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    families: BTreeMap<String, (String, Vec<Sample>)>,
+}
+
+impl Registry {
+    /// Sets a gauge sample.
+    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        let fam = self
+            .families
+            .entry(name.to_string())
+            .or_insert_with(|| (help.to_string(), Vec::new()));
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if let Some(s) = fam.1.iter_mut().find(|(l, _)| *l == labels) {
+            s.1 = value;
+        } else {
+            fam.1.push((labels, value));
+        }
+    }
+
+    /// Adds to a gauge sample (creating it at 0).
+    pub fn add(&mut self, name: &str, help: &str, labels: &[(&str, &str)], delta: f64) {
+        let cur = self.value(name, labels).unwrap_or(0.0);
+        self.gauge(name, help, labels, cur + delta);
+    }
+
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let fam = self.families.get(name)?;
+        fam.1
+            .iter()
+            .find(|(l, _)| {
+                l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, v)| *v)
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, (help, samples)) in &self.families {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (labels, v) in samples {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let l: Vec<String> = labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                        .collect();
+                    let _ = writeln!(out, "{name}{{{}}} {v}", l.join(","));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Replaces the group `job=<job>` on the Pushgateway with `registry` (PUT). Plain
+/// http only (the Pushgateway runs in the cluster).
+pub async fn push(url: &str, job: &str, registry: &Registry) -> Result<(), Error> {
+    let base = url.trim_end_matches('/');
+    if !base.starts_with("http://") {
+        return Err(Error::Config(format!(
+            "STOWAGE_PUSHGATEWAY_URL {url:?}: expected http://host:port (the in-cluster \
+             Pushgateway service)"
+        )));
+    }
+    let uri = format!("{base}/metrics/job/{job}");
+    let req = hyper::Request::put(&uri)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(bytes::Bytes::from(registry.render())))
+        .map_err(|e| Error::Config(format!("bad Pushgateway URL {uri}: {e}")))?;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| Error::Storage(format!("Pushgateway {uri} did not answer in 10 s")))?
+        .map_err(|e| Error::Storage(format!("Pushgateway {uri} unreachable: {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(Error::Storage(format!(
+            "Pushgateway {uri} refused the metrics: {status} {}",
+            body.trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_text_format() {
+        let mut r = Registry::default();
+        r.gauge(names::SCHEDULER_DUE, "PVCs due", &[], 3.0);
+        r.add(
+            names::SCHEDULER_SKIPPED,
+            "Skipped",
+            &[("reason", "not_due")],
+            1.0,
+        );
+        r.add(
+            names::SCHEDULER_SKIPPED,
+            "Skipped",
+            &[("reason", "not_due")],
+            1.0,
+        );
+        r.gauge(names::BACKUP_LAST_SUCCESS, "t", &[("pvc", "a\"b")], 5.0);
+        let text = r.render();
+        assert!(
+            text.contains("# TYPE stowage_scheduler_due gauge\nstowage_scheduler_due 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stowage_scheduler_skipped{reason=\"not_due\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("pvc=\"a\\\"b\""), "{text}");
+    }
+}

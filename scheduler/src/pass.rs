@@ -1,0 +1,795 @@
+//! One scheduler pass against the API: gather facts, record the results of finished
+//! mover Jobs, plan, start Jobs, publish Events and metrics. Safe to run twice at once
+//! or again at any time: Job names are deterministic, so a second start of the same
+//! work meets AlreadyExists.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use stowage_common::env::{SchedulerConfig, list};
+use stowage_common::k8s::contract::{self, reason, secret_keys, status, user};
+use stowage_common::k8s::credentials::{self, RunCredentials};
+use stowage_common::k8s::events::Events;
+use stowage_common::k8s::mover_job::{self, MoverJobSpec};
+use stowage_common::k8s::naming::{self, Operation};
+use stowage_common::k8s::policy::Policies;
+use stowage_common::k8s::{describe_kube_error, is_status};
+use stowage_common::metrics::{Registry, names};
+use stowage_common::result::RunResult;
+
+use crate::facts;
+use crate::plan::{self, Decision, PassSettings, Planned, SkipReason, Start};
+
+/// The program's name as reporter of Events and metrics job.
+pub const PROGRAM: &str = "stowage-scheduler";
+
+/// What a pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    pub started: Vec<(String, String, String)>,
+    pub skipped: BTreeMap<String, usize>,
+    pub recorded: Vec<(String, String, bool)>,
+    pub errors: Vec<String>,
+    pub metrics: Registry,
+}
+
+pub struct PassOptions {
+    pub dry_run: bool,
+    pub now: Timestamp,
+}
+
+struct Ctx<'a> {
+    client: Client,
+    cfg: &'a SchedulerConfig,
+    events: Events,
+    dry_run: bool,
+    now: Timestamp,
+    central: Option<Result<Secret, String>>,
+}
+
+/// Runs one pass. Errors that stop the whole pass (listing PVCs forbidden, API down)
+/// are returned; per-PVC problems are in the report's `errors`.
+pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Result<PassReport> {
+    let started = std::time::Instant::now();
+    let instance = std::env::var("POD_NAME").ok();
+    let mut ctx = Ctx {
+        events: Events::new(client.clone(), PROGRAM, instance),
+        client,
+        cfg,
+        dry_run: opts.dry_run,
+        now: opts.now,
+        central: None,
+    };
+    let s = &cfg.scheduler;
+    let mut report = PassReport::default();
+
+    let policies = load_policies(&ctx, &mut report).await;
+    let lp = ListParams::default();
+    let namespaces = Api::<Namespace>::all(ctx.client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| anyhow::anyhow!(describe_kube_error(&e, "list namespaces")))?;
+    let ns_facts: BTreeMap<String, plan::NamespaceFacts> = namespaces
+        .items
+        .iter()
+        .map(|n| (n.name_any(), facts::namespace_facts(n)))
+        .collect();
+    let pvcs = Api::<PersistentVolumeClaim>::all(ctx.client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(describe_kube_error(
+                &e,
+                "list persistentvolumeclaims in all namespaces"
+            ))
+        })?;
+    let pvs = Api::<PersistentVolume>::all(ctx.client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| anyhow::anyhow!(describe_kube_error(&e, "list persistentvolumes")))?;
+    let pods = Api::<Pod>::all(ctx.client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| anyhow::anyhow!(describe_kube_error(&e, "list pods in all namespaces")))?;
+    let jobs = Api::<Job>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(&mover_job::mover_selector()))
+        .await
+        .map_err(|e| anyhow::anyhow!(describe_kube_error(&e, "list jobs in all namespaces")))?;
+
+    let pv_by_name: BTreeMap<String, &PersistentVolume> =
+        pvs.items.iter().map(|p| (p.name_any(), p)).collect();
+    let pods_by_ns = facts::pods_by_namespace(pods.items);
+    let no_pods = Vec::new();
+    let facts: Vec<plan::PvcFacts> = pvcs
+        .items
+        .iter()
+        .map(|pvc| {
+            let pv = pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_ref())
+                .and_then(|n| pv_by_name.get(n).copied());
+            let ns = pvc.namespace().unwrap_or_default();
+            facts::pvc_facts(pvc, pv, pods_by_ns.get(&ns).unwrap_or(&no_pods))
+        })
+        .collect();
+    let settings = PassSettings {
+        backup_label: s.backup_label.clone(),
+        max_concurrent_jobs: s.max_concurrent_jobs,
+        include_namespaces: list(s.include_namespaces.as_deref()),
+        exclude_namespaces: list(s.exclude_namespaces.as_deref()),
+    };
+
+    // Results of finished Jobs first: they free their PVC and may fail the guard.
+    let jobs_by_key: BTreeMap<(String, String), &Job> = jobs
+        .items
+        .iter()
+        .map(|j| ((j.namespace().unwrap_or_default(), j.name_any()), j))
+        .collect();
+    let by_uid: BTreeMap<&str, &PersistentVolumeClaim> = pvcs
+        .items
+        .iter()
+        .map(|p| (p.metadata.uid.as_deref().unwrap_or(""), p))
+        .collect();
+    for f in &facts {
+        let Some(pvc) = by_uid.get(f.uid.as_str()) else {
+            continue;
+        };
+        if let Err(e) = harvest(&ctx, pvc, &jobs_by_key, &mut report).await {
+            report.errors.push(e);
+        }
+    }
+
+    let active = facts::active_jobs(&jobs.items);
+    let planned = plan::plan(ctx.now, &settings, &policies, &ns_facts, &facts, &active);
+    report.metrics.gauge(
+        names::SCHEDULER_PVCS,
+        "PVCs that opted in to backups",
+        &[],
+        planned.len() as f64,
+    );
+    let facts_by_uid: BTreeMap<&str, &plan::PvcFacts> =
+        facts.iter().map(|f| (f.uid.as_str(), f)).collect();
+    let mut due = 0;
+    for p in &planned {
+        let f = facts_by_uid[p.uid.as_str()];
+        let pvc = by_uid[p.uid.as_str()];
+        match &p.decision {
+            Decision::Start(start) => {
+                due += 1;
+                report.metrics.add(
+                    names::SCHEDULER_MISSED,
+                    "Scheduled backups that passed without a run (an outage yields one backup)",
+                    &[],
+                    start.missed as f64,
+                );
+                match start_backup(&mut ctx, pvc, f, start).await {
+                    Ok(true) => report.started.push((
+                        p.namespace.clone(),
+                        p.pvc.clone(),
+                        start.job_name.clone(),
+                    )),
+                    Ok(false) => {}
+                    Err((why, e)) => {
+                        count_skip(&mut report, &why);
+                        report.errors.push(e);
+                    }
+                }
+            }
+            Decision::Skip { reason, message } => {
+                if *reason == SkipReason::ConcurrencyLimit {
+                    due += 1;
+                }
+                count_skip(&mut report, reason.as_str());
+                tracing::debug!(namespace = %p.namespace, pvc = %p.pvc, reason = reason.as_str(), "{message}");
+                if let Some(r) = reason.event_reason() {
+                    note_skip(&ctx, pvc, p, r, message).await;
+                }
+            }
+        }
+    }
+    report.metrics.gauge(
+        names::SCHEDULER_DUE,
+        "PVCs due for a backup in this pass",
+        &[],
+        due as f64,
+    );
+    report.metrics.gauge(
+        names::SCHEDULER_STARTED,
+        "Mover Jobs started in this pass",
+        &[],
+        report.started.len() as f64,
+    );
+    report.metrics.gauge(
+        names::SCHEDULER_ERRORS,
+        "Errors in this pass",
+        &[],
+        report.errors.len() as f64,
+    );
+    for f in &facts {
+        if plan::policy_of(
+            &f.labels,
+            &ns_facts
+                .get(&f.namespace)
+                .cloned()
+                .unwrap_or_default()
+                .labels,
+            &s.backup_label,
+        )
+        .is_none()
+        {
+            continue;
+        }
+        if let Some(t) = f
+            .annotations
+            .get(status::LAST_BACKUP)
+            .and_then(|v| v.parse::<Timestamp>().ok())
+        {
+            report.metrics.gauge(
+                names::BACKUP_LAST_SUCCESS,
+                "Time of the last successful backup of a PVC",
+                &[
+                    ("namespace", &f.namespace),
+                    ("persistentvolumeclaim", &f.name),
+                ],
+                t.as_second() as f64,
+            );
+        }
+    }
+    report.metrics.gauge(
+        names::PASS_DURATION,
+        "Duration of the last pass",
+        &[("program", PROGRAM)],
+        started.elapsed().as_secs_f64(),
+    );
+    report.metrics.gauge(
+        names::PASS_LAST_RUN,
+        "End time of the last pass",
+        &[("program", PROGRAM)],
+        ctx.now.as_second() as f64,
+    );
+    Ok(report)
+}
+
+fn count_skip(report: &mut PassReport, reason: &str) {
+    *report.skipped.entry(reason.to_string()).or_default() += 1;
+    report.metrics.add(
+        names::SCHEDULER_SKIPPED,
+        "PVCs not backed up in this pass, by reason",
+        &[("reason", reason)],
+        1.0,
+    );
+}
+
+async fn load_policies(ctx: &Ctx<'_>, report: &mut PassReport) -> Policies {
+    let s = &ctx.cfg.scheduler;
+    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &s.system_namespace);
+    let doc = match api.get_opt(&s.policies_configmap).await {
+        Ok(Some(cm)) => cm
+            .data
+            .and_then(|d| d.get(contract::POLICIES_KEY).cloned())
+            .unwrap_or_default(),
+        Ok(None) => {
+            report.errors.push(format!(
+                "policies ConfigMap {}/{} not found: no PVC can be backed up (deploy \
+                 kustomize/ or set STOWAGE_POLICIES_CONFIGMAP)",
+                s.system_namespace, s.policies_configmap
+            ));
+            String::new()
+        }
+        Err(e) => {
+            report.errors.push(describe_kube_error(
+                &e,
+                &format!(
+                    "get configmap {}/{}",
+                    s.system_namespace, s.policies_configmap
+                ),
+            ));
+            String::new()
+        }
+    };
+    match Policies::parse(&doc) {
+        Ok(p) => {
+            for (name, e) in &p.invalid {
+                tracing::warn!(policy = %name, "invalid backup policy: {e}");
+            }
+            p
+        }
+        Err(e) => {
+            report.errors.push(format!(
+                "ConfigMap {}/{} key {}: {e}",
+                s.system_namespace,
+                s.policies_configmap,
+                contract::POLICIES_KEY
+            ));
+            Policies::default()
+        }
+    }
+}
+
+fn pvc_ref(pvc: &PersistentVolumeClaim) -> ObjectReference {
+    pvc.object_ref(&())
+}
+
+async fn patch_pvc(
+    ctx: &Ctx<'_>,
+    pvc: &PersistentVolumeClaim,
+    annotations: serde_json::Value,
+) -> Result<(), String> {
+    let ns = pvc.namespace().unwrap_or_default();
+    let name = pvc.name_any();
+    Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| describe_kube_error(&e, &format!("patch persistentvolumeclaim {ns}/{name}")))
+}
+
+/// Records a warning-worthy skip once per change of reason (not on every pass).
+async fn note_skip(
+    ctx: &Ctx<'_>,
+    pvc: &PersistentVolumeClaim,
+    p: &Planned,
+    reason: &str,
+    message: &str,
+) {
+    let current = pvc.annotations().get(status::SKIPPED).cloned();
+    let value = format!("{reason}: {message}");
+    tracing::warn!(namespace = %p.namespace, pvc = %p.pvc, reason, "{message}");
+    if current.as_deref() == Some(value.as_str()) || ctx.dry_run {
+        return;
+    }
+    ctx.events
+        .warning(&pvc_ref(pvc), reason, "Backup", message.to_string())
+        .await;
+    if let Err(e) = patch_pvc(ctx, pvc, json!({ status::SKIPPED: value })).await {
+        tracing::warn!("{e}");
+    }
+}
+
+/// Reads the result of the PVC's last backup Job, once it finished, into the PVC's
+/// annotations and an Event.
+async fn harvest(
+    ctx: &Ctx<'_>,
+    pvc: &PersistentVolumeClaim,
+    jobs: &BTreeMap<(String, String), &Job>,
+    report: &mut PassReport,
+) -> Result<(), String> {
+    let a = pvc.annotations();
+    let Some(job_name) = a.get(status::LAST_JOB) else {
+        return Ok(());
+    };
+    if a.get(status::RECORDED_JOB) == Some(job_name) {
+        return Ok(());
+    }
+    let ns = pvc.namespace().unwrap_or_default();
+    let (ok, result) = match jobs.get(&(ns.clone(), job_name.clone())) {
+        Some(job) => match facts::job_finished(job) {
+            None => return Ok(()),
+            Some(ok) => (ok, job_result(ctx, &ns, job).await?),
+        },
+        None => (
+            false,
+            Some(RunResult {
+                ok: false,
+                error: Some(format!(
+                    "mover Job {job_name} disappeared before its result was read (deleted by \
+                     hand?)"
+                )),
+                ..Default::default()
+            }),
+        ),
+    };
+    let result = result.unwrap_or_default();
+    let ok = ok && result.ok;
+    let pvc_name = pvc.name_any();
+    report.recorded.push((ns.clone(), pvc_name.clone(), ok));
+    report.metrics.add(
+        names::BACKUP_RESULTS,
+        "Backup results recorded in this pass",
+        &[("result", if ok { "succeeded" } else { "failed" })],
+        1.0,
+    );
+    if ctx.dry_run {
+        return Ok(());
+    }
+    let on = pvc_ref(pvc);
+    if ok {
+        let snapshot = result.snapshot.clone().unwrap_or_default();
+        patch_pvc(
+            ctx,
+            pvc,
+            json!({
+                status::RECORDED_JOB: job_name,
+                status::LAST_RESULT: "Succeeded",
+                status::LAST_BACKUP: ctx.now.to_string(),
+                status::LAST_SNAPSHOT: snapshot,
+            }),
+        )
+        .await?;
+        ctx.events
+            .normal(
+                &on,
+                reason::BACKUP_SUCCEEDED,
+                "Backup",
+                format!(
+                    "snapshot {} of {} files, {} bytes ({} new) by Job {job_name} in {:.0}s",
+                    &snapshot.get(..8).unwrap_or(&snapshot),
+                    result.files,
+                    result.bytes,
+                    result.added_bytes,
+                    result.duration_secs
+                ),
+            )
+            .await;
+        tracing::info!(namespace = %ns, pvc = %pvc_name, snapshot = %snapshot, job = %job_name, "backup succeeded");
+    } else {
+        let why = result
+            .error
+            .clone()
+            .unwrap_or_else(|| "the mover failed without a result (see the Job's pod logs)".into());
+        let kind = result.reason.clone().unwrap_or_else(|| "Failed".into());
+        patch_pvc(
+            ctx,
+            pvc,
+            json!({
+                status::RECORDED_JOB: job_name,
+                status::LAST_RESULT: format!("Failed: {kind}"),
+            }),
+        )
+        .await?;
+        let event_reason = if kind == stowage_common::result::reason::FOREIGN_HISTORY {
+            reason::FOREIGN_HISTORY
+        } else {
+            reason::BACKUP_FAILED
+        };
+        ctx.events
+            .warning(
+                &on,
+                event_reason,
+                "Backup",
+                format!("Job {job_name}: {why}. The next scheduled time retries."),
+            )
+            .await;
+        tracing::warn!(namespace = %ns, pvc = %pvc_name, job = %job_name, reason = %kind, "backup failed: {why}");
+    }
+    Ok(())
+}
+
+/// The mover's result from the termination message of the Job's last pod; a Job that
+/// failed without one (deadline, image pull) gets its condition as the error.
+async fn job_result(ctx: &Ctx<'_>, ns: &str, job: &Job) -> Result<Option<RunResult>, String> {
+    let name = job.name_any();
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await
+        .map_err(|e| describe_kube_error(&e, &format!("list pods of job {ns}/{name}")))?;
+    let mut messages: Vec<(Option<Timestamp>, String)> = pods
+        .items
+        .iter()
+        .filter_map(|p| {
+            let st = p.status.as_ref()?;
+            let term = st
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find_map(|c| c.state.as_ref()?.terminated.clone())?;
+            Some((
+                term.finished_at.as_ref().map(|t| t.0),
+                term.message.unwrap_or_default(),
+            ))
+        })
+        .collect();
+    messages.sort_by_key(|(t, _)| *t);
+    let parsed = messages.iter().rev().find_map(|(_, m)| {
+        m.lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<RunResult>(l).ok())
+    });
+    if parsed.is_some() {
+        return Ok(parsed);
+    }
+    let cond = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Failed" && c.status == "True"));
+    Ok(cond.map(|c| RunResult {
+        ok: false,
+        error: Some(format!(
+            "Job failed: {} {}",
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default()
+        )),
+        reason: c.reason.clone(),
+        ..Default::default()
+    }))
+}
+
+/// Credentials for a PVC's mover: its own Secret (annotation), or a per-run Secret
+/// from the central one. Err: (skip reason, message).
+async fn run_credentials(
+    ctx: &mut Ctx<'_>,
+    f: &plan::PvcFacts,
+) -> Result<Option<RunCredentials>, String> {
+    let s = &ctx.cfg.scheduler;
+    if let Some(name) = f.annotations.get(user::SECRET) {
+        let api = Api::<Secret>::namespaced(ctx.client.clone(), &f.namespace);
+        return match api.get_opt(name).await {
+            Ok(Some(_)) => Ok(None),
+            Ok(None) => Err(format!(
+                "Secret {}/{name} named by annotation {} does not exist: create it (keys \
+                 RESTIC_REPOSITORY, RESTIC_PASSWORD, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) \
+                 or remove the annotation",
+                f.namespace,
+                user::SECRET
+            )),
+            Err(e) => Err(describe_kube_error(
+                &e,
+                &format!("get secret {}/{name}", f.namespace),
+            )),
+        };
+    }
+    if ctx.central.is_none() {
+        let api = Api::<Secret>::namespaced(ctx.client.clone(), &s.system_namespace);
+        ctx.central = Some(match api.get_opt(&s.credentials_secret).await {
+            Ok(Some(sec)) => Ok(sec),
+            Ok(None) => Err(format!(
+                "credentials Secret {}/{} not found: create it (see the README: keys {}, {}, \
+                 {}) or give the PVC its own Secret with annotation {}",
+                s.system_namespace,
+                s.credentials_secret,
+                secret_keys::MASTER_PASSWORD,
+                secret_keys::MOVER_ACCESS_KEY_ID,
+                secret_keys::MOVER_SECRET_ACCESS_KEY,
+                user::SECRET
+            )),
+            Err(e) => Err(describe_kube_error(
+                &e,
+                &format!("get secret {}/{}", s.system_namespace, s.credentials_secret),
+            )),
+        });
+    }
+    let central = ctx
+        .central
+        .as_ref()
+        .expect("set above")
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let get = |k: &str| -> Result<String, String> {
+        central
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| {
+                String::from_utf8_lossy(&v.0)
+                    .trim_end_matches('\n')
+                    .to_string()
+            })
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "credentials Secret {}/{} has no key {k}",
+                    s.system_namespace, s.credentials_secret
+                )
+            })
+    };
+    let repository = match f.annotations.get(user::REPOSITORY) {
+        Some(r) => r.clone(),
+        None => {
+            let base = s.repository_base.as_deref().ok_or_else(|| {
+                format!(
+                    "no repository for PVC {}/{}: set STOWAGE_REPOSITORY_BASE (e.g. \
+                     s3:https://s3.example/bucket) or annotate the PVC {}",
+                    f.namespace,
+                    f.name,
+                    user::REPOSITORY
+                )
+            })?;
+            naming::repository_for(base, &f.namespace, &f.name)
+        }
+    };
+    let master = get(secret_keys::MASTER_PASSWORD)?;
+    Ok(Some(RunCredentials {
+        password: credentials::derive_repository_password(&master, &repository),
+        repository,
+        access_key_id: get(secret_keys::MOVER_ACCESS_KEY_ID)?,
+        secret_access_key: get(secret_keys::MOVER_SECRET_ACCESS_KEY)?,
+        region: ctx
+            .cfg
+            .restic
+            .aws_default_region
+            .clone()
+            .or_else(|| ctx.cfg.restic.aws_region.clone()),
+    }))
+}
+
+/// Settings the mover inherits from the scheduler, plus the PVC's own.
+fn mover_env(cfg: &SchedulerConfig, start: &Start) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let c = &cfg.common;
+    if c.allow_http {
+        env.push(("STOWAGE_ALLOW_HTTP".into(), "true".into()));
+    }
+    if let Some(p) = c.s3_path_style {
+        env.push(("STOWAGE_S3_PATH_STYLE".into(), p.to_string()));
+    }
+    if let Some(e) = &cfg.restic.aws_endpoint_url_s3 {
+        env.push(("AWS_ENDPOINT_URL_S3".into(), e.clone()));
+    }
+    env.push(("STOWAGE_LOG".into(), c.log.clone()));
+    if let Some(x) = &start.excludes {
+        env.push(("STOWAGE_EXCLUDES".into(), x.clone()));
+    }
+    if let Some(l) = start.upload_kib_per_sec {
+        env.push(("STOWAGE_LIMIT_UPLOAD".into(), l.to_string()));
+    }
+    if start.adopt_history {
+        env.push(("STOWAGE_ADOPT_HISTORY".into(), "true".into()));
+    }
+    env
+}
+
+/// Starts one backup. Ok(false): already started by an earlier run of this pass.
+async fn start_backup(
+    ctx: &mut Ctx<'_>,
+    pvc: &PersistentVolumeClaim,
+    f: &plan::PvcFacts,
+    start: &Start,
+) -> Result<bool, (String, String)> {
+    let creds = match run_credentials(ctx, f).await {
+        Ok(c) => c,
+        Err(e) => {
+            if !ctx.dry_run {
+                let current = pvc.annotations().get(status::SKIPPED).cloned();
+                let value = format!("{}: {e}", reason::CREDENTIALS_MISSING);
+                if current.as_deref() != Some(value.as_str()) {
+                    ctx.events
+                        .warning(
+                            &pvc_ref(pvc),
+                            reason::CREDENTIALS_MISSING,
+                            "Backup",
+                            e.clone(),
+                        )
+                        .await;
+                    let _ = patch_pvc(ctx, pvc, json!({ status::SKIPPED: value })).await;
+                }
+            }
+            return Err((
+                "credentials_missing".into(),
+                format!("{}/{}: {e}", f.namespace, f.name),
+            ));
+        }
+    };
+    let secret_name = match (&creds, f.annotations.get(user::SECRET)) {
+        (None, Some(own)) => own.clone(),
+        _ => start.job_name.clone(),
+    };
+    let mut spec = MoverJobSpec::new(
+        Operation::Backup,
+        &start.job_name,
+        &f.namespace,
+        &f.name,
+        &f.uid,
+        &ctx.cfg.scheduler.mover_image,
+        &secret_name,
+    );
+    spec.placement = start.placement.clone();
+    spec.tolerations = start.tolerations.clone();
+    spec.run_as = start.run_as.clone();
+    if let Some(m) = &start.memory {
+        spec.memory = m.clone();
+    }
+    if let Some(c) = &start.cpu {
+        spec.cpu = c.clone();
+    }
+    spec.active_deadline_seconds = mover_job::active_deadline_for(f.capacity_bytes);
+    spec.env = mover_env(ctx.cfg, start);
+    spec.extra_labels
+        .insert(contract::app::INSTANCE.into(), start.policy.clone());
+    let job = mover_job::mover_job(&spec);
+    let ns = f.namespace.clone();
+    if ctx.dry_run {
+        tracing::info!(namespace = %ns, pvc = %f.name, job = %start.job_name, "would start backup (dry run)");
+        return Ok(true);
+    }
+    let fail = |e: String| ("api_error".to_string(), e);
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns);
+    let (job, fresh) = match jobs.create(&PostParams::default(), &job).await {
+        Ok(j) => (j, true),
+        Err(e) if is_status(&e, 409) => (
+            jobs.get(&start.job_name).await.map_err(|e| {
+                fail(describe_kube_error(
+                    &e,
+                    &format!("get job {ns}/{}", start.job_name),
+                ))
+            })?,
+            false,
+        ),
+        Err(e) => {
+            return Err(fail(describe_kube_error(
+                &e,
+                &format!("create job {ns}/{}", start.job_name),
+            )));
+        }
+    };
+    if let Some(creds) = &creds {
+        let owner = OwnerReference {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: job.name_any(),
+            uid: job.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let secret = credentials::run_secret(
+            &ns,
+            &start.job_name,
+            mover_job::mover_labels(Operation::Backup, &f.uid),
+            Some(owner),
+            creds,
+        );
+        match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => {
+                return Err(fail(describe_kube_error(
+                    &e,
+                    &format!("create secret {ns}/{}", start.job_name),
+                )));
+            }
+        }
+    }
+    let mut ann = json!({
+        status::LAST_ATTEMPT: ctx.now.to_string(),
+        status::LAST_JOB: start.job_name,
+        status::SKIPPED: null,
+    });
+    if let Some(v) = &start.backup_now {
+        ann[status::BACKUP_NOW_SERVED] = json!(v);
+    }
+    patch_pvc(ctx, pvc, ann).await.map_err(fail)?;
+    if fresh {
+        ctx.events
+            .normal(
+                &pvc_ref(pvc),
+                reason::BACKUP_STARTED,
+                "Backup",
+                format!(
+                    "Job {} started (policy {}{})",
+                    start.job_name,
+                    start.policy,
+                    if start.missed > 0 {
+                        format!(", {} scheduled backups missed", start.missed)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
+            .await;
+        tracing::info!(namespace = %ns, pvc = %f.name, job = %start.job_name, missed = start.missed, "backup started");
+    }
+    Ok(fresh)
+}
+
+/// Prints the password of a repository derived from the master password (for the
+/// `restic` CLI in incidents).
+pub fn repo_password(master: &str, repository: &str) -> String {
+    credentials::derive_repository_password(master, repository)
+}

@@ -1,0 +1,627 @@
+//! Scheduler passes through the real `kube` client against the stateful fake API:
+//! which PVCs get Jobs, skips by reason, the concurrency limit, idempotent re-runs,
+//! results read back from finished Jobs, and clear errors.
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
+use k8s_openapi::api::events::v1::Event;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use stowage_common::env::SchedulerConfig;
+use stowage_common::k8s::contract::{self, status};
+use stowage_common::k8s::credentials::derive_repository_password;
+use stowage_common::k8s::pod_security::restricted_violations;
+use stowage_scheduler::pass::{self, PassOptions, PassReport};
+use stowage_testkit::fakeapi::{FakeApi, Fault};
+
+const USER: &str = "system:serviceaccount:stowage:stowage-scheduler";
+
+fn obj<K: DeserializeOwned>(v: Value) -> K {
+    serde_json::from_value(v).unwrap()
+}
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+struct World {
+    api: FakeApi,
+}
+
+impl World {
+    fn new() -> Self {
+        let api = FakeApi::start();
+        let w = World { api };
+        for ns in ["stowage", "a", "b"] {
+            w.namespace(ns, json!({}));
+        }
+        w.put::<ConfigMap>(json!({
+            "metadata": {"name": "stowage-policies", "namespace": "stowage"},
+            "data": {"policies.yaml": "hourly: {schedule: \"@hourly\"}\ndaily: {schedule: \"0 3 * * *\"}\n"}
+        }));
+        w.put::<Secret>(json!({
+            "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+            "data": {
+                "master-password": b64("master"),
+                "mover-access-key-id": b64("AKMOVER"),
+                "mover-secret-access-key": b64("SKMOVER"),
+            }
+        }));
+        w
+    }
+
+    fn put<K>(&self, v: Value) -> K
+    where
+        K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
+    {
+        self.api.store().create::<K>(&obj::<K>(v)).unwrap()
+    }
+
+    fn namespace(&self, name: &str, labels: Value) {
+        self.put::<Namespace>(json!({"metadata": {"name": name, "labels": labels}}));
+    }
+
+    /// A bound PVC with a running app pod (uid 1000) on node-a.
+    fn pvc(
+        &self,
+        ns: &str,
+        name: &str,
+        labels: Value,
+        annotations: Value,
+    ) -> PersistentVolumeClaim {
+        self.put::<PersistentVolume>(json!({
+            "metadata": {"name": format!("pv-{ns}-{name}")},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "hostPath": {"path": "/tmp/x"}}
+        }));
+        self.put::<PersistentVolumeClaim>(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                     "volumeName": format!("pv-{ns}-{name}")}
+        }));
+        let pvc = self
+            .api
+            .store()
+            .modify::<PersistentVolumeClaim>(ns, name, |p| {
+                p.status = Some(obj(
+                    json!({"phase": "Bound", "capacity": {"storage": "1Gi"}}),
+                ));
+            })
+            .unwrap();
+        self.put::<Pod>(json!({
+            "metadata": {"name": format!("app-{name}"), "namespace": ns},
+            "spec": {
+                "nodeName": "node-a",
+                "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+                "containers": [{"name": "app", "image": "app",
+                                "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
+                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}]
+            }
+        }));
+        self.api
+            .store()
+            .modify::<Pod>(ns, &format!("app-{name}"), |p| {
+                p.status = Some(obj(json!({"phase": "Running"})));
+            })
+            .unwrap();
+        pvc
+    }
+
+    fn get_pvc(&self, ns: &str, name: &str) -> PersistentVolumeClaim {
+        self.api.store().get(ns, name).unwrap()
+    }
+
+    fn annotation(&self, ns: &str, name: &str, key: &str) -> Option<String> {
+        self.get_pvc(ns, name)
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(key)
+            .cloned()
+    }
+
+    fn jobs(&self) -> Vec<Job> {
+        self.api.store().list::<Job>(None)
+    }
+
+    fn events(&self, reason: &str) -> Vec<Event> {
+        self.api
+            .store()
+            .list::<Event>(None)
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+
+    async fn pass(&self, cfg: &SchedulerConfig, now: &str) -> anyhow::Result<PassReport> {
+        pass::run(
+            self.api.client_for(USER),
+            cfg,
+            PassOptions {
+                dry_run: false,
+                now: t(now),
+            },
+        )
+        .await
+    }
+
+    /// Marks a Job finished with the mover's result as its pod's termination message.
+    fn finish(&self, job: &Job, ok: bool, message: &str) {
+        let ns = job.metadata.namespace.clone().unwrap();
+        let name = job.metadata.name.clone().unwrap();
+        self.put::<Pod>(json!({
+            "metadata": {"name": format!("{name}-abcde"), "namespace": ns,
+                         "labels": {"job-name": name, "app.kubernetes.io/managed-by": "stowage"}},
+            "spec": {"containers": [{"name": "mover", "image": "m"}]},
+        }));
+        self.api
+            .store()
+            .modify::<Pod>(&ns, &format!("{name}-abcde"), |p| {
+                p.status = Some(obj(json!({
+                    "phase": if ok { "Succeeded" } else { "Failed" },
+                    "containerStatuses": [{"name": "mover", "image": "m", "imageID": "", "ready": false,
+                        "restartCount": 0,
+                        "state": {"terminated": {"exitCode": if ok {0} else {1},
+                            "finishedAt": "2026-11-23T10:05:00Z", "message": message}}}]
+                })));
+            })
+            .unwrap();
+        self.api
+            .store()
+            .modify::<Job>(&ns, &name, |j| {
+                j.status = Some(obj(json!({"conditions": [{
+                    "type": if ok { "Complete" } else { "Failed" }, "status": "True"}]})));
+            })
+            .unwrap();
+    }
+}
+
+fn b64(s: &str) -> String {
+    // Secret data is base64 on the wire; the store keeps the wire form.
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn config(extra: &[(&str, &str)]) -> SchedulerConfig {
+    let mut vars = vec![
+        (
+            "STOWAGE_REPOSITORY_BASE".to_string(),
+            "s3:https://s3.lan/volsync-backups".to_string(),
+        ),
+        ("AWS_DEFAULT_REGION".to_string(), "garage".to_string()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    SchedulerConfig::from_vars(&vars).unwrap()
+}
+
+fn secret_value(s: &Secret, key: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn opted_in_pvcs_get_a_job_with_narrow_credentials() {
+    let w = World::new();
+    w.namespace("c", json!({"backup": "daily"}));
+    w.pvc("a", "labelled", json!({"backup": "hourly"}), json!({}));
+    w.pvc("a", "unlabelled", json!({}), json!({}));
+    w.pvc("c", "by-namespace", json!({}), json!({}));
+    w.pvc("c", "opted-out", json!({"backup": "none"}), json!({}));
+    let report = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut started: Vec<_> = report
+        .started
+        .iter()
+        .map(|(ns, p, _)| format!("{ns}/{p}"))
+        .collect();
+    started.sort();
+    assert_eq!(started, vec!["a/labelled", "c/by-namespace"]);
+
+    let jobs = w.jobs();
+    assert_eq!(jobs.len(), 2);
+    let job = jobs
+        .iter()
+        .find(|j| j.metadata.namespace.as_deref() == Some("a"))
+        .unwrap();
+    let name = job.metadata.name.clone().unwrap();
+    assert!(name.starts_with("stowage-backup-labelled-"), "{name}");
+    let pod = job.spec.clone().unwrap().template.spec.unwrap();
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().run_as_user,
+        Some(1000)
+    );
+
+    // The per-run Secret: owned by the Job, this repository's derived password, the
+    // mover's keys, and nothing of the master.
+    let secret: Secret = w.api.store().get("a", &name).unwrap();
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.uid, job.metadata.uid.clone().unwrap());
+    let repo = "s3:https://s3.lan/volsync-backups/a/labelled";
+    assert_eq!(secret_value(&secret, "RESTIC_REPOSITORY"), repo);
+    assert_eq!(
+        secret_value(&secret, "RESTIC_PASSWORD"),
+        derive_repository_password("master", repo)
+    );
+    assert_eq!(secret_value(&secret, "AWS_ACCESS_KEY_ID"), "AKMOVER");
+    assert_eq!(secret_value(&secret, "AWS_DEFAULT_REGION"), "garage");
+    assert!(
+        !serde_json::to_string(&secret)
+            .unwrap()
+            .contains(&b64("master"))
+    );
+
+    assert_eq!(
+        w.annotation("a", "labelled", status::LAST_JOB).as_deref(),
+        Some(name.as_str())
+    );
+    assert_eq!(
+        w.annotation("a", "labelled", status::LAST_ATTEMPT)
+            .as_deref(),
+        Some("2026-11-23T10:00:00Z")
+    );
+    assert_eq!(w.events(contract::reason::BACKUP_STARTED).len(), 2);
+}
+
+#[tokio::test]
+async fn a_rerun_of_the_pass_starts_nothing_twice() {
+    let w = World::new();
+    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    let cfg = config(&[]);
+    let first = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    assert_eq!(first.started.len(), 1);
+    // Same pass again (kubectl create job --from=cronjob/...): the Job is running.
+    let again = w.pass(&cfg, "2026-11-23T10:00:30Z").await.unwrap();
+    assert_eq!(again.started.len(), 0);
+    assert_eq!(again.skipped.get("job_running"), Some(&1));
+    assert_eq!(w.jobs().len(), 1);
+
+    // Two passes at the same time (a manual run while the CronJob runs): both decide
+    // the same work under the same name; one creates it, the other meets AlreadyExists.
+    let w = World::new();
+    for p in ["p1", "p2", "p3"] {
+        w.pvc(
+            "a",
+            p,
+            json!({"backup": "hourly"}),
+            json!({status::LAST_ATTEMPT: "2026-11-23T09:00:05Z"}),
+        );
+    }
+    let (x, y) = tokio::join!(
+        w.pass(&cfg, "2026-11-23T10:00:01Z"),
+        w.pass(&cfg, "2026-11-23T10:00:02Z")
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(
+        x.errors.is_empty() && y.errors.is_empty(),
+        "{:?} {:?}",
+        x.errors,
+        y.errors
+    );
+    assert_eq!(w.jobs().len(), 3, "one Job per PVC");
+    assert_eq!(x.started.len() + y.started.len(), 3, "each reported once");
+    assert_eq!(w.events(contract::reason::BACKUP_STARTED).len(), 3);
+    let creates = w
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "create" && r.resource == "jobs")
+        .map(|r| r.code)
+        .collect::<Vec<_>>();
+    // Whether the second pass saw the Jobs already (JobRunning) or raced into
+    // AlreadyExists depends on timing; either way exactly three were created.
+    assert_eq!(
+        creates.iter().filter(|c| **c == 201).count(),
+        3,
+        "{creates:?}"
+    );
+}
+
+#[tokio::test]
+async fn skips_are_recorded_with_events_and_other_pvcs_go_on() {
+    let w = World::new();
+    w.pvc("a", "unknown", json!({"backup": "weekly"}), json!({}));
+    w.pvc("a", "good", json!({"backup": "hourly"}), json!({}));
+    w.pvc(
+        "a",
+        "bad-user",
+        json!({"backup": "hourly"}),
+        json!({contract::user::MOVER_USER: "www-data"}),
+    );
+    let _unbound: PersistentVolumeClaim = w.put(json!({
+        "metadata": {"name": "unbound", "namespace": "b", "labels": {"backup": "hourly"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }));
+    let cfg = config(&[]);
+    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    assert_eq!(r.started.len(), 1, "{r:?}");
+    assert_eq!(r.skipped.get("unknown_policy"), Some(&1));
+    assert_eq!(r.skipped.get("no_mover_user"), Some(&1));
+    assert_eq!(r.skipped.get("unbound"), Some(&1));
+    let ev = w.events(contract::reason::UNKNOWN_POLICY);
+    assert_eq!(ev.len(), 1);
+    let note = ev[0].note.clone().unwrap();
+    assert!(
+        note.contains("\"weekly\"") && note.contains("daily, hourly"),
+        "{note}"
+    );
+    assert_eq!(
+        ev[0].regarding.as_ref().unwrap().name.as_deref(),
+        Some("unknown")
+    );
+    assert_eq!(w.events(contract::reason::MOVER_USER_UNKNOWN).len(), 1);
+    assert!(
+        w.annotation("a", "unknown", status::SKIPPED)
+            .unwrap()
+            .starts_with("UnknownPolicy")
+    );
+    // The next pass does not repeat the same warning.
+    w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
+    assert_eq!(w.events(contract::reason::UNKNOWN_POLICY).len(), 1);
+}
+
+#[tokio::test]
+async fn concurrency_limit_across_the_cluster() {
+    let w = World::new();
+    for (ns, p, last) in [
+        ("a", "p1", "2026-11-23T08:00:01Z"),
+        ("a", "p2", "2026-11-20T08:00:01Z"),
+        ("b", "p3", "2026-11-22T08:00:01Z"),
+        ("b", "p4", "2026-11-23T09:00:01Z"),
+    ] {
+        w.pvc(
+            ns,
+            p,
+            json!({"backup": "hourly"}),
+            json!({status::LAST_ATTEMPT: last}),
+        );
+    }
+    let cfg = config(&[("STOWAGE_MAX_CONCURRENT_JOBS", "2")]);
+    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let mut started: Vec<_> = r.started.iter().map(|(_, p, _)| p.clone()).collect();
+    started.sort();
+    assert_eq!(started, vec!["p2", "p3"], "most overdue first");
+    assert_eq!(r.skipped.get("concurrency_limit"), Some(&2));
+    // Slots are still taken: nothing more starts.
+    let r = w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
+    assert!(r.started.is_empty());
+    // One finishes: the next most overdue starts.
+    let j = w.jobs().into_iter().next().unwrap();
+    w.finish(&j, true, r#"{"operation":"backup","ok":true,"snapshot":"abcdef0123","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#);
+    let r = w.pass(&cfg, "2026-11-23T10:02:00Z").await.unwrap();
+    assert_eq!(r.started.len(), 1);
+    assert_eq!(r.started[0].1, "p1");
+}
+
+#[tokio::test]
+async fn results_of_finished_jobs_are_recorded_once() {
+    let w = World::new();
+    w.pvc("a", "ok", json!({"backup": "hourly"}), json!({}));
+    w.pvc("a", "bad", json!({"backup": "hourly"}), json!({}));
+    let cfg = config(&[]);
+    w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    for j in w.jobs() {
+        if j.metadata.name.as_deref().unwrap().contains("-ok-") {
+            w.finish(&j, true, r#"{"operation":"backup","ok":true,"snapshot":"5f3c9a1e77","files":12,"bytes":3400,"added_bytes":3400,"uploaded_bytes":1,"downloaded_bytes":0,"duration_secs":2.5,"restored":null}"#);
+        } else {
+            w.finish(&j, false, r#"{"operation":"backup","ok":false,"files":0,"bytes":0,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.5,"restored":null,"error":"refusing the first backup of PVC x: ... annotate the PVC stowage.io/adopt-repository=true","reason":"ForeignHistory"}"#);
+        }
+    }
+    let r = w.pass(&cfg, "2026-11-23T10:10:00Z").await.unwrap();
+    assert_eq!(r.recorded.len(), 2);
+    assert_eq!(
+        w.annotation("a", "ok", status::LAST_RESULT).as_deref(),
+        Some("Succeeded")
+    );
+    assert_eq!(
+        w.annotation("a", "ok", status::LAST_SNAPSHOT).as_deref(),
+        Some("5f3c9a1e77")
+    );
+    assert_eq!(
+        w.annotation("a", "ok", status::LAST_BACKUP).as_deref(),
+        Some("2026-11-23T10:10:00Z")
+    );
+    assert_eq!(
+        w.annotation("a", "bad", status::LAST_RESULT).as_deref(),
+        Some("Failed: ForeignHistory")
+    );
+    assert_eq!(w.annotation("a", "bad", status::LAST_BACKUP), None);
+    let ev = w.events(contract::reason::FOREIGN_HISTORY);
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].note.as_ref().unwrap().contains("adopt-repository"));
+    assert_eq!(w.events(contract::reason::BACKUP_SUCCEEDED).len(), 1);
+    // Recorded once; the failed one is not retried before its next scheduled time.
+    let r = w.pass(&cfg, "2026-11-23T10:20:00Z").await.unwrap();
+    assert!(r.recorded.is_empty());
+    assert!(r.started.is_empty());
+    let r = w.pass(&cfg, "2026-11-23T11:00:01Z").await.unwrap();
+    assert_eq!(r.started.len(), 2);
+}
+
+#[tokio::test]
+async fn adopt_and_populated_pvcs_tell_the_mover_to_continue_the_history() {
+    let w = World::new();
+    w.pvc(
+        "a",
+        "adopted",
+        json!({"backup": "hourly"}),
+        json!({contract::user::ADOPT_REPOSITORY: "true"}),
+    );
+    w.pvc(
+        "a",
+        "restored",
+        json!({"backup": "hourly"}),
+        json!({status::POPULATED_FROM: "abcd1234"}),
+    );
+    w.pvc("a", "plain", json!({"backup": "hourly"}), json!({}));
+    w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    for j in w.jobs() {
+        let env = j.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let adopt = env
+            .iter()
+            .any(|e| e.name == "STOWAGE_ADOPT_HISTORY" && e.value.as_deref() == Some("true"));
+        let name = j.metadata.name.unwrap();
+        assert_eq!(adopt, !name.contains("-plain-"), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn missing_credentials_and_permissions_are_clear_errors() {
+    let w = World::new();
+    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    w.pvc(
+        "a",
+        "own",
+        json!({"backup": "hourly"}),
+        json!({contract::user::SECRET: "restic-own"}),
+    );
+    w.api
+        .store()
+        .delete::<Secret>("stowage", "stowage-credentials")
+        .unwrap();
+    let r = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    assert!(r.started.is_empty());
+    assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("stowage/stowage-credentials not found")),
+        "{:?}",
+        r.errors
+    );
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("a/restic-own") && e.contains("does not exist")),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(w.events(contract::reason::CREDENTIALS_MISSING).len(), 2);
+
+    // A VolSync-style Secret of the PVC's own is used as it is.
+    w.put::<Secret>(json!({"metadata": {"name": "restic-own", "namespace": "a"}, "data": {}}));
+    let r = w.pass(&config(&[]), "2026-11-23T10:01:00Z").await.unwrap();
+    assert_eq!(r.started.len(), 1);
+    let job = w.jobs().remove(0);
+    let from = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .env_from
+        .clone()
+        .unwrap();
+    assert_eq!(from[0].secret_ref.as_ref().unwrap().name, "restic-own");
+    assert!(
+        w.api
+            .store()
+            .get::<Secret>("a", job.metadata.name.as_deref().unwrap())
+            .is_none()
+    );
+
+    // Listing PVCs forbidden: the pass fails and says which permission is missing.
+    w.api.inject(
+        Fault::forbidden()
+            .resource("persistentvolumeclaims")
+            .verb("list"),
+    );
+    let e = w
+        .pass(&config(&[]), "2026-11-23T10:02:00Z")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("permission denied to list persistentvolumeclaims"),
+        "{e}"
+    );
+    assert!(
+        e.contains("cannot list resource \"persistentvolumeclaims\""),
+        "{e}"
+    );
+    assert!(e.contains("RBAC"), "{e}");
+}
+
+#[tokio::test]
+async fn block_and_read_write_once_pod_volumes_are_skipped_with_events() {
+    let w = World::new();
+    w.pvc("a", "blk", json!({"backup": "hourly"}), json!({}));
+    w.api
+        .store()
+        .modify::<PersistentVolumeClaim>("a", "blk", |p| {
+            p.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+        })
+        .unwrap();
+    w.pvc("a", "rwop", json!({"backup": "hourly"}), json!({}));
+    w.api
+        .store()
+        .modify::<PersistentVolumeClaim>("a", "rwop", |p| {
+            p.spec.as_mut().unwrap().access_modes = Some(vec!["ReadWriteOncePod".into()]);
+        })
+        .unwrap();
+    let r = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    assert!(r.started.is_empty());
+    assert_eq!(w.events(contract::reason::BLOCK_VOLUME).len(), 1);
+    assert_eq!(w.events(contract::reason::VOLUME_IN_USE).len(), 1);
+}
+
+#[test]
+fn repo_password_command_prints_the_derived_password() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-scheduler"))
+        .args(["repo-password", "s3:https://s3.lan/b/ns/pvc"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"correct horse\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        derive_repository_password("correct horse", "s3:https://s3.lan/b/ns/pvc")
+    );
+}
+
+#[test]
+fn pushgateway_down_is_logged_not_fatal() {
+    let w = World::new();
+    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    let port = stowage_testkit::free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-scheduler"))
+        .env_clear()
+        .env("KUBECONFIG", w.api.kubeconfig_for(USER))
+        .env("STOWAGE_REPOSITORY_BASE", "s3:https://s3.lan/b")
+        .env(
+            "STOWAGE_PUSHGATEWAY_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("STOWAGE_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let log = format!("{stdout}{stderr}");
+    assert!(
+        log.contains("metrics not pushed") && log.contains("unreachable"),
+        "{log}"
+    );
+    assert_eq!(w.jobs().len(), 1);
+}
