@@ -14,7 +14,7 @@ pub enum Location {
 
 /// An S3 repository: `endpoint` is `scheme://host[:port]` (None: AWS's regional
 /// endpoint), `prefix` has no leading or trailing slash (may be empty).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct S3Location {
     pub endpoint: Option<String>,
     pub bucket: String,

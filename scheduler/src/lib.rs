@@ -31,6 +31,10 @@ pub struct Cli {
     /// Decide and print, but create and change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Decide as if it were this time (RFC 3339): what-if runs with --dry-run, and the
+    /// simulator's clock
+    #[arg(long, value_name = "TIME")]
+    pub now: Option<jiff::Timestamp>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -101,7 +105,7 @@ async fn run(cli: Cli, cfg: SchedulerConfig) -> ExitCode {
     };
     let opts = pass::PassOptions {
         dry_run: cli.dry_run,
-        now: jiff::Timestamp::now(),
+        now: cli.now.unwrap_or_else(jiff::Timestamp::now),
     };
     let report = match pass::run(client, &cfg, opts).await {
         Ok(r) => r,

@@ -2,6 +2,7 @@
 //! a real S3 server process (Garage) on loopback, a fault-injecting proxy in front of
 //! it, and generators of directory trees with every kind of entry a volume can hold.
 
+pub mod bins;
 pub mod fakeapi;
 pub mod garage;
 pub mod proxy;

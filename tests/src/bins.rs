@@ -1,0 +1,23 @@
+//! Paths of the workspace's real binaries for end-to-end scenarios. `cargo test` builds
+//! every binary of the workspace before it runs any test (`scripts/test.sh` tests the
+//! whole workspace), so they sit next to the test executable's directory.
+
+use std::path::PathBuf;
+
+/// `target/<profile>/<name>`; panics with what to do when it was not built.
+pub fn path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test binary>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (or the whole suite with \
+         `cargo test --workspace`)",
+        p.display()
+    );
+    p
+}

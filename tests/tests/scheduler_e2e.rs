@@ -1,0 +1,446 @@
+//! End to end in the cluster simulator: the real `stowage-scheduler` decides, the
+//! simulated Job controller runs the real `stowage-mover` against the real S3 server
+//! (Garage), and the results come back as PVC annotations, Events and snapshots.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::events::v1::Event;
+use serde_json::json;
+use stowage_common::k8s::contract::{reason, status, user};
+use stowage_common::k8s::credentials::derive_repository_password;
+use stowage_testkit::sim::{Cluster, ClusterOptions, NodeSpec, PvcSpec, StorageClassSpec};
+use stowage_testkit::{bins, garage};
+
+const SCHEDULER: &str = "system:serviceaccount:stowage:stowage-scheduler";
+const MASTER: &str = "e2e master password";
+const WAIT: Duration = Duration::from_secs(120);
+
+struct World {
+    cluster: Cluster,
+    bucket: String,
+    endpoint: String,
+}
+
+fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+    serde_json::from_value(v).unwrap()
+}
+
+impl World {
+    fn new() -> Self {
+        let g = garage::shared();
+        let bucket = g.bucket("scheduler-e2e");
+        let cluster = Cluster::start(
+            ClusterOptions::new()
+                .node(NodeSpec::new("node-a"))
+                .node(NodeSpec::new("node-b"))
+                .storage_class(StorageClassSpec::local_csi("local").default_class())
+                .namespace("stowage")
+                .binary("stowage-mover", bins::path("stowage-mover")),
+        );
+        let env: BTreeMap<String, String> = g.env("x").into_iter().collect();
+        let store = cluster.store();
+        store
+            .create::<ConfigMap>(&obj(json!({
+                "metadata": {"name": "stowage-policies", "namespace": "stowage"},
+                "data": {"policies.yaml": "hourly:\n  schedule: \"@hourly\"\n"}
+            })))
+            .unwrap();
+        store
+            .create::<Secret>(&obj(json!({
+                "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+                "stringData": {
+                    "master-password": MASTER,
+                    "mover-access-key-id": env["AWS_ACCESS_KEY_ID"],
+                    "mover-secret-access-key": env["AWS_SECRET_ACCESS_KEY"],
+                }
+            })))
+            .unwrap();
+        let endpoint = format!("http://{}", g.addr());
+        World {
+            cluster,
+            bucket,
+            endpoint,
+        }
+    }
+
+    fn repository(&self, ns: &str, pvc: &str) -> String {
+        format!("s3:{}/{}/{ns}/{pvc}", self.endpoint, self.bucket)
+    }
+
+    /// A PVC with an app pod on `node` and some files.
+    async fn app(
+        &self,
+        ns: &str,
+        pvc: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) {
+        let mut spec = PvcSpec::new(pvc).class("local").size("1Gi");
+        for (k, v) in labels {
+            spec = spec.label(k, v);
+        }
+        self.cluster.create_pvc(ns, &spec).unwrap();
+        self.cluster
+            .create_app_pod(
+                ns,
+                &format!("app-{pvc}"),
+                pvc,
+                Some(node),
+                Some((1000, 1000)),
+                &[],
+            )
+            .unwrap();
+        let dir = self
+            .cluster
+            .wait_for(WAIT, |s| {
+                let p: PersistentVolumeClaim = s.get(ns, pvc)?;
+                (p.status?.phase.as_deref() == Some("Bound")).then_some(())
+            })
+            .await
+            .map(|_| self.cluster.volume_dir(ns, pvc).unwrap())
+            .unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+    }
+
+    async fn scheduler(&self, now: &str) -> (bool, String) {
+        let base = format!("s3:{}/{}", self.endpoint, self.bucket);
+        let out = self
+            .cluster
+            .run_program(
+                &bins::path("stowage-scheduler"),
+                &["--now", now],
+                &[
+                    ("STOWAGE_REPOSITORY_BASE", &base),
+                    ("STOWAGE_ALLOW_HTTP", "true"),
+                    ("AWS_DEFAULT_REGION", "garage"),
+                    ("STOWAGE_MAX_CONCURRENT_JOBS", "10"),
+                    (
+                        "STOWAGE_MOVER_IMAGE",
+                        "ghcr.io/stowage-backup/stowage-mover:e2e",
+                    ),
+                    ("STOWAGE_LOG_FORMAT", "text"),
+                ],
+                SCHEDULER,
+            )
+            .await;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), log)
+    }
+
+    /// Waits until every mover Job has finished.
+    async fn jobs_finished(&self) -> Vec<Job> {
+        let r = self
+            .cluster
+            .wait_for(WAIT, |s| {
+                let jobs: Vec<Job> = s.list(None);
+                jobs.iter()
+                    .all(|j| {
+                        j.status
+                            .as_ref()
+                            .and_then(|st| st.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| {
+                                    (c.type_ == "Complete" || c.type_ == "Failed")
+                                        && c.status == "True"
+                                })
+                            })
+                    })
+                    .then_some(jobs)
+            })
+            .await;
+        match r {
+            Ok(j) => j,
+            Err(_) => panic!(
+                "mover Jobs did not finish:\n{}",
+                self.cluster.all_pod_logs()
+            ),
+        }
+    }
+
+    fn ann(&self, ns: &str, pvc: &str, key: &str) -> Option<String> {
+        let p: PersistentVolumeClaim = self.cluster.store().get(ns, pvc).unwrap();
+        p.metadata.annotations.unwrap_or_default().get(key).cloned()
+    }
+
+    fn events(&self, ns: &str, pvc: &str, reason: &str) -> Vec<String> {
+        let all: Vec<Event> = self.cluster.store().list(Some(ns));
+        all.into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pvc)
+            })
+            .map(|e| e.note.unwrap_or_default())
+            .collect()
+    }
+
+    /// Snapshots in the PVC's repository, through the mover's own listing.
+    fn snapshots(&self, ns: &str, pvc: &str) -> Vec<serde_json::Value> {
+        let repo = self.repository(ns, pvc);
+        let g = garage::shared();
+        let out = std::process::Command::new(bins::path("stowage-mover"))
+            .args(["snapshots", "--json"])
+            .env_clear()
+            .envs(g.env("x"))
+            .env("RESTIC_REPOSITORY", &repo)
+            .env("RESTIC_PASSWORD", derive_repository_password(MASTER, &repo))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn pvcs() -> [(&'static str, &'static str); 5] {
+    [
+        ("db", "pg-data"),
+        ("db", "pg-wal"),
+        ("media", "library"),
+        ("media", "covers"),
+        ("web", "uploads"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_across_three_namespaces() {
+    let w = World::new();
+    w.cluster.create_namespace("db", &[]).unwrap();
+    w.cluster.create_namespace("media", &[]).unwrap();
+    // Operator-created PVCs that Git cannot label: the namespace opts them in.
+    w.cluster
+        .create_namespace("web", &[("backup", "hourly")])
+        .unwrap();
+    w.cluster.create_namespace("other", &[]).unwrap();
+    for (i, (ns, pvc)) in pvcs().into_iter().enumerate() {
+        let labels: &[(&str, &str)] = if ns == "web" {
+            &[]
+        } else {
+            &[("backup", "hourly")]
+        };
+        let node = if i % 2 == 0 { "node-a" } else { "node-b" };
+        w.app(
+            ns,
+            pvc,
+            node,
+            labels,
+            &[("data.txt", &format!("{ns}/{pvc} v1")), ("other", "x")],
+        )
+        .await;
+    }
+    // Not opted in: never backed up.
+    w.app("other", "scratch", "node-a", &[], &[("f", "x")])
+        .await;
+
+    // Pass 1: every opted-in PVC is due (never backed up).
+    let (ok, log) = w.scheduler("2026-11-23T10:00:00Z").await;
+    assert!(ok, "{log}");
+    let jobs = w.jobs_finished().await;
+    assert_eq!(jobs.len(), 5, "{log}");
+    for j in &jobs {
+        // Each mover ran on its volume's node (node-local PVs).
+        let ns = j.metadata.namespace.as_deref().unwrap();
+        let pods: Vec<k8s_openapi::api::core::v1::Pod> = w.cluster.store().list_labeled(
+            Some(ns),
+            &format!("job-name={}", j.metadata.name.as_deref().unwrap()),
+        );
+        assert!(
+            pods.iter()
+                .all(|p| p.spec.as_ref().unwrap().node_name.is_some())
+        );
+    }
+    // Pass 2, ten minutes later: results recorded, nothing due.
+    let (ok, log) = w.scheduler("2026-11-23T10:10:00Z").await;
+    assert!(ok, "{log}");
+    assert_eq!(w.jobs_finished().await.len(), 5, "nothing new started");
+    for (ns, pvc) in pvcs() {
+        assert_eq!(
+            w.ann(ns, pvc, status::LAST_RESULT).as_deref(),
+            Some("Succeeded"),
+            "{ns}/{pvc}\n{}",
+            w.cluster.all_pod_logs()
+        );
+        let snap = w.ann(ns, pvc, status::LAST_SNAPSHOT).unwrap();
+        let snaps = w.snapshots(ns, pvc);
+        assert_eq!(snaps.len(), 1, "{ns}/{pvc}");
+        assert_eq!(snaps[0]["id"].as_str().unwrap(), snap);
+        let tags = snaps[0]["tags"].to_string();
+        assert!(
+            tags.contains(&format!("pvc={pvc}")) && tags.contains("pvc-uid="),
+            "{tags}"
+        );
+        assert_eq!(w.events(ns, pvc, reason::BACKUP_STARTED).len(), 1);
+        assert_eq!(w.events(ns, pvc, reason::BACKUP_SUCCEEDED).len(), 1);
+    }
+    assert_eq!(w.ann("other", "scratch", status::LAST_JOB), None);
+
+    // Across the due time: a second backup of each, with the new content.
+    std::fs::write(
+        w.cluster
+            .volume_dir("db", "pg-data")
+            .unwrap()
+            .join("data.txt"),
+        "db/pg-data v2",
+    )
+    .unwrap();
+    let (ok, log) = w.scheduler("2026-11-23T11:00:30Z").await;
+    assert!(ok, "{log}");
+    assert_eq!(w.jobs_finished().await.len(), 10);
+    let (ok, log) = w.scheduler("2026-11-23T11:05:00Z").await;
+    assert!(ok, "{log}");
+    for (ns, pvc) in pvcs() {
+        assert_eq!(w.snapshots(ns, pvc).len(), 2, "{ns}/{pvc}");
+        assert_eq!(w.events(ns, pvc, reason::BACKUP_SUCCEEDED).len(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_mover_is_reported_and_retried_at_the_next_due_time() {
+    let w = World::new();
+    w.cluster.create_namespace("db", &[]).unwrap();
+    w.app("db", "pg", "node-a", &[("backup", "hourly")], &[("f", "1")])
+        .await;
+    let (ok, log) = w.scheduler("2026-11-23T10:00:00Z").await;
+    assert!(ok, "{log}");
+    w.jobs_finished().await;
+    w.scheduler("2026-11-23T10:05:00Z").await;
+    assert_eq!(
+        w.ann("db", "pg", status::LAST_RESULT).as_deref(),
+        Some("Succeeded")
+    );
+
+    // The master password is replaced by mistake: the derived password no longer opens
+    // the repository.
+    let store = w.cluster.store();
+    store
+        .modify::<Secret>("stowage", "stowage-credentials", |s| {
+            s.data.as_mut().unwrap().insert(
+                "master-password".into(),
+                k8s_openapi::ByteString(b"wrong master".to_vec()),
+            );
+        })
+        .unwrap();
+    let (ok, log) = w.scheduler("2026-11-23T11:00:10Z").await;
+    assert!(ok, "{log}");
+    w.jobs_finished().await;
+    let (ok, log) = w.scheduler("2026-11-23T11:10:00Z").await;
+    assert!(ok, "{log}");
+    assert_eq!(
+        w.ann("db", "pg", status::LAST_RESULT).as_deref(),
+        Some("Failed: WrongPassword")
+    );
+    let failed = w.events("db", "pg", reason::BACKUP_FAILED);
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].contains("password"), "{}", failed[0]);
+    assert!(!failed[0].contains("wrong master"), "no secret in Events");
+    // Not retried in a tight loop: nothing starts before the next scheduled time.
+    let jobs_before = w.jobs_finished().await.len();
+    w.scheduler("2026-11-23T11:30:00Z").await;
+    assert_eq!(w.jobs_finished().await.len(), jobs_before);
+
+    // Fixed; the next due pass retries and succeeds.
+    store
+        .modify::<Secret>("stowage", "stowage-credentials", |s| {
+            s.data.as_mut().unwrap().insert(
+                "master-password".into(),
+                k8s_openapi::ByteString(MASTER.as_bytes().to_vec()),
+            );
+        })
+        .unwrap();
+    w.scheduler("2026-11-23T12:00:05Z").await;
+    assert_eq!(w.jobs_finished().await.len(), jobs_before + 1);
+    w.scheduler("2026-11-23T12:05:00Z").await;
+    assert_eq!(
+        w.ann("db", "pg", status::LAST_RESULT).as_deref(),
+        Some("Succeeded")
+    );
+    assert_eq!(w.snapshots("db", "pg").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pvc_incarnation_is_refused_its_first_backup_until_allowed() {
+    let w = World::new();
+    w.cluster.create_namespace("db", &[]).unwrap();
+    w.app(
+        "db",
+        "pg",
+        "node-a",
+        &[("backup", "hourly")],
+        &[("f", "precious data")],
+    )
+    .await;
+    w.scheduler("2026-11-23T10:00:00Z").await;
+    w.jobs_finished().await;
+    w.scheduler("2026-11-23T10:05:00Z").await;
+    assert_eq!(w.snapshots("db", "pg").len(), 1);
+
+    // The app is re-created on a new, re-initialised volume (same names, new UID).
+    let store = w.cluster.store();
+    store
+        .delete::<k8s_openapi::api::core::v1::Pod>("db", "app-pg")
+        .unwrap();
+    store.delete::<PersistentVolumeClaim>("db", "pg").unwrap();
+    w.cluster
+        .wait_for(WAIT, |s| {
+            s.get::<PersistentVolumeClaim>("db", "pg")
+                .is_none()
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    w.app(
+        "db",
+        "pg",
+        "node-b",
+        &[("backup", "hourly")],
+        &[("f", "fresh install")],
+    )
+    .await;
+
+    let (ok, log) = w.scheduler("2026-11-23T10:10:00Z").await;
+    assert!(ok, "{log}");
+    w.jobs_finished().await;
+    w.scheduler("2026-11-23T10:15:00Z").await;
+    assert_eq!(
+        w.ann("db", "pg", status::LAST_RESULT).as_deref(),
+        Some("Failed: ForeignHistory")
+    );
+    let refused = w.events("db", "pg", reason::FOREIGN_HISTORY);
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].contains("stowage.io/adopt-repository=true"),
+        "{}",
+        refused[0]
+    );
+    assert_eq!(w.snapshots("db", "pg").len(), 1, "history untouched");
+
+    // The user says this volume is the one to keep, and asks for a backup now.
+    store
+        .patch::<PersistentVolumeClaim>(
+            "db",
+            "pg",
+            &json!({"metadata": {"annotations": {
+                user::ADOPT_REPOSITORY: "true", user::BACKUP_NOW: "1"}}}),
+        )
+        .unwrap();
+    w.scheduler("2026-11-23T10:20:00Z").await;
+    w.jobs_finished().await;
+    w.scheduler("2026-11-23T10:25:00Z").await;
+    assert_eq!(
+        w.ann("db", "pg", status::LAST_RESULT).as_deref(),
+        Some("Succeeded")
+    );
+    assert_eq!(w.snapshots("db", "pg").len(), 2);
+}
