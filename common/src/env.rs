@@ -86,6 +86,8 @@ pub struct CommonEnv {
     /// MiB of pack data a restore may hold in memory at once (bounds a mover's memory
     /// under its 512Mi limit; more is not faster on one volume).
     pub read_budget_mib: u32,
+    /// Seconds one Kubernetes API request may take (scheduler, gc, prewarm).
+    pub api_timeout_secs: u64,
 }
 
 impl CommonEnv {
@@ -114,6 +116,7 @@ impl Default for CommonEnv {
             password_file: None,
             progress_interval_secs: 10,
             read_budget_mib: 64,
+            api_timeout_secs: 30,
         }
     }
 }
@@ -242,6 +245,185 @@ impl SchedulerConfig {
     }
 }
 
+/// stowage-gc's settings (`STOWAGE_` prefix).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct GcEnv {
+    /// Namespace of stowage itself (policies ConfigMap, credentials Secret, gc state).
+    pub system_namespace: String,
+    pub policies_configmap: String,
+    pub credentials_secret: String,
+    /// Opt-in label key on PVCs (its value names the policy).
+    pub backup_label: String,
+    /// Repositories live under `<base>/<namespace>/<pvc>`; gc lists them all.
+    pub repository_base: Option<String>,
+    /// Prometheus Pushgateway base URL (`http://host:9091`); unset: no metrics.
+    pub pushgateway_url: Option<String>,
+    /// ConfigMap (system namespace) where gc records when it last pruned and checked
+    /// each repository.
+    pub gc_state_configmap: String,
+    /// Hours between prunes of one repository (default: weekly).
+    pub prune_interval_hours: u64,
+    /// Prune earlier when unused data reaches this percentage of the repository
+    /// (measured when a structure check runs). 0: only on the interval.
+    pub prune_unused_percent: u32,
+    /// Hours between structure checks of one repository (default: daily).
+    pub check_interval_hours: u64,
+    /// Percentage of pack data read back and verified at each check, rotating through
+    /// the repository (0: off; reading data costs egress on cloud storage).
+    pub check_read_data_percent: u32,
+    /// Locks older than this many minutes whose holder is not a running stowage pod
+    /// are removed.
+    pub stale_lock_minutes: u64,
+    /// Finished mover Jobs without a TTL of their own are deleted after this many
+    /// hours.
+    pub job_history_hours: u64,
+}
+
+impl Default for GcEnv {
+    fn default() -> Self {
+        Self {
+            system_namespace: "stowage".into(),
+            policies_configmap: "stowage-policies".into(),
+            credentials_secret: "stowage-credentials".into(),
+            backup_label: "backup".into(),
+            repository_base: None,
+            pushgateway_url: None,
+            gc_state_configmap: "stowage-gc-state".into(),
+            prune_interval_hours: 7 * 24,
+            prune_unused_percent: 20,
+            check_interval_hours: 24,
+            check_read_data_percent: 0,
+            stale_lock_minutes: 30,
+            job_history_hours: 24,
+        }
+    }
+}
+
+/// Everything stowage-gc reads from its environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GcConfig {
+    pub restic: ResticEnv,
+    pub common: CommonEnv,
+    pub gc: GcEnv,
+}
+
+impl GcConfig {
+    pub fn from_vars(vars: &[(String, String)]) -> Result<Self, Error> {
+        check_unknown(vars.iter().cloned())?;
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .cloned()
+            .collect();
+        let cfg = Self {
+            restic: parse(&vars, "")?,
+            common: parse(&vars, PREFIX)?,
+            gc: parse(&vars, PREFIX)?,
+        };
+        if cfg.gc.check_read_data_percent > 100 {
+            return Err(Error::Config(format!(
+                "STOWAGE_CHECK_READ_DATA_PERCENT={} must be between 0 and 100",
+                cfg.gc.check_read_data_percent
+            )));
+        }
+        if cfg.gc.prune_interval_hours == 0 || cfg.gc.check_interval_hours == 0 {
+            return Err(Error::Config(
+                "STOWAGE_PRUNE_INTERVAL_HOURS and STOWAGE_CHECK_INTERVAL_HOURS must be at least 1"
+                    .into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_vars(&vars_from_process())
+    }
+}
+
+/// stowage-prewarm's settings (`STOWAGE_` prefix): the volume populator and the index.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct PrewarmEnv {
+    /// Namespace of stowage itself (credentials Secret, prime PVCs, restore Jobs,
+    /// index ConfigMap).
+    pub system_namespace: String,
+    pub credentials_secret: String,
+    /// Repositories live under `<base>/<namespace>/<pvc>` (as for the scheduler).
+    pub repository_base: Option<String>,
+    /// Image of the restore mover Jobs.
+    pub mover_image: String,
+    /// Prometheus Pushgateway base URL (`http://host:9091`); unset: no metrics.
+    pub pushgateway_url: Option<String>,
+    /// ConfigMap (system namespace) holding the index of all repositories.
+    pub index_configmap: String,
+    /// Minutes between index runs (listing every repository); 0: never.
+    pub index_interval_minutes: u64,
+    /// How long one run keeps polling for Pending PVCs, in seconds (a CronJob every
+    /// minute: a bit less than 60).
+    pub run_seconds: u64,
+    /// Seconds between populator rounds within one run.
+    pub poll_seconds: u64,
+    /// First delay before a failed restore is retried, in seconds; doubles per failure,
+    /// capped at an hour.
+    pub restore_backoff_seconds: u64,
+    /// Extra provisioners (comma separated) that provision PVCs with a foreign
+    /// dataSourceRef at once; PVCs of their classes are refused.
+    pub unsafe_provisioners: Option<String>,
+}
+
+impl Default for PrewarmEnv {
+    fn default() -> Self {
+        Self {
+            system_namespace: "stowage".into(),
+            credentials_secret: "stowage-credentials".into(),
+            repository_base: None,
+            mover_image: DEFAULT_MOVER_IMAGE.into(),
+            pushgateway_url: None,
+            index_configmap: "stowage-index".into(),
+            index_interval_minutes: 15,
+            run_seconds: 50,
+            poll_seconds: 2,
+            restore_backoff_seconds: 30,
+            unsafe_provisioners: None,
+        }
+    }
+}
+
+/// Everything stowage-prewarm reads from its environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrewarmConfig {
+    pub restic: ResticEnv,
+    pub common: CommonEnv,
+    pub prewarm: PrewarmEnv,
+}
+
+impl PrewarmConfig {
+    pub fn from_vars(vars: &[(String, String)]) -> Result<Self, Error> {
+        check_unknown(vars.iter().cloned())?;
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .cloned()
+            .collect();
+        let cfg = Self {
+            restic: parse(&vars, "")?,
+            common: parse(&vars, PREFIX)?,
+            prewarm: parse(&vars, PREFIX)?,
+        };
+        if cfg.prewarm.poll_seconds == 0 {
+            return Err(Error::Config(
+                "STOWAGE_POLL_SECONDS must be at least 1".into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_vars(&vars_from_process())
+    }
+}
+
 /// Comma-separated list (empty entries dropped).
 pub fn list(value: Option<&str>) -> Vec<String> {
     value
@@ -264,6 +446,8 @@ pub fn known_stowage_names() -> BTreeSet<String> {
     names.extend(field_names(&CommonEnv::default()));
     names.extend(field_names(&MoverEnv::default()));
     names.extend(field_names(&SchedulerEnv::default()));
+    names.extend(field_names(&GcEnv::default()));
+    names.extend(field_names(&PrewarmEnv::default()));
     names
 }
 

@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod backend;
+pub mod discover;
 pub mod env;
 mod error;
 pub mod location;

@@ -187,6 +187,21 @@ pub fn list(storage: &Storage, key: &LockKey) -> Result<Vec<LockEntry>, Error> {
     Ok(out)
 }
 
+/// Removes the lock file `locks/<name>` (a stale lock; see stowage-gc).
+pub fn remove(storage: &Storage, name: &str) -> Result<(), Error> {
+    storage.remove(LOCKS_DIR, name)
+}
+
+/// Whether process `pid` exists on this host (restic's test for its own host's locks).
+pub fn pid_alive(pid: i64) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// This host's name, as lock files record it.
+pub fn this_hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
 /// A held lock, refreshed in the background; removed on `release` or drop.
 pub struct LockGuard {
     stop: Option<mpsc::Sender<()>>,
@@ -222,11 +237,23 @@ impl Drop for LockGuard {
 /// Takes a lock: refuses while a conflicting fresh lock exists, writes ours, then
 /// checks again (another process may have locked in between; restic does the same).
 pub fn acquire(storage: &Storage, key: &LockKey, exclusive: bool) -> Result<LockGuard, Error> {
-    check_conflicts(storage, key, exclusive, None)?;
+    acquire_except(storage, key, exclusive, &[])
+}
+
+/// Like [`acquire`], but disregards the lock files named in `ignore`: locks whose
+/// holder is known to be gone, which the caller removes once it holds its own lock
+/// (stowage-gc's stale-lock removal).
+pub fn acquire_except(
+    storage: &Storage,
+    key: &LockKey,
+    exclusive: bool,
+    ignore: &[String],
+) -> Result<LockGuard, Error> {
+    check_conflicts(storage, key, exclusive, None, ignore)?;
     let info = LockInfo::for_this_process(exclusive);
     let (name, data) = encode(key, &info);
     storage.write(LOCKS_DIR, &name, data)?;
-    if let Err(e) = check_conflicts(storage, key, exclusive, Some(&name)) {
+    if let Err(e) = check_conflicts(storage, key, exclusive, Some(&name), ignore) {
         let _ = storage.remove(LOCKS_DIR, &name);
         return Err(e);
     }
@@ -276,10 +303,11 @@ fn check_conflicts(
     key: &LockKey,
     exclusive: bool,
     ours: Option<&str>,
+    ignore: &[String],
 ) -> Result<(), Error> {
     let now = Timestamp::now();
     for (name, lock) in list(storage, key)? {
-        if Some(name.as_str()) == ours {
+        if Some(name.as_str()) == ours || ignore.contains(&name) {
             continue;
         }
         match lock {

@@ -25,6 +25,20 @@ pub mod names {
     pub const BACKUP_LAST_FAILED: &str = "stowage_backup_last_failed";
     pub const PASS_DURATION: &str = "stowage_pass_duration_seconds";
     pub const PASS_LAST_RUN: &str = "stowage_pass_last_run_timestamp_seconds";
+    pub const GC_REPOSITORIES: &str = "stowage_gc_repositories";
+    pub const GC_SNAPSHOTS: &str = "stowage_gc_snapshots";
+    pub const GC_REPOSITORY_BYTES: &str = "stowage_gc_repository_bytes";
+    pub const GC_FORGOTTEN: &str = "stowage_gc_snapshots_forgotten";
+    pub const GC_RECLAIMED_BYTES: &str = "stowage_gc_reclaimed_bytes";
+    pub const GC_UNUSED_BYTES: &str = "stowage_gc_unused_bytes";
+    pub const GC_CHECK_OK: &str = "stowage_gc_check_ok";
+    pub const GC_CHECK_LAST: &str = "stowage_gc_check_last_timestamp_seconds";
+    pub const GC_ORPHAN: &str = "stowage_gc_orphan_repository";
+    pub const GC_LOCKS_REMOVED: &str = "stowage_gc_stale_locks_removed";
+    pub const GC_JOBS_DELETED: &str = "stowage_gc_jobs_deleted";
+    pub const GC_SECRETS_DELETED: &str = "stowage_gc_secrets_deleted";
+    pub const GC_ERRORS: &str = "stowage_gc_errors";
+    pub const GC_LAST_SUCCESS: &str = "stowage_gc_last_success_timestamp_seconds";
 }
 
 /// Label set and value of one sample.
@@ -135,6 +149,36 @@ pub async fn push(url: &str, job: &str, registry: &Registry) -> Result<(), Error
         )));
     }
     Ok(())
+}
+
+/// Metric names of stowage-prewarm (populator and index).
+pub mod prewarm_names {
+    /// PVCs waiting for the populator, by state.
+    pub const PENDING: &str = "stowage_prewarm_pending_pvcs";
+    /// Populates finished in this run, by result (`restored`, `empty`).
+    pub const POPULATED: &str = "stowage_prewarm_populated";
+    /// Restore Jobs that failed (seen in this run).
+    pub const RESTORE_FAILURES: &str = "stowage_prewarm_restore_failures";
+    /// 1 for each PVC refused because its storage class ignores populators.
+    pub const UNSAFE_CLASS: &str = "stowage_prewarm_unsafe_storage_class";
+    /// 1 for each PVC whose backup source could not be read (retried).
+    pub const SOURCE_UNAVAILABLE: &str = "stowage_prewarm_source_unavailable";
+    /// Errors in this run.
+    pub const ERRORS: &str = "stowage_prewarm_errors";
+    /// Repositories in the index.
+    pub const INDEX_REPOSITORIES: &str = "stowage_index_repositories";
+    /// Time of the newest snapshot of a repository.
+    pub const INDEX_LAST_SNAPSHOT: &str = "stowage_index_last_snapshot_timestamp_seconds";
+    /// Bytes of the newest snapshot of a repository.
+    pub const INDEX_LAST_SNAPSHOT_BYTES: &str = "stowage_index_last_snapshot_bytes";
+    /// Snapshots in a repository.
+    pub const INDEX_SNAPSHOTS: &str = "stowage_index_snapshots";
+    /// Repositories the index could not read.
+    pub const INDEX_ERRORS: &str = "stowage_index_errors";
+    /// Duration of the last index run.
+    pub const INDEX_DURATION: &str = "stowage_index_duration_seconds";
+    /// S3 requests of the last index run.
+    pub const INDEX_S3_REQUESTS: &str = "stowage_index_s3_requests";
 }
 
 #[cfg(test)]

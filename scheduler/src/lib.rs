@@ -96,7 +96,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, cfg: SchedulerConfig) -> ExitCode {
-    let client = match stowage_common::k8s::client().await {
+    let timeout = std::time::Duration::from_secs(cfg.common.api_timeout_secs.max(1));
+    let client = match stowage_common::k8s::client_with_timeout(timeout).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");

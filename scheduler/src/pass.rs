@@ -83,7 +83,7 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         .iter()
         .map(|n| (n.name_any(), facts::namespace_facts(n)))
         .collect();
-    let pvcs = Api::<PersistentVolumeClaim>::all(ctx.client.clone())
+    let mut pvcs = Api::<PersistentVolumeClaim>::all(ctx.client.clone())
         .list(&lp)
         .await
         .map_err(|e| {
@@ -104,6 +104,30 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         .list(&ListParams::default().labels(&mover_job::mover_selector()))
         .await
         .map_err(|e| anyhow::anyhow!(describe_kube_error(&e, "list jobs in all namespaces")))?;
+
+    // A pass that died between creating a Job and recording it on the PVC left a Job the
+    // PVC does not know: adopt it, so its result is recorded and the PVC is not due again.
+    for pvc in pvcs.items.iter_mut() {
+        if let Some((name, created)) = unrecorded_job(pvc, &jobs.items) {
+            match patch_pvc(
+                &ctx,
+                pvc,
+                json!({ status::LAST_JOB: name, status::LAST_ATTEMPT: created.to_string() }),
+            )
+            .await
+            {
+                Ok(()) => {
+                    let a = pvc
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(Default::default);
+                    a.insert(status::LAST_JOB.into(), name);
+                    a.insert(status::LAST_ATTEMPT.into(), created.to_string());
+                }
+                Err(e) => report.errors.push(e),
+            }
+        }
+    }
 
     let pv_by_name: BTreeMap<String, &PersistentVolume> =
         pvs.items.iter().map(|p| (p.name_any(), p)).collect();
@@ -258,6 +282,29 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         ctx.now.as_second() as f64,
     );
     Ok(report)
+}
+
+/// The newest backup Job of this PVC (by UID label) that is newer than what the PVC
+/// records, if any: (name, creation time).
+fn unrecorded_job(pvc: &PersistentVolumeClaim, jobs: &[Job]) -> Option<(String, Timestamp)> {
+    let uid = pvc.metadata.uid.as_deref()?;
+    let a = pvc.annotations();
+    let recorded_attempt = a
+        .get(status::LAST_ATTEMPT)
+        .and_then(|v| v.parse::<Timestamp>().ok());
+    let newest = jobs
+        .iter()
+        .filter(|j| {
+            let l = j.labels();
+            l.get(contract::label::PVC_UID).map(String::as_str) == Some(uid)
+                && l.get(contract::label::OPERATION).map(String::as_str)
+                    == Some(Operation::Backup.as_str())
+        })
+        .filter_map(|j| Some((j.name_any(), j.metadata.creation_timestamp.as_ref()?.0)))
+        .max_by_key(|(_, t)| *t)?;
+    let known = a.get(status::LAST_JOB) == Some(&newest.0);
+    let older = recorded_attempt.is_some_and(|t| newest.1 <= t);
+    (!known && !older).then_some(newest)
 }
 
 fn count_skip(report: &mut PassReport, reason: &str) {

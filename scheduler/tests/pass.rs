@@ -666,10 +666,17 @@ fn metrics_are_pushed_to_the_pushgateway() {
         .env_clear()
         .env("KUBECONFIG", w.api.kubeconfig_for(USER))
         .env("STOWAGE_REPOSITORY_BASE", "s3:https://s3.lan/b")
-        .env("STOWAGE_PUSHGATEWAY_URL", format!("http://127.0.0.1:{port}"))
+        .env(
+            "STOWAGE_PUSHGATEWAY_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let req = server.join().unwrap();
     assert!(
         req.starts_with("PUT /metrics/job/stowage-scheduler HTTP/1.1"),
@@ -685,4 +692,104 @@ fn metrics_are_pushed_to_the_pushgateway() {
     ] {
         assert!(req.contains(line), "{line} missing in:\n{req}");
     }
+}
+
+#[tokio::test]
+async fn api_errors_fail_clearly_and_a_rerun_converges() {
+    let cfg = config(&[]);
+    // A 500 on one Job creation: that PVC fails with the API's message, the other goes on.
+    let w = World::new();
+    w.pvc("a", "p1", json!({"backup": "hourly"}), json!({}));
+    w.pvc("a", "p2", json!({"backup": "hourly"}), json!({}));
+    w.api.inject(
+        Fault::error(500, "InternalError", "etcdserver: leader changed")
+            .verb("create")
+            .resource("jobs")
+            .times(1),
+    );
+    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    assert_eq!(r.started.len(), 1);
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(
+        r.errors[0].contains("cannot create job a/stowage-backup-")
+            && r.errors[0].contains("etcdserver: leader changed"),
+        "{}",
+        r.errors[0]
+    );
+    let r = w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.started.len(), 1);
+    assert_eq!(w.jobs().len(), 2, "one Job per PVC after the re-run");
+
+    // A conflict when recording the start on the PVC: the Job exists but the PVC does
+    // not know it. The re-run adopts it; its result is recorded; no second backup.
+    let w = World::new();
+    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    w.api.inject(
+        Fault::error(409, "Conflict", "the object has been modified")
+            .verb("patch")
+            .resource("persistentvolumeclaims")
+            .times(1),
+    );
+    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(
+        r.errors[0].contains("patch persistentvolumeclaim a/p"),
+        "{}",
+        r.errors[0]
+    );
+    assert_eq!(w.annotation("a", "p", status::LAST_JOB), None);
+    let job = w.jobs().remove(0);
+    w.finish(&job, true, r#"{"operation":"backup","ok":true,"snapshot":"0123456789","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#);
+    let r = w.pass(&cfg, "2026-11-23T10:05:00Z").await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.started.is_empty(), "adopted, not due again");
+    assert_eq!(w.jobs().len(), 1);
+    assert_eq!(
+        w.annotation("a", "p", status::LAST_RESULT).as_deref(),
+        Some("Succeeded")
+    );
+
+    // A list that fails: the pass fails and says what it tried.
+    w.api.inject(
+        Fault::error(500, "InternalError", "boom")
+            .verb("list")
+            .resource("pods"),
+    );
+    let e = w
+        .pass(&cfg, "2026-11-23T10:06:00Z")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot list pods in all namespaces") && e.contains("boom"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_hung_api_server_fails_the_pass_in_time() {
+    let w = World::new();
+    w.api.inject(
+        Fault::delay(std::time::Duration::from_secs(20))
+            .verb("list")
+            .resource("namespaces"),
+    );
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-scheduler"))
+        .env_clear()
+        .env("KUBECONFIG", w.api.kubeconfig_for(USER))
+        .env("STOWAGE_API_TIMEOUT_SECS", "1")
+        .env("STOWAGE_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("cannot list namespaces") && log.contains("did not answer in time"),
+        "{log}"
+    );
+    // Not a timing assertion on the product: only that the 1 s limit, not the 20 s
+    // delay, ended the run.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }

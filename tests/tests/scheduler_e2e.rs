@@ -244,9 +244,11 @@ async fn scheduled_backups_across_three_namespaces() {
     w.app("other", "scratch", "node-a", &[], &[("f", "x")])
         .await;
 
+    let mut scheduler_logs = Vec::new();
     // Pass 1: every opted-in PVC is due (never backed up).
     let (ok, log) = w.scheduler("2026-11-23T10:00:00Z").await;
     assert!(ok, "{log}");
+    scheduler_logs.push(log.clone());
     let jobs = w.jobs_finished().await;
     assert_eq!(jobs.len(), 5, "{log}");
     for j in &jobs {
@@ -264,6 +266,7 @@ async fn scheduled_backups_across_three_namespaces() {
     // Pass 2, ten minutes later: results recorded, nothing due.
     let (ok, log) = w.scheduler("2026-11-23T10:10:00Z").await;
     assert!(ok, "{log}");
+    scheduler_logs.push(log);
     assert_eq!(w.jobs_finished().await.len(), 5, "nothing new started");
     for (ns, pvc) in pvcs() {
         assert_eq!(
@@ -303,6 +306,27 @@ async fn scheduled_backups_across_three_namespaces() {
     for (ns, pvc) in pvcs() {
         assert_eq!(w.snapshots(ns, pvc).len(), 2, "{ns}/{pvc}");
         assert_eq!(w.events(ns, pvc, reason::BACKUP_SUCCEEDED).len(), 2);
+    }
+
+    // No secret in any log line, Event or annotation of the whole run.
+    let g = garage::shared();
+    let env: BTreeMap<String, String> = g.env("x").into_iter().collect();
+    let mut secrets = vec![MASTER.to_string(), env["AWS_SECRET_ACCESS_KEY"].clone()];
+    for (ns, pvc) in pvcs() {
+        secrets.push(derive_repository_password(MASTER, &w.repository(ns, pvc)));
+    }
+    let events: Vec<Event> = w.cluster.store().list(None);
+    let pvc_objs: Vec<PersistentVolumeClaim> = w.cluster.store().list(None);
+    let haystack = format!(
+        "{}\n{}\n{}\n{}",
+        w.cluster.all_pod_logs(),
+        scheduler_logs.join("\n"),
+        serde_json::to_string(&events).unwrap(),
+        serde_json::to_string(&pvc_objs).unwrap()
+    );
+    assert!(haystack.len() > 1000, "the scan sees the logs");
+    for s in &secrets {
+        assert!(!haystack.contains(s.as_str()), "a secret leaked into logs/Events");
     }
 }
 

@@ -127,4 +127,92 @@ pub mod reason {
     pub const MOVER_USER_UNKNOWN: &str = "MoverUserUnknown";
     pub const FOREIGN_HISTORY: &str = "ForeignHistory";
     pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+    /// gc found a repository damaged (check failed, cannot be opened).
+    pub const REPOSITORY_DAMAGED: &str = "RepositoryDamaged";
+    /// gc removed a stale lock from a repository.
+    pub const STALE_LOCK_REMOVED: &str = "StaleLockRemoved";
+    /// gc pruned a repository.
+    pub const REPOSITORY_PRUNED: &str = "RepositoryPruned";
+}
+
+/// Key of gc's state ConfigMap holding the JSON record of prunes and checks.
+pub const GC_STATE_KEY: &str = "state.json";
+
+/// The zero-touch restore (stowage-prewarm as volume populator) and the backup index.
+pub mod prewarm {
+    /// Annotations prewarm records on a populated PVC (besides
+    /// [`super::status::POPULATED_FROM`], the snapshot id, set only when data was
+    /// restored).
+    pub mod status {
+        /// Repository the PVC was populated from.
+        pub const RESTORED_FROM: &str = "stowage.io/restored-from";
+        /// RFC 3339 time the snapshot was taken.
+        pub const RESTORED_SNAPSHOT_TIME: &str = "stowage.io/restored-snapshot-time";
+        /// RFC 3339 time the volume was handed to the PVC.
+        pub const RESTORED_AT: &str = "stowage.io/restored-at";
+        /// Why the PVC was bound empty: `no-backup` (the storage answered: no repository
+        /// or no snapshot) or `forced` (annotation `stowage.io/force-empty`).
+        pub const BOUND_EMPTY: &str = "stowage.io/bound-empty";
+        /// What prewarm last reported about a PVC it is populating (`Reason: message`);
+        /// an Event is published only when it changes.
+        pub const POPULATOR_STATUS: &str = "stowage.io/populator-status";
+    }
+
+    /// Annotations on a prime PVC (stowage namespace): the decision taken when it was
+    /// created, so that later passes and a killed-and-restarted prewarm follow it.
+    pub mod prime {
+        /// `namespace/name` of the user's PVC.
+        pub const FOR_PVC: &str = "stowage.io/populating";
+        /// UID of the user's PVC (also the `stowage.io/pvc-uid` label).
+        pub const FOR_UID: &str = "stowage.io/populating-uid";
+        /// Repository to restore from.
+        pub const REPOSITORY: &str = "stowage.io/restore-repository";
+        /// Snapshot id to restore; empty: bind empty (fresh install or forced).
+        pub const SNAPSHOT: &str = "stowage.io/restore-snapshot";
+        /// RFC 3339 time of that snapshot.
+        pub const SNAPSHOT_TIME: &str = "stowage.io/restore-snapshot-time";
+        /// Why empty: `no-backup` or `forced`.
+        pub const EMPTY_REASON: &str = "stowage.io/empty-reason";
+        /// Prefix of prime PVC names (`stowage-prime-<user PVC uid>`).
+        pub const NAME_PREFIX: &str = "stowage-prime-";
+    }
+
+    /// Values of [`status::BOUND_EMPTY`] / [`prime::EMPTY_REASON`].
+    pub const EMPTY_NO_BACKUP: &str = "no-backup";
+    pub const EMPTY_FORCED: &str = "forced";
+
+    /// Event reasons of the populator (the troubleshooting docs have a section each).
+    pub mod reason {
+        /// A restore mover Job started.
+        pub const RESTORE_STARTED: &str = "RestoreStarted";
+        /// The volume was restored from a snapshot and handed to the PVC.
+        pub const RESTORED: &str = "Restored";
+        /// No backup exists (the storage said so) or force-empty: bound empty.
+        pub const BOUND_EMPTY: &str = "BoundEmpty";
+        /// A restore Job failed; retried with backoff, never bound empty.
+        pub const RESTORE_FAILED: &str = "RestoreFailed";
+        /// S3 error, timeout or wrong credentials while looking for the backup; retried.
+        pub const SOURCE_UNAVAILABLE: &str = "RestoreSourceUnavailable";
+        /// The Restore object is invalid (bad asOf, unknown snapshot).
+        pub const INVALID_RESTORE: &str = "InvalidRestore";
+        /// The PVC's storage class provisions populated PVCs empty on its own: refused.
+        pub const UNSAFE_STORAGE_CLASS: &str = "UnsafeStorageClass";
+        /// WaitForFirstConsumer: waiting for a pod using the PVC to be scheduled.
+        pub const WAITING_FOR_CONSUMER: &str = "WaitingForFirstConsumer";
+    }
+
+    /// Key of the index ConfigMap holding the JSON index.
+    pub const INDEX_KEY: &str = "index.json";
+    /// Annotation on the index ConfigMap: RFC 3339 time of the last index run.
+    pub const INDEXED_AT: &str = "stowage.io/indexed-at";
+
+    /// Provisioners known to provision PVCs with a foreign `dataSourceRef` at once,
+    /// empty (they do not implement the populator contract).
+    pub const UNSAFE_PROVISIONERS: &[&str] = &[
+        "rancher.io/local-path",
+        "k8s.io/minikube-hostpath",
+        "docker.io/hostpath",
+        "microk8s.io/hostpath",
+        "kubernetes.io/host-path",
+    ];
 }

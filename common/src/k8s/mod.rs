@@ -8,18 +8,28 @@ pub mod mover_job;
 pub mod naming;
 pub mod pod_security;
 pub mod policy;
+pub mod restore_kind;
 
 use crate::Error;
 
 /// A client for the cluster: the in-cluster service account, or `KUBECONFIG` /
 /// `~/.kube/config` for manual runs.
 pub async fn client() -> Result<kube::Client, Error> {
-    let config = kube::Config::infer().await.map_err(|e| {
+    client_with_timeout(std::time::Duration::from_secs(30)).await
+}
+
+/// Same, with a limit on each request (`STOWAGE_API_TIMEOUT_SECS`), so a hung API
+/// server fails the pass clearly instead of holding the CronJob.
+pub async fn client_with_timeout(timeout: std::time::Duration) -> Result<kube::Client, Error> {
+    let mut config = kube::Config::infer().await.map_err(|e| {
         Error::Config(format!(
             "no Kubernetes API access: {e}. In a cluster this runs under its service \
              account; outside, set KUBECONFIG or create ~/.kube/config"
         ))
     })?;
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    config.connect_timeout = Some(timeout);
     kube::Client::try_from(config)
         .map_err(|e| Error::Config(format!("cannot set up the Kubernetes client: {e}")))
 }
@@ -43,6 +53,10 @@ pub fn describe_kube_error(e: &kube::Error, action: &str) -> String {
             "cannot {action}: {} ({} {})",
             status.message, status.code, status.reason
         ),
+        other if is_timeout(other) => format!(
+            "cannot {action}: the Kubernetes API did not answer in time ({other}); retry, or \
+             raise STOWAGE_API_TIMEOUT_SECS"
+        ),
         other => format!("cannot {action}: {other} (is the Kubernetes API reachable?)"),
     }
 }
@@ -50,4 +64,17 @@ pub fn describe_kube_error(e: &kube::Error, action: &str) -> String {
 /// Whether a kube error is a given HTTP status from the API.
 pub fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// Whether the error is a request that timed out.
+fn is_timeout(e: &kube::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("timed out") || text.contains("timeout") {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }

@@ -15,6 +15,7 @@
 //! protection finalizers only track pods.
 
 mod controllers;
+pub mod digest;
 mod kubelet;
 
 use std::collections::BTreeMap;
@@ -628,6 +629,45 @@ impl Cluster {
         cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
         cmd.stdin(std::process::Stdio::null());
         cmd.output().await.expect("run program")
+    }
+
+    /// Starts a program like [`Cluster::run_program`] but returns at once: the caller
+    /// waits for what it should do (`wait_for`), then kills it or waits for its exit.
+    /// Its stdout and stderr go to `<root>/programs/<log_name>.{stdout,stderr}`.
+    pub fn spawn_program(
+        &self,
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        user: &str,
+        log_name: &str,
+    ) -> tokio::process::Child {
+        let dir = self.root().join("programs");
+        std::fs::create_dir_all(&dir).expect("programs dir");
+        let out = std::fs::File::create(dir.join(format!("{log_name}.stdout"))).expect("log");
+        let err = std::fs::File::create(dir.join(format!("{log_name}.stderr"))).expect("log");
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.args(args).env_clear().kill_on_drop(true);
+        for k in ["PATH", "HOME", "RUST_LOG", "RUST_BACKTRACE"] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("KUBECONFIG", self.kubeconfig_for(user));
+        cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        cmd.spawn().expect("spawn program")
+    }
+
+    /// Output of a program started with [`Cluster::spawn_program`].
+    pub fn program_log(&self, log_name: &str) -> String {
+        let dir = self.root().join("programs");
+        let read = |ext: &str| {
+            std::fs::read_to_string(dir.join(format!("{log_name}.{ext}"))).unwrap_or_default()
+        };
+        format!("{}{}", read("stdout"), read("stderr"))
     }
 }
 

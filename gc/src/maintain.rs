@@ -1,0 +1,334 @@
+//! The work on one repository, in this order:
+//! 1. stale locks are judged (plan::lock_verdict);
+//! 2. under an exclusive restic lock (refused while any fresh lock — a running backup
+//!    or restore — exists): stale locks removed, forgotten snapshots deleted, and the
+//!    repository pruned when due (rustic_core's prune; killed at any point, the next
+//!    prune finishes the job: new packs and index first, old index and packs last);
+//! 3. under a shared lock: the structure check, with a rotating read-data subset, and
+//!    a measure of unused data that brings the next prune forward.
+//!
+//! Synchronous (rustic_core is); run it on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rustic_core::{
+    CheckOptions, FileType, LimitOption, PruneOptions, ReadSubsetOption, RepoFileInfos,
+};
+use stowage_common::locks::{self, LockKey};
+use stowage_common::repo::{OpenRepo, RepoAccess};
+use stowage_common::{Error, tags};
+
+use crate::plan::{self, LockVerdict, LocksContext};
+use crate::progress::LogProgress;
+use crate::retention::{self, Rules, Snap};
+
+/// What to do with one repository (decided by the pass from its state and settings).
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// How the repository is named in logs, Events and metrics.
+    pub name: String,
+    pub rules: Rules,
+    /// Prune in this pass (interval reached, or unused data over the threshold).
+    pub prune: bool,
+    /// Structure check in this pass; `Some((n, m))`: also read pack data subset n of m.
+    pub check: Option<Option<(u32, u32)>>,
+    /// Measure unused data during the check (0: never).
+    pub unused_threshold_percent: u32,
+    pub locks: LocksContext,
+    pub dry_run: bool,
+    pub progress_interval: Duration,
+}
+
+/// A lock that was (or in a dry run would be) removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedLock {
+    pub file: String,
+    pub holder: String,
+    pub why: String,
+}
+
+/// What happened to one repository.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub snapshots_before: usize,
+    pub snapshots_after: usize,
+    /// Forgotten (or in a dry run: to be forgotten) snapshots: (id, time).
+    pub forgotten: Vec<(String, Timestamp)>,
+    pub locks_removed: Vec<RemovedLock>,
+    /// Set when the exclusive work was skipped because someone holds a lock.
+    pub busy: Option<String>,
+    pub pruned: bool,
+    /// Bytes the prune plan removes (dry run: would remove).
+    pub prune_plan_bytes: u64,
+    /// Repository size before and after (all files).
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Unused bytes measured during the check.
+    pub unused_bytes: Option<u64>,
+    /// Whether the unused share passed the threshold (prune at the next pass).
+    pub prune_wanted: bool,
+    /// `Some(findings)` when a check ran; empty findings: clean.
+    pub check: Option<Vec<String>>,
+    pub checked_read_data: bool,
+}
+
+impl Outcome {
+    pub fn reclaimed(&self) -> u64 {
+        self.bytes_before.saturating_sub(self.bytes_after)
+    }
+    pub fn damaged(&self) -> bool {
+        self.check.as_ref().is_some_and(|f| !f.is_empty())
+    }
+}
+
+fn rustic(e: Box<rustic_core::RusticError>) -> Error {
+    Error::from_rustic(e)
+}
+
+fn total_size(infos: &RepoFileInfos) -> u64 {
+    infos.repo.iter().map(|i| i.size).sum()
+}
+
+fn pack_size(infos: &RepoFileInfos) -> u64 {
+    infos
+        .repo
+        .iter()
+        .filter(|i| i.tpe == FileType::Pack)
+        .map(|i| i.size)
+        .sum()
+}
+
+/// Retention group of a snapshot: restic's host and paths, plus the volume it came
+/// from (so that PVCs sharing one repository never count as one series).
+fn group_of(sn: &rustic_core::repofile::SnapshotFile) -> String {
+    let tags: Vec<String> = sn.tags.iter().cloned().collect();
+    let paths: Vec<String> = sn.paths.iter().cloned().collect();
+    format!(
+        "{} {}/{}",
+        retention::group_key(&sn.hostname, &paths),
+        tags::tag_value(&tags, tags::NAMESPACE).unwrap_or(""),
+        tags::tag_value(&tags, tags::PVC).unwrap_or("")
+    )
+}
+
+/// Runs `work` on the repository behind `access`.
+pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
+    let progress = LogProgress::new(&work.name, work.progress_interval);
+    let repo = access
+        .open(progress)?
+        .ok_or_else(|| Error::Repository(format!("no repository at {}", work.name)))?;
+    let key = LockKey::from_master(&repo.key())?;
+    let mut out = Outcome::default();
+
+    // 1. Locks.
+    let now = Timestamp::now();
+    let mut removable = Vec::new();
+    for (file, lock) in locks::list(&access.storage, &key)? {
+        match lock {
+            Ok(info) => match plan::lock_verdict(&info, now, &work.locks, &locks::pid_alive) {
+                LockVerdict::Remove(why) => removable.push(RemovedLock {
+                    file,
+                    holder: info.describe(),
+                    why,
+                }),
+                LockVerdict::Keep(why) => {
+                    tracing::debug!(repository = %work.name, lock = %file, "lock kept: {why}")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(repository = %work.name, lock = %file, "unreadable lock file left alone: {e}")
+            }
+        }
+    }
+
+    // 2. Retention.
+    let snapshots = repo.get_all_snapshots().map_err(rustic)?;
+    out.snapshots_before = snapshots.len();
+    let snaps: Vec<Snap> = snapshots
+        .iter()
+        .map(|sn| Snap {
+            id: sn.id.to_string(),
+            time: sn.time.timestamp(),
+            group: group_of(sn),
+        })
+        .collect();
+    let verdicts = retention::decide(&snaps, &work.rules);
+    let forget: BTreeMap<String, Timestamp> = verdicts
+        .iter()
+        .filter(|v| !v.keep)
+        .map(|v| (v.id.clone(), v.time))
+        .collect();
+    out.forgotten = forget.iter().map(|(i, t)| (i.clone(), *t)).collect();
+    out.snapshots_after = out.snapshots_before - forget.len();
+
+    let infos = repo.infos_files().map_err(rustic)?;
+    out.bytes_before = total_size(&infos);
+    out.bytes_after = out.bytes_before;
+
+    if work.dry_run {
+        for l in &removable {
+            tracing::info!(repository = %work.name, lock = %l.file, "would remove stale lock ({}): {}", l.holder, l.why);
+        }
+        for (id, t) in &out.forgotten {
+            tracing::info!(repository = %work.name, snapshot = %&id[..8.min(id.len())], time = %t, "would forget snapshot");
+        }
+        out.locks_removed = removable;
+        if work.prune {
+            let plan = repo.prune_plan(&prune_options()).map_err(rustic)?;
+            let s = plan.stats.size_sum();
+            out.prune_plan_bytes = plan.stats.size_to_delete.remove;
+            tracing::info!(
+                repository = %work.name,
+                unused_bytes = s.unused + plan.stats.size_unref,
+                "would prune (before forgetting; forgotten snapshots free more)"
+            );
+        }
+        if let Some(subset) = work.check {
+            tracing::info!(repository = %work.name, read_data = ?subset, "would check");
+        }
+        return Ok(out);
+    }
+
+    let exclusive_work = !removable.is_empty() || !forget.is_empty() || work.prune;
+    if exclusive_work {
+        let ignore: Vec<String> = removable.iter().map(|l| l.file.clone()).collect();
+        match locks::acquire_except(&access.storage, &key, true, &ignore) {
+            Err(Error::Locked(msg)) => {
+                tracing::info!(repository = %work.name, "busy, forget and prune wait for the next pass: {msg}");
+                out.busy = Some(msg);
+                out.forgotten.clear();
+                out.snapshots_after = out.snapshots_before;
+            }
+            Err(e) => return Err(e),
+            Ok(guard) => {
+                exclusive(
+                    &repo, access, work, &removable, &snapshots, &forget, &mut out,
+                )?;
+                out.locks_removed = removable;
+                guard.release()?;
+            }
+        }
+    }
+
+    // 3. Check.
+    if let Some(subset) = work.check {
+        match locks::acquire(&access.storage, &key, false) {
+            Err(Error::Locked(msg)) => {
+                tracing::info!(repository = %work.name, "busy, check waits for the next pass: {msg}");
+                out.busy.get_or_insert(msg);
+            }
+            Err(e) => return Err(e),
+            Ok(guard) => {
+                check(&repo, work, subset, &mut out)?;
+                guard.release()?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn prune_options() -> PruneOptions {
+    // Under an exclusive lock nobody else writes: files can go at once (restic's own
+    // prune does the same), which also removes leftovers of an interrupted prune.
+    PruneOptions::default()
+        .instant_delete(true)
+        .max_unused(LimitOption::Percentage(0))
+        .keep_delete(jiff::Span::new())
+}
+
+fn exclusive(
+    repo: &OpenRepo,
+    access: &RepoAccess,
+    work: &Work,
+    removable: &[RemovedLock],
+    snapshots: &[rustic_core::repofile::SnapshotFile],
+    forget: &BTreeMap<String, Timestamp>,
+    out: &mut Outcome,
+) -> Result<(), Error> {
+    for l in removable {
+        locks::remove(&access.storage, &l.file)?;
+        tracing::warn!(repository = %work.name, lock = %l.file, holder = %l.holder, "removed stale lock: {}", l.why);
+    }
+    if !forget.is_empty() {
+        let ids: Vec<_> = snapshots
+            .iter()
+            .filter(|s| forget.contains_key(&s.id.to_string()))
+            .map(|s| s.id)
+            .collect();
+        tracing::info!(repository = %work.name, count = ids.len(), "forgetting snapshots");
+        repo.delete_snapshots(&ids).map_err(rustic)?;
+    }
+    if work.prune {
+        let opts = prune_options();
+        let plan = repo.prune_plan(&opts).map_err(rustic)?;
+        let st = &plan.stats;
+        out.prune_plan_bytes = st.size_to_delete.remove;
+        tracing::info!(
+            repository = %work.name,
+            packs_to_remove = st.packs_to_delete.remove,
+            packs_to_repack = st.packs.repack,
+            bytes_to_remove = st.size_to_delete.remove,
+            unreferenced_packs = st.packs_unref,
+            "pruning"
+        );
+        repo.prune(&opts, plan).map_err(rustic)?;
+        out.pruned = true;
+        let infos = repo.infos_files().map_err(rustic)?;
+        out.bytes_after = total_size(&infos);
+        tracing::info!(
+            repository = %work.name,
+            reclaimed_bytes = out.reclaimed(),
+            size_bytes = out.bytes_after,
+            data_bytes = pack_size(&infos),
+            "pruned"
+        );
+    }
+    Ok(())
+}
+
+fn check(
+    repo: &OpenRepo,
+    work: &Work,
+    subset: Option<(u32, u32)>,
+    out: &mut Outcome,
+) -> Result<(), Error> {
+    let mut opts = CheckOptions::default();
+    if let Some(s) = subset {
+        opts = opts
+            .read_data(true)
+            .read_data_subset(ReadSubsetOption::IdSubSet(s));
+        out.checked_read_data = true;
+    }
+    tracing::info!(repository = %work.name, read_data = ?subset, "checking");
+    let findings = match repo.check(opts) {
+        Ok(results) => results
+            .0
+            .iter()
+            // rustic_core does not export the level's type; its Debug name is stable.
+            .filter(|(level, _)| format!("{level:?}") == "Error")
+            .map(|(_, e)| e.to_string())
+            .collect(),
+        Err(e) => vec![rustic(e).to_string()],
+    };
+    if findings.is_empty() {
+        tracing::info!(repository = %work.name, "check: no errors");
+    } else {
+        for f in &findings {
+            tracing::error!(repository = %work.name, "check: {f}");
+        }
+    }
+    out.check = Some(findings);
+    if work.unused_threshold_percent > 0 && !out.damaged() {
+        let plan = repo.prune_plan(&prune_options()).map_err(rustic)?;
+        let s = plan.stats.size_sum();
+        let unused = s.unused + plan.stats.size_unref;
+        let total = s.used + unused;
+        out.unused_bytes = Some(unused);
+        out.prune_wanted =
+            total > 0 && unused * 100 >= u64::from(work.unused_threshold_percent) * total;
+        tracing::info!(repository = %work.name, unused_bytes = unused, total_bytes = total, prune_next_pass = out.prune_wanted, "unused data measured");
+    }
+    Ok(())
+}

@@ -1,0 +1,804 @@
+//! One gc pass against the cluster and the storage: gather facts (policies,
+//! credentials, PVCs, running stowage pods, gc state), find the repositories, maintain
+//! each (forget, prune, check, stale locks), clean up finished Jobs and their Secrets,
+//! publish Events and metrics, record the state. Problems of one repository never stop
+//! the others; they make the pass fail at its end.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Result;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, ResourceExt};
+use stowage_common::backend::{BackendOptions, Storage};
+use stowage_common::env::{GcConfig, ResticEnv};
+use stowage_common::k8s::contract::{self, app, reason, run_secret_keys, secret_keys};
+use stowage_common::k8s::credentials::derive_repository_password;
+use stowage_common::k8s::events::Events;
+use stowage_common::k8s::policy::Policies;
+use stowage_common::k8s::{describe_kube_error, is_status, mover_job};
+use stowage_common::location::Location;
+use stowage_common::metrics::{Registry, names};
+use stowage_common::repo::RepoAccess;
+use stowage_common::{Error, discover, locks};
+use tokio::sync::Semaphore;
+
+use crate::maintain::{self, Outcome, Work};
+use crate::plan::{self, Creds, JobFacts, LocksContext, Pvc, SecretFacts, Target};
+use crate::retention::Rules;
+use crate::state::{self, GcState};
+
+/// The program's name as reporter of Events and metrics job.
+pub const PROGRAM: &str = "stowage-gc";
+
+/// Repositories maintained at once (each holds little memory; S3 latency dominates).
+pub const REPO_CONCURRENCY: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct PassOptions {
+    pub dry_run: bool,
+    pub now: Timestamp,
+}
+
+/// One repository's result.
+#[derive(Debug)]
+pub struct RepoReport {
+    pub target: Target,
+    pub outcome: Result<Outcome, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct PassReport {
+    pub repositories: Vec<RepoReport>,
+    /// Errors (the pass fails at its end).
+    pub errors: Vec<String>,
+    /// Damaged repositories: (repository, what is wrong).
+    pub damaged: Vec<(String, String)>,
+    pub orphans: Vec<String>,
+    pub jobs_deleted: Vec<String>,
+    pub secrets_deleted: Vec<String>,
+    /// S3 requests sent (discovery and repositories).
+    pub s3_requests: u64,
+    pub metrics: Registry,
+}
+
+impl PassReport {
+    pub fn failed(&self) -> bool {
+        !self.errors.is_empty() || !self.damaged.is_empty()
+    }
+}
+
+/// Password and keys of one repository.
+#[derive(Clone)]
+pub struct RepoCreds {
+    pub password: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub region: Option<String>,
+}
+
+/// Opens access to a repository with explicit credentials (no request sent yet).
+pub fn access_for(url: &str, creds: &RepoCreds, cfg: &GcConfig) -> Result<RepoAccess, Error> {
+    let endpoint = cfg
+        .restic
+        .aws_endpoint_url_s3
+        .as_deref()
+        .or(cfg.restic.aws_endpoint_url.as_deref());
+    let location = Location::parse(url, endpoint)?;
+    let restic = ResticEnv {
+        aws_access_key_id: creds.access_key_id.clone(),
+        aws_secret_access_key: creds.secret_access_key.clone(),
+        aws_default_region: creds
+            .region
+            .clone()
+            .or(cfg.restic.aws_default_region.clone()),
+        ..cfg.restic.clone()
+    };
+    let storage = Storage::open(&location, &restic, &cfg.common)?;
+    let mut access = RepoAccess::new(
+        location,
+        storage,
+        creds.password.clone(),
+        cfg.common.cache_dir.clone(),
+    );
+    access.backend_options = BackendOptions::from_env(&cfg.common);
+    Ok(access)
+}
+
+fn secret_value(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()?
+        .get(key)
+        .map(|v| {
+            String::from_utf8_lossy(&v.0)
+                .trim_end_matches('\n')
+                .to_string()
+        })
+        .filter(|v| !v.is_empty())
+}
+
+struct Facts {
+    policies: Policies,
+    master: Option<String>,
+    gc_keys: (Option<String>, Option<String>),
+    pvcs: Vec<Pvc>,
+    pvc_objects: BTreeMap<(String, String), ObjectReference>,
+    user_secrets: BTreeMap<(String, String), Secret>,
+    live_pods: Option<BTreeSet<String>>,
+}
+
+async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Result<Facts> {
+    let g = &cfg.gc;
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &g.system_namespace);
+    let doc = match cms.get_opt(&g.policies_configmap).await {
+        Ok(cm) => cm
+            .and_then(|c| c.data)
+            .and_then(|d| d.get(contract::POLICIES_KEY).cloned())
+            .unwrap_or_default(),
+        Err(e) => {
+            report.errors.push(describe_kube_error(
+                &e,
+                &format!(
+                    "get configmap {}/{}",
+                    g.system_namespace, g.policies_configmap
+                ),
+            ));
+            String::new()
+        }
+    };
+    let policies = Policies::parse(&doc).unwrap_or_else(|e| {
+        report.errors.push(format!(
+            "ConfigMap {}/{} key {}: {e}; the default retention applies to every repository",
+            g.system_namespace,
+            g.policies_configmap,
+            contract::POLICIES_KEY
+        ));
+        Policies::default()
+    });
+    let central = Api::<Secret>::namespaced(client.clone(), &g.system_namespace)
+        .get_opt(&g.credentials_secret)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(describe_kube_error(
+                &e,
+                &format!("get secret {}/{}", g.system_namespace, g.credentials_secret)
+            ))
+        })?;
+    let (master, gc_keys) = match &central {
+        Some(s) => (
+            secret_value(s, secret_keys::MASTER_PASSWORD),
+            (
+                secret_value(s, secret_keys::GC_ACCESS_KEY_ID),
+                secret_value(s, secret_keys::GC_SECRET_ACCESS_KEY),
+            ),
+        ),
+        None => (None, (None, None)),
+    };
+    // The gc keys may also come from the environment (AWS_ACCESS_KEY_ID...).
+    let gc_keys = (
+        gc_keys.0.or(cfg.restic.aws_access_key_id.clone()),
+        gc_keys.1.or(cfg.restic.aws_secret_access_key.clone()),
+    );
+    if master.is_none() {
+        report.errors.push(format!(
+            "credentials Secret {}/{} has no key {}: repositories with derived passwords \
+             cannot be opened",
+            g.system_namespace,
+            g.credentials_secret,
+            secret_keys::MASTER_PASSWORD
+        ));
+    }
+    let pvc_list = Api::<PersistentVolumeClaim>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(describe_kube_error(
+                &e,
+                "list persistentvolumeclaims in all namespaces"
+            ))
+        })?;
+    let mut pvcs = Vec::new();
+    let mut pvc_objects = BTreeMap::new();
+    let mut user_secrets = BTreeMap::new();
+    for p in &pvc_list.items {
+        let ns = p.namespace().unwrap_or_default();
+        let mut pvc = Pvc {
+            namespace: ns.clone(),
+            name: p.name_any(),
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+            labels: p.labels().clone(),
+            annotations: p.annotations().clone(),
+            secret_repository: None,
+        };
+        if let Some(name) = pvc.annotations.get(contract::user::SECRET).cloned() {
+            match Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await
+            {
+                Ok(Some(s)) => {
+                    pvc.secret_repository = secret_value(&s, run_secret_keys::RESTIC_REPOSITORY);
+                    if pvc.secret_repository.is_none() {
+                        report.errors.push(format!(
+                            "Secret {ns}/{name} (PVC {ns}/{}) has no {}: its repository is not \
+                             maintained",
+                            pvc.name,
+                            run_secret_keys::RESTIC_REPOSITORY
+                        ));
+                    }
+                    user_secrets.insert((ns.clone(), name), s);
+                }
+                Ok(None) => tracing::warn!(
+                    namespace = %ns, pvc = %pvc.name,
+                    "Secret {name} named by the PVC does not exist; its repository is not maintained"
+                ),
+                Err(e) => report
+                    .errors
+                    .push(describe_kube_error(&e, &format!("get secret {ns}/{name}"))),
+            }
+        }
+        pvc_objects.insert(
+            (ns.clone(), pvc.name.clone()),
+            kube::Resource::object_ref(p, &()),
+        );
+        pvcs.push(pvc);
+    }
+    let live_pods = match Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{}={}", app::MANAGED_BY, app::STOWAGE)))
+        .await
+    {
+        Ok(list) => {
+            let mut names: BTreeSet<String> = list
+                .items
+                .iter()
+                .filter(|p| pod_live(p))
+                .map(|p| p.name_any())
+                .collect();
+            // Pods of stowage's own namespace (gc itself, manual runs) count too.
+            if let Ok(own) = Api::<Pod>::namespaced(client.clone(), &g.system_namespace)
+                .list(&ListParams::default())
+                .await
+            {
+                names.extend(
+                    own.items
+                        .iter()
+                        .filter(|p| pod_live(p))
+                        .map(|p| p.name_any()),
+                );
+            }
+            Some(names)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{}; no lock is removed for its age in this pass",
+                describe_kube_error(&e, "list pods in all namespaces")
+            );
+            None
+        }
+    };
+    Ok(Facts {
+        policies,
+        master,
+        gc_keys,
+        pvcs,
+        pvc_objects,
+        user_secrets,
+        live_pods,
+    })
+}
+
+fn pod_live(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Running" | "Pending") | None
+    )
+}
+
+/// Runs one pass. Errors that stop the whole pass (API down, listing forbidden) are
+/// returned; everything else is in the report.
+pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<PassReport> {
+    let started = std::time::Instant::now();
+    let g = &cfg.gc;
+    let mut report = PassReport::default();
+    let events = Events::new(client.clone(), PROGRAM, std::env::var("POD_NAME").ok());
+    let facts = gather(&client, cfg, &mut report).await?;
+    let requests = Arc::new(AtomicU64::new(0));
+
+    // Discovery.
+    let mut discovered = Vec::new();
+    if let Some(base) = &g.repository_base {
+        let endpoint = cfg
+            .restic
+            .aws_endpoint_url_s3
+            .as_deref()
+            .or(cfg.restic.aws_endpoint_url.as_deref());
+        match Location::parse(base, endpoint)? {
+            Location::S3(loc) => {
+                let restic = ResticEnv {
+                    aws_access_key_id: facts.gc_keys.0.clone(),
+                    aws_secret_access_key: facts.gc_keys.1.clone(),
+                    ..cfg.restic.clone()
+                };
+                let settings = stowage_common::s3::S3Settings::from_env(loc, &restic, &cfg.common)?;
+                let found = discover::repositories(&settings, &requests).await?;
+                tracing::info!(count = found.len(), base = %base, "repositories found");
+                for f in found {
+                    let url = Location::S3(f.location).to_string();
+                    discovered.push((f.namespace, f.pvc, url));
+                }
+            }
+            Location::Local(p) => {
+                for ns in read_dirs(&p) {
+                    for pvc in read_dirs(&p.join(&ns)) {
+                        if p.join(&ns).join(&pvc).join("config").is_file() {
+                            let url = format!("{}/{ns}/{pvc}", p.display());
+                            discovered.push((ns.clone(), pvc, url));
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        tracing::info!("STOWAGE_REPOSITORY_BASE is not set: only repositories named by PVCs");
+    }
+    let (targets, warnings) =
+        plan::targets(&discovered, &facts.pvcs, &facts.policies, &g.backup_label);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+
+    let mut state = match state::load(&client, &g.system_namespace, &g.gc_state_configmap).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.errors.push(e);
+            GcState::new()
+        }
+    };
+
+    // Repositories, a few at a time, each on a blocking thread.
+    let ctx = LocksContext {
+        stale_after: SignedDuration::from_mins(g.stale_lock_minutes as i64),
+        live_pods: facts.live_pods.clone(),
+        this_host: locks::this_hostname(),
+    };
+    let sem = Arc::new(Semaphore::new(REPO_CONCURRENCY));
+    let mut tasks = Vec::new();
+    let total = targets.len();
+    for (i, target) in targets.into_iter().enumerate() {
+        let creds = match resolve_creds(&target, &facts, cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                report.repositories.push(RepoReport {
+                    target,
+                    outcome: Err(e),
+                });
+                continue;
+            }
+        };
+        let st = state.get(&target.identity).cloned().unwrap_or_default();
+        let rules = match Rules::from_policy(&target.retention) {
+            Ok(r) => r,
+            Err(e) => {
+                report.repositories.push(RepoReport {
+                    target,
+                    outcome: Err(e),
+                });
+                continue;
+            }
+        };
+        let check_due = plan::due(st.last_check, opts.now, g.check_interval_hours);
+        let work = Work {
+            name: target.repository.clone(),
+            rules,
+            prune: st.prune_wanted || plan::due(st.last_prune, opts.now, g.prune_interval_hours),
+            check: check_due.then(|| plan::read_subset(g.check_read_data_percent, st.checks)),
+            unused_threshold_percent: g.prune_unused_percent,
+            locks: ctx.clone(),
+            dry_run: opts.dry_run,
+            progress_interval: cfg.common.progress_interval(),
+        };
+        let (sem, cfg2, requests) = (sem.clone(), cfg.clone(), requests.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let url = target.repository.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                tracing::info!(repository = %url, "[{}/{total}] maintaining", i + 1);
+                let access = access_for(&url, &creds, &cfg2)?;
+                let r = maintain::run(&access, &work);
+                if let Some(s) = access.storage.stats() {
+                    requests.fetch_add(s.requests.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                r
+            })
+            .await
+            .map_err(|e| format!("repository task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            RepoReport { target, outcome }
+        }));
+    }
+    for t in tasks {
+        match t.await {
+            Ok(r) => report.repositories.push(r),
+            Err(e) => report.errors.push(format!("repository task failed: {e}")),
+        }
+    }
+    report
+        .repositories
+        .sort_by(|a, b| a.target.identity.cmp(&b.target.identity));
+
+    // Results: state, logs, Events, metrics.
+    for r in &report.repositories {
+        let t = &r.target;
+        let (ns, pvc) = t
+            .pvc
+            .as_ref()
+            .map(|p| (p.namespace.as_str(), p.name.as_str()))
+            .unwrap_or(("", ""));
+        let labels = [
+            ("repository", t.identity.as_str()),
+            ("namespace", ns),
+            ("persistentvolumeclaim", pvc),
+        ];
+        if t.is_orphan() {
+            report.orphans.push(t.repository.clone());
+            tracing::warn!(repository = %t.repository, "orphan: no PVC exists for this repository; kept (never deleted), default retention applies");
+            report.metrics.gauge(
+                names::GC_ORPHAN,
+                "Repositories whose PVC does not exist (never deleted)",
+                &[("repository", &t.identity)],
+                1.0,
+            );
+        }
+        let on = t
+            .pvc
+            .as_ref()
+            .and_then(|p| {
+                facts
+                    .pvc_objects
+                    .get(&(p.namespace.clone(), p.name.clone()))
+                    .cloned()
+            })
+            .unwrap_or_else(|| state_ref(cfg));
+        match &r.outcome {
+            Err(e) => {
+                let msg = format!("repository {}: {e}", t.repository);
+                tracing::error!("{msg}");
+                report.errors.push(msg.clone());
+                report.metrics.gauge(
+                    names::GC_CHECK_OK,
+                    "1 if the last check of the repository found no error",
+                    &[("repository", &t.identity)],
+                    0.0,
+                );
+                if !opts.dry_run {
+                    events
+                        .warning(&on, reason::REPOSITORY_DAMAGED, "Maintain", msg)
+                        .await;
+                }
+            }
+            Ok(o) => {
+                let st = state.entry(t.identity.clone()).or_default();
+                if o.pruned {
+                    st.last_prune = Some(opts.now);
+                    st.prune_wanted = false;
+                }
+                if let Some(findings) = &o.check {
+                    st.last_check = Some(opts.now);
+                    st.checks = st.checks.wrapping_add(1);
+                    st.prune_wanted |= o.prune_wanted;
+                    report.metrics.gauge(
+                        names::GC_CHECK_OK,
+                        "1 if the last check of the repository found no error",
+                        &[("repository", &t.identity)],
+                        if findings.is_empty() { 1.0 } else { 0.0 },
+                    );
+                    report.metrics.gauge(
+                        names::GC_CHECK_LAST,
+                        "Time of the last check of the repository",
+                        &[("repository", &t.identity)],
+                        opts.now.as_second() as f64,
+                    );
+                    if !findings.is_empty() {
+                        let what = findings.join("; ");
+                        report.damaged.push((t.repository.clone(), what.clone()));
+                        if !opts.dry_run {
+                            events
+                                .warning(
+                                    &on,
+                                    reason::REPOSITORY_DAMAGED,
+                                    "Check",
+                                    format!("repository {} is damaged: {what}", t.repository),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                for l in &o.locks_removed {
+                    if !opts.dry_run {
+                        events
+                            .normal(
+                                &on,
+                                reason::STALE_LOCK_REMOVED,
+                                "Unlock",
+                                format!(
+                                    "removed lock {} of repository {} ({}): {}",
+                                    l.file, t.repository, l.holder, l.why
+                                ),
+                            )
+                            .await;
+                    }
+                }
+                report.metrics.gauge(
+                    names::GC_SNAPSHOTS,
+                    "Snapshots in the repository after this pass",
+                    &labels,
+                    o.snapshots_after as f64,
+                );
+                report.metrics.gauge(
+                    names::GC_REPOSITORY_BYTES,
+                    "Size of the repository in bytes",
+                    &labels,
+                    o.bytes_after as f64,
+                );
+                report.metrics.add(
+                    names::GC_FORGOTTEN,
+                    "Snapshots forgotten in this pass",
+                    &[],
+                    o.forgotten.len() as f64,
+                );
+                report.metrics.add(
+                    names::GC_RECLAIMED_BYTES,
+                    "Bytes reclaimed by prune in this pass",
+                    &[],
+                    o.reclaimed() as f64,
+                );
+                report.metrics.add(
+                    names::GC_LOCKS_REMOVED,
+                    "Stale locks removed in this pass",
+                    &[],
+                    o.locks_removed.len() as f64,
+                );
+                if let Some(u) = o.unused_bytes {
+                    report.metrics.gauge(
+                        names::GC_UNUSED_BYTES,
+                        "Unused bytes in the repository (measured at the check)",
+                        &labels,
+                        u as f64,
+                    );
+                }
+            }
+        }
+        let state_label = match &r.outcome {
+            Err(_) => "error",
+            Ok(o) if o.damaged() => "damaged",
+            Ok(o) if o.busy.is_some() => "busy",
+            Ok(_) => "ok",
+        };
+        report.metrics.add(
+            names::GC_REPOSITORIES,
+            "Repositories maintained in this pass, by result",
+            &[("result", state_label)],
+            1.0,
+        );
+    }
+
+    cleanup(&client, cfg, &opts, &mut report).await;
+
+    if !opts.dry_run
+        && let Err(e) =
+            state::save(&client, &g.system_namespace, &g.gc_state_configmap, &state).await
+    {
+        report.errors.push(e);
+    }
+    report.s3_requests = requests.load(Ordering::Relaxed);
+    report.metrics.gauge(
+        names::GC_ERRORS,
+        "Errors in this pass",
+        &[],
+        report.errors.len() as f64,
+    );
+    report.metrics.gauge(
+        names::PASS_DURATION,
+        "Duration of the last pass",
+        &[("program", PROGRAM)],
+        started.elapsed().as_secs_f64(),
+    );
+    report.metrics.gauge(
+        names::PASS_LAST_RUN,
+        "End time of the last pass",
+        &[("program", PROGRAM)],
+        opts.now.as_second() as f64,
+    );
+    if !report.failed() {
+        report.metrics.gauge(
+            names::GC_LAST_SUCCESS,
+            "End time of the last pass without errors",
+            &[],
+            Timestamp::now().as_second() as f64,
+        );
+    }
+    Ok(report)
+}
+
+fn read_dirs(p: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn state_ref(cfg: &GcConfig) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        namespace: Some(cfg.gc.system_namespace.clone()),
+        name: Some(cfg.gc.gc_state_configmap.clone()),
+        ..Default::default()
+    }
+}
+
+fn resolve_creds(t: &Target, facts: &Facts, cfg: &GcConfig) -> Result<RepoCreds, String> {
+    match &t.creds {
+        Creds::Derived => {
+            let master = facts.master.as_deref().ok_or_else(|| {
+                format!(
+                    "no master password (Secret {}/{} key {})",
+                    cfg.gc.system_namespace,
+                    cfg.gc.credentials_secret,
+                    secret_keys::MASTER_PASSWORD
+                )
+            })?;
+            Ok(RepoCreds {
+                password: derive_repository_password(master, &t.repository),
+                access_key_id: facts.gc_keys.0.clone(),
+                secret_access_key: facts.gc_keys.1.clone(),
+                region: None,
+            })
+        }
+        Creds::Secret { namespace, name } => {
+            let s = facts
+                .user_secrets
+                .get(&(namespace.clone(), name.clone()))
+                .ok_or_else(|| format!("Secret {namespace}/{name} is not readable"))?;
+            Ok(RepoCreds {
+                password: secret_value(s, run_secret_keys::RESTIC_PASSWORD).ok_or_else(|| {
+                    format!(
+                        "Secret {namespace}/{name} has no {}",
+                        run_secret_keys::RESTIC_PASSWORD
+                    )
+                })?,
+                access_key_id: secret_value(s, run_secret_keys::AWS_ACCESS_KEY_ID),
+                secret_access_key: secret_value(s, run_secret_keys::AWS_SECRET_ACCESS_KEY),
+                region: secret_value(s, run_secret_keys::AWS_DEFAULT_REGION),
+            })
+        }
+    }
+}
+
+fn job_facts(j: &Job) -> JobFacts {
+    let st = j.status.as_ref();
+    let failed_at = st
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True")
+        })
+        .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0));
+    JobFacts {
+        namespace: j.namespace().unwrap_or_default(),
+        name: j.name_any(),
+        uid: j.metadata.uid.clone().unwrap_or_default(),
+        finished_at: st
+            .and_then(|s| s.completion_time.as_ref().map(|t| t.0))
+            .or(failed_at),
+        ttl_seconds: j.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished),
+    }
+}
+
+/// Deletes finished mover Jobs past their history limit and per-run Secrets whose Job
+/// is gone.
+pub async fn cleanup(client: &Client, cfg: &GcConfig, opts: &PassOptions, report: &mut PassReport) {
+    let lp = ListParams::default().labels(&mover_job::mover_selector());
+    let jobs = match Api::<Job>::all(client.clone()).list(&lp).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            report
+                .errors
+                .push(describe_kube_error(&e, "list jobs in all namespaces"));
+            return;
+        }
+    };
+    let secrets = match Api::<Secret>::all(client.clone()).list(&lp).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            report
+                .errors
+                .push(describe_kube_error(&e, "list secrets in all namespaces"));
+            return;
+        }
+    };
+    let jf: Vec<JobFacts> = jobs.iter().map(job_facts).collect();
+    let expired = plan::expired_jobs(&jf, opts.now, cfg.gc.job_history_hours);
+    let mut deleting = BTreeSet::new();
+    for j in expired {
+        let what = format!("{}/{}", j.namespace, j.name);
+        if opts.dry_run {
+            tracing::info!(job = %what, "would delete finished mover Job past its history limit");
+        } else {
+            match Api::<Job>::namespaced(client.clone(), &j.namespace)
+                .delete(&j.name, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(job = %what, "deleted finished mover Job past its history limit")
+                }
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => {
+                    report
+                        .errors
+                        .push(describe_kube_error(&e, &format!("delete job {what}")));
+                    continue;
+                }
+            }
+        }
+        deleting.insert(j.uid.clone());
+        report.jobs_deleted.push(what);
+    }
+    let sf: Vec<SecretFacts> = secrets
+        .iter()
+        .map(|s| SecretFacts {
+            namespace: s.namespace().unwrap_or_default(),
+            name: s.name_any(),
+            created: s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            owner_uids: s
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|o| o.uid.clone())
+                .collect(),
+        })
+        .collect();
+    for s in plan::orphan_secrets(&sf, &jf, &deleting, opts.now) {
+        let what = format!("{}/{}", s.namespace, s.name);
+        if opts.dry_run {
+            tracing::info!(secret = %what, "would delete per-run Secret whose Job is gone");
+        } else {
+            match Api::<Secret>::namespaced(client.clone(), &s.namespace)
+                .delete(&s.name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => tracing::info!(secret = %what, "deleted per-run Secret whose Job is gone"),
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => {
+                    report
+                        .errors
+                        .push(describe_kube_error(&e, &format!("delete secret {what}")));
+                    continue;
+                }
+            }
+        }
+        report.secrets_deleted.push(what);
+    }
+    report.metrics.gauge(
+        names::GC_JOBS_DELETED,
+        "Finished mover Jobs deleted in this pass",
+        &[],
+        report.jobs_deleted.len() as f64,
+    );
+    report.metrics.gauge(
+        names::GC_SECRETS_DELETED,
+        "Per-run Secrets deleted in this pass",
+        &[],
+        report.secrets_deleted.len() as f64,
+    );
+}

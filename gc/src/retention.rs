@@ -1,0 +1,364 @@
+//! Which snapshots to keep: restic's `forget --keep-*` rules over plain data, plus
+//! stowage's own rule that the newest snapshot of every group is always kept (also when
+//! the PVC is gone, also when it is older than every rule allows).
+//!
+//! Semantics follow restic: snapshots are grouped by host and paths; within a group,
+//! newest first, `keep-last n` keeps the n newest, `keep-hourly/daily/weekly/monthly/
+//! yearly n` keep the newest snapshot of each of the n most recent periods that have
+//! one (UTC calendar), and `keep-within d` keeps every snapshot taken less than `d`
+//! before the group's newest snapshot (not before "now": a volume whose backups
+//! stopped keeps its history).
+
+use std::collections::BTreeMap;
+
+use jiff::tz::TimeZone;
+use jiff::{Span, Timestamp};
+use stowage_common::k8s::policy::{Retention, parse_keep_within};
+
+/// What retention needs to know about one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snap {
+    pub id: String,
+    pub time: Timestamp,
+    /// Retention group (restic's default: host and paths).
+    pub group: String,
+}
+
+/// The group key restic uses by default.
+pub fn group_key(host: &str, paths: &[String]) -> String {
+    let mut p = paths.to_vec();
+    p.sort();
+    format!("{host}:{}", p.join(","))
+}
+
+/// Parsed retention rules.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub within: Option<Span>,
+    pub last: u32,
+    pub hourly: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub yearly: u32,
+}
+
+impl Rules {
+    pub fn from_policy(r: &Retention) -> Result<Self, String> {
+        Ok(Self {
+            within: r
+                .keep_within
+                .as_deref()
+                .map(parse_keep_within)
+                .transpose()?,
+            last: r.keep_last.unwrap_or(0),
+            hourly: r.keep_hourly.unwrap_or(0),
+            daily: r.keep_daily.unwrap_or(0),
+            weekly: r.keep_weekly.unwrap_or(0),
+            monthly: r.keep_monthly.unwrap_or(0),
+            yearly: r.keep_yearly.unwrap_or(0),
+        })
+    }
+
+    /// No rule at all: nothing may be forgotten (never read an empty policy as
+    /// "keep nothing").
+    pub fn is_empty(&self) -> bool {
+        self.within.is_none()
+            && self.last == 0
+            && self.hourly == 0
+            && self.daily == 0
+            && self.weekly == 0
+            && self.monthly == 0
+            && self.yearly == 0
+    }
+}
+
+/// The verdict on one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub id: String,
+    pub time: Timestamp,
+    pub keep: bool,
+    /// Why it is kept (`newest`, `last`, `hourly`, ..., `within`, `no rules`).
+    pub reasons: Vec<&'static str>,
+}
+
+type Bucket = fn(&jiff::Zoned) -> i64;
+
+fn hour(z: &jiff::Zoned) -> i64 {
+    day(z) * 24 + i64::from(z.hour())
+}
+fn day(z: &jiff::Zoned) -> i64 {
+    i64::from(z.year()) * 10_000 + i64::from(z.month()) * 100 + i64::from(z.day())
+}
+fn week(z: &jiff::Zoned) -> i64 {
+    let w = z.date().iso_week_date();
+    i64::from(w.year()) * 100 + i64::from(w.week())
+}
+fn month(z: &jiff::Zoned) -> i64 {
+    i64::from(z.year()) * 100 + i64::from(z.month())
+}
+fn year(z: &jiff::Zoned) -> i64 {
+    i64::from(z.year())
+}
+
+/// Decides every snapshot. The result is ordered by group, then newest first.
+pub fn decide(snaps: &[Snap], rules: &Rules) -> Vec<Verdict> {
+    let mut groups: BTreeMap<&str, Vec<&Snap>> = BTreeMap::new();
+    for s in snaps {
+        groups.entry(s.group.as_str()).or_default().push(s);
+    }
+    let mut out = Vec::with_capacity(snaps.len());
+    for (_, mut group) in groups {
+        group.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+        let newest = group[0].time;
+        let cutoff = rules.within.and_then(|w| {
+            newest
+                .to_zoned(TimeZone::UTC)
+                .checked_sub(w)
+                .ok()
+                .map(|z| z.timestamp())
+        });
+        let mut last_left = rules.last;
+        let mut buckets: [(u32, Bucket, &'static str, Option<i64>); 5] = [
+            (rules.hourly, hour, "hourly", None),
+            (rules.daily, day, "daily", None),
+            (rules.weekly, week, "weekly", None),
+            (rules.monthly, month, "monthly", None),
+            (rules.yearly, year, "yearly", None),
+        ];
+        for (i, s) in group.iter().enumerate() {
+            let mut reasons = Vec::new();
+            if i == 0 {
+                reasons.push("newest");
+            }
+            if rules.is_empty() {
+                reasons.push("no rules");
+            }
+            if last_left > 0 {
+                last_left -= 1;
+                reasons.push("last");
+            }
+            let z = s.time.to_zoned(TimeZone::UTC);
+            for (left, bucket, name, seen) in buckets.iter_mut() {
+                let b = bucket(&z);
+                if *left > 0 && *seen != Some(b) {
+                    *left -= 1;
+                    *seen = Some(b);
+                    reasons.push(name);
+                }
+            }
+            if cutoff.is_some_and(|c| s.time > c) {
+                reasons.push("within");
+            }
+            out.push(Verdict {
+                id: s.id.clone(),
+                time: s.time,
+                keep: !reasons.is_empty(),
+                reasons,
+            });
+        }
+    }
+    out
+}
+
+/// Ids of the snapshots to forget.
+pub fn to_forget(verdicts: &[Verdict]) -> Vec<String> {
+    verdicts
+        .iter()
+        .filter(|v| !v.keep)
+        .map(|v| v.id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn snaps(times: &[&str]) -> Vec<Snap> {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Snap {
+                id: format!("s{i:02}"),
+                time: t(s),
+                group: "volsync:/data".into(),
+            })
+            .collect()
+    }
+
+    fn kept(v: &[Verdict]) -> Vec<String> {
+        let mut k: Vec<String> = v.iter().filter(|v| v.keep).map(|v| v.id.clone()).collect();
+        k.sort();
+        k
+    }
+
+    fn rules(r: Retention) -> Rules {
+        Rules::from_policy(&r).unwrap()
+    }
+
+    fn none() -> Retention {
+        Retention {
+            keep_within: None,
+            ..Retention::default()
+        }
+    }
+
+    #[test]
+    fn default_policy_keeps_thirty_days_before_the_newest() {
+        let s = snaps(&[
+            "2026-03-31T00:00:00Z", // newest
+            "2026-03-01T00:00:01Z", // 29d 23:59:59 before: within
+            "2026-03-01T00:00:00Z", // exactly 720h before: the edge is not within
+            "2026-02-01T00:00:00Z",
+        ]);
+        let v = decide(&s, &rules(Retention::default()));
+        assert_eq!(kept(&v), vec!["s00", "s01"]);
+        assert_eq!(to_forget(&v), vec!["s02", "s03"]);
+    }
+
+    #[test]
+    fn single_snapshot_older_than_ttl_is_kept() {
+        let s = snaps(&["2020-01-01T00:00:00Z"]);
+        let v = decide(&s, &rules(Retention::default()));
+        assert!(v[0].keep);
+        assert_eq!(v[0].reasons, vec!["newest", "within"]);
+        // Even with a rule that keeps nothing by time.
+        let v = decide(
+            &s,
+            &rules(Retention {
+                keep_within: Some("1h".into()),
+                ..none()
+            }),
+        );
+        assert!(v[0].keep, "{v:?}");
+    }
+
+    #[test]
+    fn newest_is_kept_although_no_rule_matches() {
+        // keep-hourly 0, keep-daily 0 etc.: only a keep-within that the others miss.
+        let s = snaps(&["2026-01-10T00:00:00Z", "2026-01-01T00:00:00Z"]);
+        let v = decide(
+            &s,
+            &rules(Retention {
+                keep_within: Some("1h".into()),
+                ..none()
+            }),
+        );
+        assert_eq!(kept(&v), vec!["s00"]);
+    }
+
+    #[test]
+    fn keep_rules_combine() {
+        // Hourly backups for three days.
+        let mut times = Vec::new();
+        for d in 1..=3 {
+            for h in 0..24 {
+                times.push(format!("2026-05-0{d}T{h:02}:30:00Z"));
+            }
+        }
+        let refs: Vec<&str> = times.iter().map(String::as_str).collect();
+        let s = snaps(&refs);
+        let v = decide(
+            &s,
+            &rules(Retention {
+                keep_last: Some(2),
+                keep_hourly: Some(6),
+                keep_daily: Some(3),
+                ..none()
+            }),
+        );
+        let k: Vec<Timestamp> = v.iter().filter(|v| v.keep).map(|v| v.time).collect();
+        // 6 newest hours (covers last 2), plus the newest of May 2 and May 1.
+        assert_eq!(k.len(), 8, "{k:?}");
+        assert!(k.contains(&t("2026-05-03T18:30:00Z")));
+        assert!(!k.contains(&t("2026-05-03T17:30:00Z")));
+        assert!(k.contains(&t("2026-05-02T23:30:00Z")));
+        assert!(k.contains(&t("2026-05-01T23:30:00Z")));
+        let newest = v
+            .iter()
+            .find(|v| v.time == t("2026-05-03T23:30:00Z"))
+            .unwrap();
+        assert_eq!(newest.reasons, vec!["newest", "last", "hourly", "daily"]);
+    }
+
+    #[test]
+    fn weekly_monthly_yearly_use_calendar_periods() {
+        let s = snaps(&[
+            "2026-06-15T00:00:00Z",
+            "2026-06-14T00:00:00Z", // previous ISO week (Sunday)
+            "2026-06-01T00:00:00Z", // same month as the first
+            "2026-05-20T00:00:00Z",
+            "2025-12-31T00:00:00Z",
+            "2024-01-01T00:00:00Z",
+        ]);
+        let v = decide(
+            &s,
+            &rules(Retention {
+                keep_weekly: Some(2),
+                keep_monthly: Some(2),
+                keep_yearly: Some(3),
+                ..none()
+            }),
+        );
+        assert_eq!(kept(&v), vec!["s00", "s01", "s03", "s04", "s05"]);
+    }
+
+    #[test]
+    fn groups_are_decided_separately_each_keeps_its_newest() {
+        let mut s = snaps(&["2026-01-10T00:00:00Z", "2026-01-09T00:00:00Z"]);
+        s.push(Snap {
+            id: "other".into(),
+            time: t("2025-01-01T00:00:00Z"),
+            group: "volsync:/other".into(),
+        });
+        let v = decide(
+            &s,
+            &rules(Retention {
+                keep_last: Some(1),
+                ..none()
+            }),
+        );
+        assert_eq!(kept(&v), vec!["other", "s00"]);
+    }
+
+    #[test]
+    fn pvc_gone_default_policy_keeps_its_newest_forever() {
+        // A repository whose PVC was deleted a year ago: default retention applies
+        // relative to its newest snapshot, so its last month of history stays.
+        let s = snaps(&[
+            "2025-01-31T00:00:00Z",
+            "2025-01-20T00:00:00Z",
+            "2024-12-01T00:00:00Z",
+        ]);
+        let v = decide(&s, &rules(Retention::default()));
+        assert_eq!(kept(&v), vec!["s00", "s01"]);
+    }
+
+    #[test]
+    fn no_rules_keep_everything() {
+        let s = snaps(&["2026-01-10T00:00:00Z", "2020-01-09T00:00:00Z"]);
+        let v = decide(&s, &rules(none()));
+        assert!(to_forget(&v).is_empty());
+    }
+
+    #[test]
+    fn bad_duration_is_an_error() {
+        assert!(
+            Rules::from_policy(&Retention {
+                keep_within: Some("forever".into()),
+                ..none()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn empty_list_decides_nothing() {
+        assert!(decide(&[], &rules(Retention::default())).is_empty());
+    }
+}

@@ -1,0 +1,261 @@
+//! A whole gc pass through the real `kube` client against the fake API, with its
+//! repositories on Garage: discovery, per-PVC retention, orphans, state, Job and
+//! Secret cleanup, dry run.
+
+mod support;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use stowage_common::env::GcConfig;
+use stowage_common::k8s::credentials::derive_repository_password;
+use stowage_common::k8s::mover_job::mover_labels;
+use stowage_common::k8s::naming::Operation;
+use stowage_gc::pass::{self, PassOptions};
+use stowage_testkit::fakeapi::FakeApi;
+use stowage_testkit::garage;
+use support::*;
+
+const USER: &str = "system:serviceaccount:stowage:stowage-gc";
+const MASTER: &str = "master secret";
+
+fn b64(s: &str) -> String {
+    // Minimal base64 for test secrets.
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn put<K>(api: &FakeApi, v: Value) -> K
+where
+    K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
+{
+    api.store()
+        .create::<K>(&serde_json::from_value(v).unwrap())
+        .unwrap()
+}
+
+fn ago(h: i64) -> String {
+    (Timestamp::now() - SignedDuration::from_hours(h)).to_string()
+}
+
+struct World {
+    api: FakeApi,
+    base: String,
+    cfg: GcConfig,
+}
+
+fn world() -> World {
+    let g = garage::shared();
+    let bucket = g.bucket("gc-pass");
+    let base = format!("s3:{}/{bucket}/backups", g.endpoint);
+    let api = FakeApi::start();
+    for ns in ["stowage", "a"] {
+        put::<Namespace>(&api, json!({"metadata": {"name": ns}}));
+    }
+    put::<ConfigMap>(
+        &api,
+        json!({
+            "metadata": {"name": "stowage-policies", "namespace": "stowage"},
+            "data": {"policies.yaml": "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n"}
+        }),
+    );
+    put::<Secret>(
+        &api,
+        json!({
+            "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+            "data": {"master-password": b64(MASTER),
+                     "gc-access-key-id": b64(&g.access_key),
+                     "gc-secret-access-key": b64(&g.secret_key)}
+        }),
+    );
+    let mut vars = vec![
+        ("STOWAGE_REPOSITORY_BASE".to_string(), base.clone()),
+        ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
+        ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
+    ];
+    vars.push(("STOWAGE_LOG".into(), "info".into()));
+    let cfg = GcConfig::from_vars(&vars).unwrap();
+    World { api, base, cfg }
+}
+
+impl World {
+    /// A restic repository at `<base>/<ns>/<pvc>` with the derived password.
+    fn repository(&self, ns: &str, pvc: &str, seed: u64) -> Vec<(String, String)> {
+        let url = format!("{}/{ns}/{pvc}", self.base);
+        let g = garage::shared();
+        let env = vec![
+            ("RESTIC_REPOSITORY".to_string(), url.clone()),
+            (
+                "RESTIC_PASSWORD".into(),
+                derive_repository_password(MASTER, &url),
+            ),
+            ("AWS_ACCESS_KEY_ID".into(), g.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), g.secret_key.clone()),
+            ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
+        ];
+        repo_with_snapshots(
+            &env,
+            &[
+                "2026-03-01 00:00:00",
+                "2026-03-10 00:00:00",
+                "2026-03-15 00:00:00",
+            ],
+            1,
+            seed,
+        );
+        env
+    }
+
+    fn job(&self, name: &str, finished_hours_ago: Option<i64>, ttl: Option<i32>) -> Job {
+        let job: Job = put(
+            &self.api,
+            json!({
+                "metadata": {"name": name, "namespace": "a",
+                             "labels": mover_labels(Operation::Backup, "uid-data")},
+                "spec": {"ttlSecondsAfterFinished": ttl,
+                         "template": {"spec": {"containers": [{"name": "m", "image": "x"}],
+                                                "restartPolicy": "Never"}}}
+            }),
+        );
+        if let Some(h) = finished_hours_ago {
+            self.api
+                .store()
+                .modify::<Job>("a", name, |j| {
+                    j.status = Some(serde_json::from_value(json!({
+                        "completionTime": ago(h), "succeeded": 1,
+                        "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": ago(h)}]
+                    })).unwrap());
+                })
+                .unwrap();
+        }
+        job
+    }
+
+    fn secret_of(&self, name: &str, owner: Option<&Job>) {
+        let owners = owner.map(|j| {
+            json!([{"apiVersion": "batch/v1", "kind": "Job",
+            "name": j.metadata.name, "uid": j.metadata.uid, "controller": true}])
+        });
+        put::<Secret>(
+            &self.api,
+            json!({
+                "metadata": {"name": name, "namespace": "a",
+                             "labels": mover_labels(Operation::Backup, "uid-data"),
+                             "ownerReferences": owners},
+                "data": {"RESTIC_PASSWORD": b64("x")}
+            }),
+        );
+    }
+
+    /// A pass two hours from now: the fake API stamps creation times itself, and the
+    /// Secret left without its Job must be older than the one-hour grace.
+    async fn pass(&self, dry_run: bool) -> pass::PassReport {
+        let client = self.api.client_for(USER);
+        let now = Timestamp::now() + SignedDuration::from_hours(2);
+        pass::run(client, &self.cfg, PassOptions { dry_run, now })
+            .await
+            .unwrap()
+    }
+
+    fn exists<K: k8s_openapi::Resource + DeserializeOwned>(&self, name: &str) -> bool {
+        self.api.store().get::<K>("a", name).is_some()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
+    let w = world();
+    put::<PersistentVolumeClaim>(
+        &w.api,
+        json!({
+            "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }),
+    );
+    let data = w.repository("a", "data", 100);
+    let gone = w.repository("a", "gone", 200);
+    let old = w.job("stowage-backup-data-old", Some(48), None);
+    w.secret_of("stowage-backup-data-old", Some(&old));
+    let fresh = w.job("stowage-backup-data-new", Some(1), None);
+    w.secret_of("stowage-backup-data-new", Some(&fresh));
+    w.job("stowage-backup-data-run", None, None);
+    w.secret_of("stowage-backup-lost", None);
+
+    // Dry run: reports, changes nothing.
+    let dry = w.pass(true).await;
+    assert_eq!(dry.repositories.len(), 2, "{dry:#?}");
+    assert_eq!(dry.jobs_deleted, vec!["a/stowage-backup-data-old"]);
+    assert_eq!(snapshot_count(&data), 3);
+    assert!(w.exists::<Job>("stowage-backup-data-old"));
+    assert!(
+        w.api
+            .store()
+            .get::<ConfigMap>("stowage", "stowage-gc-state")
+            .is_none()
+    );
+
+    let report = w.pass(false).await;
+    assert!(!report.failed(), "{:?} {:?}", report.errors, report.damaged);
+    // keepLast 1 for the PVC's policy; the orphan keeps 30 days before its newest.
+    assert_eq!(snapshot_count(&data), 1);
+    assert_eq!(snapshot_count(&gone), 3);
+    assert_eq!(report.orphans.len(), 1);
+    assert!(
+        report.orphans[0].ends_with("/a/gone"),
+        "{:?}",
+        report.orphans
+    );
+    for r in &report.repositories {
+        let o = r.outcome.as_ref().unwrap();
+        assert!(o.pruned, "first pass prunes (never pruned before)");
+        assert_eq!(o.check, Some(vec![]), "first pass checks");
+    }
+    restic(&data, &["check", "--read-data"], None).ok();
+    restic(&gone, &["check"], None).ok();
+    // Cleanup: the old finished Job and its Secret, the Secret without Job.
+    assert!(!w.exists::<Job>("stowage-backup-data-old"));
+    assert!(!w.exists::<Secret>("stowage-backup-data-old"));
+    assert!(!w.exists::<Secret>("stowage-backup-lost"));
+    assert!(w.exists::<Job>("stowage-backup-data-new"));
+    assert!(w.exists::<Secret>("stowage-backup-data-new"));
+    assert!(w.exists::<Job>("stowage-backup-data-run"));
+    // Metrics.
+    let text = report.metrics.render();
+    assert!(text.contains("stowage_gc_orphan_repository{"), "{text}");
+    assert!(text.contains("stowage_gc_snapshots_forgotten 2"), "{text}");
+    assert!(text.contains("stowage_gc_check_ok{"), "{text}");
+    assert!(
+        text.contains("stowage_gc_last_success_timestamp_seconds"),
+        "{text}"
+    );
+
+    // The state is recorded: the next pass neither prunes nor checks again.
+    assert!(
+        w.api
+            .store()
+            .get::<ConfigMap>("stowage", "stowage-gc-state")
+            .is_some()
+    );
+    let again = w.pass(false).await;
+    assert!(!again.failed(), "{:?}", again.errors);
+    for r in &again.repositories {
+        let o = r.outcome.as_ref().unwrap();
+        assert!(!o.pruned && o.check.is_none(), "{o:?}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Runs the real `stowage-gc` binary and `restic` against Garage.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use stowage_common::env::GcConfig;
+use stowage_common::repo::RepoAccess;
+use stowage_testkit::{garage, trees};
+
+pub const PASSWORD: &str = "gc test password";
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "failed\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        let line = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no result\nstdout: {}\nstderr: {}",
+                    self.stdout, self.stderr
+                )
+            });
+        serde_json::from_str(line).unwrap()
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Environment of a repository `bucket/prefix` on the shared Garage.
+pub fn env(repo: &str) -> Vec<(String, String)> {
+    let mut e = garage::shared().env(repo);
+    e.push(("RESTIC_PASSWORD".into(), PASSWORD.into()));
+    e
+}
+
+pub fn gc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stowage-gc"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("STOWAGE_LOG_FORMAT", "text")
+        .env("STOWAGE_LOG", "info")
+        .env("STOWAGE_PROGRESS_INTERVAL_SECS", "1");
+    c
+}
+
+pub fn gc_run(env: &[(String, String)], args: &[&str]) -> Run {
+    let mut c = gc();
+    c.envs(env.iter().map(|(k, v)| (k, v))).args(args);
+    c.output().unwrap().into()
+}
+
+pub fn restic(env: &[(String, String)], args: &[&str], cwd: Option<&Path>) -> Run {
+    let mut c = Command::new("restic");
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env(
+            "RESTIC_CACHE_DIR",
+            std::env::temp_dir().join("stowage-gc-test-restic-cache"),
+        )
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(args);
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    c.output().expect("restic is installed").into()
+}
+
+/// A repository with one snapshot per entry of `times` (`--time`), each adding
+/// `mib` MiB of new random data, as VolSync's mover writes them (`--host volsync`).
+pub fn repo_with_snapshots(env: &[(String, String)], times: &[&str], mib: usize, seed: u64) {
+    restic(env, &["init"], None).ok();
+    let d = tempfile::tempdir().unwrap();
+    for (i, t) in times.iter().enumerate() {
+        trees::write_random(
+            &d.path().join(format!("f{i}.bin")),
+            mib << 20,
+            seed + i as u64,
+        );
+        if i > 0 {
+            std::fs::remove_file(d.path().join(format!("f{}.bin", i - 1))).unwrap();
+        }
+        restic(
+            env,
+            &["backup", "--host", "volsync", "--time", t, "."],
+            Some(d.path()),
+        )
+        .ok();
+    }
+}
+
+pub fn snapshot_count(env: &[(String, String)]) -> usize {
+    let r = restic(env, &["snapshots", "--json"], None).ok();
+    serde_json::from_str::<Vec<serde_json::Value>>(&r.stdout)
+        .unwrap()
+        .len()
+}
+
+/// Access to the repository from the test process (lock files, raw objects).
+pub fn access(env: &[(String, String)]) -> RepoAccess {
+    let cfg = GcConfig::from_vars(env).unwrap();
+    RepoAccess::from_env(&cfg.restic, &cfg.common, None, None).unwrap()
+}
