@@ -153,6 +153,9 @@ pub struct MoverEnv {
     pub excludes: Option<String>,
     /// Where the one-line JSON result goes (Kubernetes termination message).
     pub result_file: Option<PathBuf>,
+    /// Extra snapshot tags, comma separated `key=value` (the scheduler records the copy
+    /// method and hook outcomes this way).
+    pub extra_tags: Option<String>,
 }
 
 impl Default for MoverEnv {
@@ -168,6 +171,7 @@ impl Default for MoverEnv {
             adopt_history: false,
             excludes: None,
             result_file: None,
+            extra_tags: None,
         }
     }
 }
@@ -195,6 +199,15 @@ pub struct SchedulerEnv {
     pub repository_base: Option<String>,
     /// Prometheus Pushgateway base URL (`http://host:9091`); unset: no metrics.
     pub pushgateway_url: Option<String>,
+    /// VolumeSnapshotClass of the `Snapshot` copy method when the PVC names none
+    /// (unset: the cluster's default class).
+    pub volume_snapshot_class: Option<String>,
+    /// How long a pass waits for a VolumeSnapshot to be taken or a clone to be bound
+    /// (the app stays frozen meanwhile when it has hooks).
+    pub copy_timeout_secs: u64,
+    /// Temporary snapshots and volumes whose mover Job does not exist (a killed pass)
+    /// are removed once older than this.
+    pub orphan_grace_secs: u64,
 }
 
 /// Where the mover image is published (kustomize sets the real tag).
@@ -213,6 +226,9 @@ impl Default for SchedulerEnv {
             mover_image: DEFAULT_MOVER_IMAGE.into(),
             repository_base: None,
             pushgateway_url: None,
+            volume_snapshot_class: None,
+            copy_timeout_secs: 300,
+            orphan_grace_secs: 900,
         }
     }
 }
@@ -278,6 +294,11 @@ pub struct GcEnv {
     /// Finished mover Jobs without a TTL of their own are deleted after this many
     /// hours.
     pub job_history_hours: u64,
+    /// Snapshots of a PVC that has no backup policy (no opt-in label, or opted out:
+    /// its backups were made by hand) are forgotten this long after they were taken
+    /// (restic duration: `720h`, `30d`); the newest snapshot always stays. `off`: the
+    /// default retention applies to them instead.
+    pub manual_backup_ttl: String,
 }
 
 impl Default for GcEnv {
@@ -296,6 +317,7 @@ impl Default for GcEnv {
             check_read_data_percent: 0,
             stale_lock_minutes: 30,
             job_history_hours: 24,
+            manual_backup_ttl: "720h".into(),
         }
     }
 }

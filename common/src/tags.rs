@@ -18,6 +18,16 @@ pub fn volume_tags(
         .collect()
 }
 
+/// Extra tags from a comma-separated list (`STOWAGE_EXTRA_TAGS`), blanks dropped.
+pub fn extra_tags(list: Option<&str>) -> Vec<String> {
+    list.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The value of tag `key` in a snapshot's tags.
 pub fn tag_value<'a>(tags: &'a [String], key: &str) -> Option<&'a str> {
     tags.iter()
@@ -35,5 +45,10 @@ mod tests {
         assert_eq!(tag_value(&t, PVC_UID), Some("4f1c"));
         assert_eq!(tag_value(&t, PVC), Some("data-pg-0"));
         assert_eq!(volume_tags(None, Some(""), None), Vec::<String>::new());
+        assert_eq!(
+            extra_tags(Some("copy-method=snapshot, ,pre-hook=Succeeded")),
+            vec!["copy-method=snapshot", "pre-hook=Succeeded"]
+        );
+        assert!(extra_tags(None).is_empty());
     }
 }

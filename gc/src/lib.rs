@@ -29,16 +29,22 @@ use stowage_common::{Error, locks, logging, metrics};
         Runs hourly as a CronJob in the stowage namespace; `kubectl create job --from=cronjob/\
         stowage-gc now` runs a pass by hand, and a pass may be run again at any time. \
         Repositories are never deleted; the newest snapshot of every volume is always kept. \
-        Configuration comes from STOWAGE_* variables (see the README).\n\n\
+        Configuration comes from STOWAGE_* variables (docs/policies.md, \
+        \"Retention and gc\").\n\n\
         Exit status: 0 pass done, 1 a repository is damaged or something failed (see the \
         log; the other repositories were still maintained), 2 bad configuration.",
     after_help = "Examples:\n  stowage-gc --dry-run\n  \
+        stowage-gc --dry-run --now 2026-12-01T00:00:00Z\n  \
         RESTIC_REPOSITORY=s3:https://s3.lan/b/ns/pvc RESTIC_PASSWORD=... stowage-gc repo --prune --check"
 )]
 pub struct Cli {
     /// Print what would be forgotten, pruned and cleaned; change nothing
     #[arg(long, global = true)]
     pub dry_run: bool,
+    /// Act as if it were this time (RFC 3339): what is due, how old locks, Jobs and
+    /// Secrets are, manual backups' TTL. What-if runs with --dry-run, and tests
+    #[arg(long, global = true, value_name = "TIME")]
+    pub now: Option<jiff::Timestamp>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -64,23 +70,29 @@ pub struct RepoArgs {
     #[arg(long, value_name = "N/M", value_parser = parse_subset)]
     pub read_data_subset: Option<(u32, u32)>,
     /// Keep snapshots within this span of the newest (restic duration: 720h, 30d)
-    #[arg(long, default_value = "720h")]
+    #[arg(long, value_name = "DURATION", default_value = "720h")]
     pub keep_within: String,
-    #[arg(long)]
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,
-    #[arg(long)]
+    /// Keep the newest snapshot of each of the N latest hours that have one
+    #[arg(long, value_name = "N")]
     pub keep_hourly: Option<u32>,
-    #[arg(long)]
+    /// ... of each of the N latest days (UTC)
+    #[arg(long, value_name = "N")]
     pub keep_daily: Option<u32>,
-    #[arg(long)]
+    /// ... of each of the N latest ISO weeks
+    #[arg(long, value_name = "N")]
     pub keep_weekly: Option<u32>,
-    #[arg(long)]
+    /// ... of each of the N latest months
+    #[arg(long, value_name = "N")]
     pub keep_monthly: Option<u32>,
-    #[arg(long)]
+    /// ... of each of the N latest years
+    #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Remove locks older than this many minutes (locks of dead processes on this
     /// host at once); without a cluster, the holder cannot be asked otherwise
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, value_name = "MINUTES", default_value_t = 30)]
     pub stale_lock_minutes: u64,
 }
 
@@ -116,8 +128,16 @@ pub fn main() -> ExitCode {
         }
     };
     logging::init(&cfg.common.log, cfg.common.log_format);
+    let ttl = cfg.gc.manual_backup_ttl.trim();
+    if !ttl.is_empty()
+        && !ttl.eq_ignore_ascii_case("off")
+        && let Err(e) = retention::Rules::manual_ttl(ttl, jiff::Timestamp::now())
+    {
+        tracing::error!("STOWAGE_MANUAL_BACKUP_TTL: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if let Some(Command::Repo(args)) = &cli.command {
-        return repo_command(&cfg, args, cli.dry_run);
+        return repo_command(&cfg, args, cli.dry_run, cli.now);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -143,7 +163,7 @@ async fn run(cli: Cli, cfg: GcConfig) -> ExitCode {
     };
     let opts = pass::PassOptions {
         dry_run: cli.dry_run,
-        now: jiff::Timestamp::now(),
+        now: cli.now.unwrap_or_else(jiff::Timestamp::now),
     };
     let report = match pass::run(client, &cfg, opts).await {
         Ok(r) => r,
@@ -200,7 +220,12 @@ fn summarize(report: &pass::PassReport, dry_run: bool) {
     );
 }
 
-fn repo_command(cfg: &GcConfig, a: &RepoArgs, dry_run: bool) -> ExitCode {
+fn repo_command(
+    cfg: &GcConfig,
+    a: &RepoArgs,
+    dry_run: bool,
+    now: Option<jiff::Timestamp>,
+) -> ExitCode {
     let retention = Retention {
         keep_within: Some(a.keep_within.clone()).filter(|s| !s.is_empty() && s != "0"),
         keep_last: a.keep_last,
@@ -239,6 +264,7 @@ fn repo_command(cfg: &GcConfig, a: &RepoArgs, dry_run: bool) -> ExitCode {
         },
         dry_run,
         progress_interval: cfg.common.progress_interval(),
+        now: now.unwrap_or_else(jiff::Timestamp::now),
     };
     match maintain::run(&access, &work) {
         Ok(o) => {

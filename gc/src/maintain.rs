@@ -39,6 +39,8 @@ pub struct Work {
     pub locks: LocksContext,
     pub dry_run: bool,
     pub progress_interval: Duration,
+    /// The pass's clock (`--now`): the age of locks is measured against it.
+    pub now: Timestamp,
 }
 
 /// A lock that was (or in a dry run would be) removed.
@@ -123,7 +125,7 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
     let mut out = Outcome::default();
 
     // 1. Locks.
-    let now = Timestamp::now();
+    let now = work.now;
     let mut removable = Vec::new();
     for (file, lock) in locks::list(&access.storage, &key)? {
         match lock {

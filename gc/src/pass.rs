@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, ObjectReference, PersistentVolumeClaim, Pod, Secret,
+};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use stowage_common::backend::{BackendOptions, Storage};
@@ -30,7 +32,7 @@ use tokio::sync::Semaphore;
 use crate::maintain::{self, Outcome, Work};
 use crate::plan::{self, Creds, JobFacts, LocksContext, Pvc, SecretFacts, Target};
 use crate::retention::Rules;
-use crate::state::{self, GcState};
+use crate::state::{self, Stored};
 
 /// The program's name as reporter of Events and metrics job.
 pub const PROGRAM: &str = "stowage-gc";
@@ -41,6 +43,8 @@ pub const REPO_CONCURRENCY: usize = 4;
 #[derive(Debug, Clone)]
 pub struct PassOptions {
     pub dry_run: bool,
+    /// The pass's clock (`--now`): what is due, how old locks, Jobs and Secrets are,
+    /// the manual-backup TTL, and the times recorded in the state and metrics.
     pub now: Timestamp,
 }
 
@@ -126,6 +130,7 @@ struct Facts {
     master: Option<String>,
     gc_keys: (Option<String>, Option<String>),
     pvcs: Vec<Pvc>,
+    ns_labels: BTreeMap<String, BTreeMap<String, String>>,
     pvc_objects: BTreeMap<(String, String), ObjectReference>,
     user_secrets: BTreeMap<(String, String), Secret>,
     live_pods: Option<BTreeSet<String>>,
@@ -201,6 +206,15 @@ async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Res
                 "list persistentvolumeclaims in all namespaces"
             ))
         })?;
+    // A namespace's opt-in label is the policy of its PVCs without one of their own.
+    let ns_labels = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| anyhow::anyhow!(describe_kube_error(&e, "list namespaces")))?
+        .items
+        .iter()
+        .map(|n| (n.name_any(), n.labels().clone()))
+        .collect();
     let mut pvcs = Vec::new();
     let mut pvc_objects = BTreeMap::new();
     let mut user_secrets = BTreeMap::new();
@@ -284,6 +298,7 @@ async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Res
         master,
         gc_keys,
         pvcs,
+        ns_labels,
         pvc_objects,
         user_secrets,
         live_pods,
@@ -344,19 +359,27 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
     } else {
         tracing::info!("STOWAGE_REPOSITORY_BASE is not set: only repositories named by PVCs");
     }
-    let (targets, warnings) =
-        plan::targets(&discovered, &facts.pvcs, &facts.policies, &g.backup_label);
+    let (targets, warnings) = plan::targets(
+        &discovered,
+        &facts.pvcs,
+        &facts.ns_labels,
+        &facts.policies,
+        &g.backup_label,
+    );
+    let manual_ttl = Some(g.manual_backup_ttl.trim())
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("off"));
     for w in warnings {
         tracing::warn!("{w}");
     }
 
-    let mut state = match state::load(&client, &g.system_namespace, &g.gc_state_configmap).await {
+    let mut stored = match state::load(&client, &g.system_namespace, &g.gc_state_configmap).await {
         Ok(s) => s,
         Err(e) => {
             report.errors.push(e);
-            GcState::new()
+            Stored::default()
         }
     };
+    let state = &mut stored.repos;
 
     // Repositories, a few at a time, each on a blocking thread.
     let ctx = LocksContext {
@@ -379,7 +402,12 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
             }
         };
         let st = state.get(&target.identity).cloned().unwrap_or_default();
-        let rules = match Rules::from_policy(&target.retention) {
+        let rules = match manual_ttl.filter(|_| target.manual) {
+            Some(ttl) => Rules::manual_ttl(ttl, opts.now)
+                .map_err(|e| format!("STOWAGE_MANUAL_BACKUP_TTL: {e}")),
+            None => Rules::from_policy(&target.retention),
+        };
+        let rules = match rules {
             Ok(r) => r,
             Err(e) => {
                 report.repositories.push(RepoReport {
@@ -389,16 +417,21 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
                 continue;
             }
         };
-        let check_due = plan::due(st.last_check, opts.now, g.check_interval_hours);
+        // A repository found damaged is checked at every pass (the alert clears as soon
+        // as it is repaired) and never pruned meanwhile (a repair may need its data).
+        let check_due =
+            st.damaged.is_some() || plan::due(st.last_check, opts.now, g.check_interval_hours);
         let work = Work {
             name: target.repository.clone(),
             rules,
-            prune: st.prune_wanted || plan::due(st.last_prune, opts.now, g.prune_interval_hours),
+            prune: st.damaged.is_none()
+                && (st.prune_wanted || plan::due(st.last_prune, opts.now, g.prune_interval_hours)),
             check: check_due.then(|| plan::read_subset(g.check_read_data_percent, st.checks)),
             unused_threshold_percent: g.prune_unused_percent,
             locks: ctx.clone(),
             dry_run: opts.dry_run,
             progress_interval: cfg.common.progress_interval(),
+            now: opts.now,
         };
         let (sem, cfg2, requests) = (sem.clone(), cfg.clone(), requests.clone());
         tasks.push(tokio::spawn(async move {
@@ -484,36 +517,60 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
                 if o.pruned {
                     st.last_prune = Some(opts.now);
                     st.prune_wanted = false;
+                    if !opts.dry_run {
+                        events
+                            .normal(
+                                &on,
+                                reason::REPOSITORY_PRUNED,
+                                "Prune",
+                                format!(
+                                    "pruned repository {}: {} bytes reclaimed",
+                                    t.repository,
+                                    o.reclaimed()
+                                ),
+                            )
+                            .await;
+                    }
                 }
-                if let Some(findings) = &o.check {
+                if let Some(findings) = &o.check
+                    && !opts.dry_run
+                {
                     st.last_check = Some(opts.now);
                     st.checks = st.checks.wrapping_add(1);
                     st.prune_wanted |= o.prune_wanted;
+                    st.damaged = (!findings.is_empty()).then(|| findings.join("; "));
+                }
+                // The last check's result, also on passes without a check: every push
+                // replaces the whole group on the Pushgateway, so a result pushed once
+                // would vanish an hour later (and its alert with it).
+                if let Some(last) = st.last_check {
                     report.metrics.gauge(
                         names::GC_CHECK_OK,
                         "1 if the last check of the repository found no error",
                         &[("repository", &t.identity)],
-                        if findings.is_empty() { 1.0 } else { 0.0 },
+                        if st.damaged.is_some() { 0.0 } else { 1.0 },
                     );
                     report.metrics.gauge(
                         names::GC_CHECK_LAST,
                         "Time of the last check of the repository",
                         &[("repository", &t.identity)],
-                        opts.now.as_second() as f64,
+                        last.as_second() as f64,
                     );
-                    if !findings.is_empty() {
-                        let what = findings.join("; ");
-                        report.damaged.push((t.repository.clone(), what.clone()));
-                        if !opts.dry_run {
-                            events
-                                .warning(
-                                    &on,
-                                    reason::REPOSITORY_DAMAGED,
-                                    "Check",
-                                    format!("repository {} is damaged: {what}", t.repository),
-                                )
-                                .await;
-                        }
+                }
+                if let Some(findings) = &o.check
+                    && !findings.is_empty()
+                {
+                    let what = findings.join("; ");
+                    report.damaged.push((t.repository.clone(), what.clone()));
+                    if !opts.dry_run {
+                        events
+                            .warning(
+                                &on,
+                                reason::REPOSITORY_DAMAGED,
+                                "Check",
+                                format!("repository {} is damaged: {what}", t.repository),
+                            )
+                            .await;
                     }
                 }
                 for l in &o.locks_removed {
@@ -587,11 +644,19 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
 
     cleanup(&client, cfg, &opts, &mut report).await;
 
+    // The time of the last pass without errors is kept with the state: it is pushed by
+    // every pass, failed ones included, so that "gc has not succeeded for hours" can
+    // be seen on the Pushgateway (whose group each push replaces).
+    let previous_success = stored.last_success;
+    if !report.failed() {
+        stored.last_success = Some(opts.now);
+    }
     if !opts.dry_run
         && let Err(e) =
-            state::save(&client, &g.system_namespace, &g.gc_state_configmap, &state).await
+            state::save(&client, &g.system_namespace, &g.gc_state_configmap, &stored).await
     {
         report.errors.push(e);
+        stored.last_success = previous_success;
     }
     report.s3_requests = requests.load(Ordering::Relaxed);
     report.metrics.gauge(
@@ -612,12 +677,12 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
         &[("program", PROGRAM)],
         opts.now.as_second() as f64,
     );
-    if !report.failed() {
+    if let Some(t) = stored.last_success {
         report.metrics.gauge(
             names::GC_LAST_SUCCESS,
-            "End time of the last pass without errors",
+            "Time of the last pass without errors (kept across failed passes)",
             &[],
-            Timestamp::now().as_second() as f64,
+            t.as_second() as f64,
         );
     }
     Ok(report)

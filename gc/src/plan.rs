@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
-use stowage_common::k8s::contract::user;
+use stowage_common::k8s::contract::{self, user};
 use stowage_common::k8s::credentials::repository_identity;
 use stowage_common::k8s::policy::{Policies, Retention};
 use stowage_common::locks::LockInfo;
@@ -43,6 +43,10 @@ pub struct Target {
     /// The policy whose retention applies (`None`: the default retention).
     pub policy: Option<String>,
     pub retention: Retention,
+    /// The PVC exists but has no backup policy (no opt-in label on it or its
+    /// namespace, or opted out): its snapshots were made by hand and live for the
+    /// manual-backup TTL instead of `retention`.
+    pub manual: bool,
     pub creds: Creds,
 }
 
@@ -87,13 +91,33 @@ pub fn retention_for(
     }
 }
 
+/// The backup policy a PVC is under: its label, else its namespace's; empty and
+/// opt-out values (`none`, `off`, ...) mean none. The scheduler's rule
+/// (`stowage_scheduler::plan::policy_of`): gc must agree with what was backed up.
+pub fn policy_of(
+    pvc_labels: &BTreeMap<String, String>,
+    ns_labels: Option<&BTreeMap<String, String>>,
+    key: &str,
+) -> Option<String> {
+    let value = pvc_labels
+        .get(key)
+        .or_else(|| ns_labels.and_then(|l| l.get(key)))?;
+    let v = value.trim();
+    if v.is_empty() || contract::OPT_OUT_VALUES.contains(&v.to_ascii_lowercase().as_str()) {
+        return None;
+    }
+    Some(v.to_string())
+}
+
 /// All repositories of a pass: those found under the base (`discovered`: namespace,
 /// PVC directory, URL) and those PVC annotations name. Deduplicated by identity; a
 /// repository under `<base>/<ns>/<pvc>` belongs to the PVC of that name, if any.
-/// Returns the targets (sorted by identity) and warnings.
+/// `ns_labels`: labels of the namespaces (a namespace label sets the policy of its PVCs
+/// without one). Returns the targets (sorted by identity) and warnings.
 pub fn targets(
     discovered: &[(String, String, String)],
     pvcs: &[Pvc],
+    ns_labels: &BTreeMap<String, BTreeMap<String, String>>,
     policies: &Policies,
     backup_label: &str,
 ) -> (Vec<Target>, Vec<String>) {
@@ -104,11 +128,10 @@ pub fn targets(
         .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
         .collect();
     let mut make = |repository: String, pvc: Option<&Pvc>, creds: Creds| {
-        let (policy, retention, warn) = retention_for(
-            pvc.and_then(|p| p.labels.get(backup_label))
-                .map(String::as_str),
-            policies,
-        );
+        let name =
+            pvc.and_then(|p| policy_of(&p.labels, ns_labels.get(&p.namespace), backup_label));
+        let manual = pvc.is_some() && name.is_none();
+        let (policy, retention, warn) = retention_for(name.as_deref(), policies);
         if let (Some(w), Some(p)) = (warn, pvc) {
             warnings.push(format!("PVC {}/{}: {w}", p.namespace, p.name));
         }
@@ -116,8 +139,9 @@ pub fn targets(
             identity: repository_identity(&repository),
             repository,
             pvc: pvc.cloned(),
-            policy,
+            policy: if manual { None } else { policy },
             retention,
+            manual,
             creds,
         }
     };
@@ -352,7 +376,7 @@ mod tests {
                 )
             },
         ];
-        let (ts, warnings) = targets(&discovered, &pvcs, &policies, "backup");
+        let (ts, warnings) = targets(&discovered, &pvcs, &BTreeMap::new(), &policies, "backup");
         assert_eq!(ts.len(), 4, "{ts:#?}");
         let get = |id: &str| ts.iter().find(|t| t.identity == id).unwrap();
         let data = get("bk/a/data");
@@ -374,6 +398,50 @@ mod tests {
             ts.iter()
                 .any(|t| matches!(&t.creds, Creds::Secret { name, .. } if name == "restic-own"))
         );
+    }
+
+    #[test]
+    fn pvcs_without_a_policy_get_the_manual_ttl_namespace_labels_count() {
+        let policies = Policies::parse(
+            "daily: {schedule: \"@daily\", retention: {keepDaily: 7}}\n\
+             default: {schedule: \"@daily\", retention: {keepLast: 9}}\n",
+        )
+        .unwrap();
+        let discovered: Vec<(String, String, String)> =
+            ["a/plain", "a/off", "n/inherit", "n/own", "a/gone"]
+                .iter()
+                .map(|p| {
+                    let (ns, pvc) = p.split_once('/').unwrap();
+                    (ns.into(), pvc.into(), format!("{BASE}/{p}"))
+                })
+                .collect();
+        let pvcs = vec![
+            pvc("a", "plain", &[], &[]),
+            pvc("a", "off", &[("backup", "none")], &[]),
+            pvc("n", "inherit", &[], &[]),
+            pvc("n", "own", &[("backup", "Off")], &[]),
+        ];
+        let ns = BTreeMap::from([(
+            "n".to_string(),
+            BTreeMap::from([("backup".to_string(), "daily".to_string())]),
+        )]);
+        let (ts, _) = targets(&discovered, &pvcs, &ns, &policies, "backup");
+        let get = |id: &str| ts.iter().find(|t| t.identity == id).unwrap();
+        // No label anywhere, or opted out: backed up by hand only, the TTL applies.
+        for id in ["bk/a/plain", "bk/a/off", "bk/n/own"] {
+            assert!(get(id).manual, "{id}");
+            assert_eq!(get(id).policy, None, "{id}");
+        }
+        // The namespace's label is the PVC's policy, as for the scheduler.
+        let inherit = get("bk/n/inherit");
+        assert!(!inherit.manual);
+        assert_eq!(inherit.policy.as_deref(), Some("daily"));
+        assert_eq!(inherit.retention.keep_daily, Some(7));
+        // A repository whose PVC is gone is no manual one: the default policy.
+        let gone = get("bk/a/gone");
+        assert!(gone.is_orphan() && !gone.manual);
+        assert_eq!(gone.retention.keep_last, Some(9));
+        assert_eq!(policy_of(&BTreeMap::new(), None, "backup"), None);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! one (UTC calendar), and `keep-within d` keeps every snapshot taken less than `d`
 //! before the group's newest snapshot (not before "now": a volume whose backups
 //! stopped keeps its history).
+//!
+//! One rule is stowage's own: the TTL of snapshots made by hand. A PVC without a
+//! backup policy is backed up only by hand (the scheduler starts nothing for it), so its
+//! snapshots carry no policy: each is kept for a TTL after it was taken (measured from
+//! "now", unlike `keep-within`), and the newest stays however old it is.
 
 use std::collections::BTreeMap;
 
@@ -41,9 +46,27 @@ pub struct Rules {
     pub weekly: u32,
     pub monthly: u32,
     pub yearly: u32,
+    /// Snapshots taken after this time are kept (the TTL of manual backups, as
+    /// `now - ttl`).
+    pub taken_after: Option<Timestamp>,
 }
 
 impl Rules {
+    /// The rules for a PVC without a backup policy: each snapshot lives `ttl` after it
+    /// was taken (`ttl` is a restic duration such as `720h`); the newest always stays.
+    pub fn manual_ttl(ttl: &str, now: Timestamp) -> Result<Self, String> {
+        let span = parse_keep_within(ttl)?;
+        let cutoff = now
+            .to_zoned(TimeZone::UTC)
+            .checked_sub(span)
+            .map_err(|e| format!("TTL {ttl:?}: {e}"))?
+            .timestamp();
+        Ok(Self {
+            taken_after: Some(cutoff),
+            ..Self::default()
+        })
+    }
+
     pub fn from_policy(r: &Retention) -> Result<Self, String> {
         Ok(Self {
             within: r
@@ -57,6 +80,7 @@ impl Rules {
             weekly: r.keep_weekly.unwrap_or(0),
             monthly: r.keep_monthly.unwrap_or(0),
             yearly: r.keep_yearly.unwrap_or(0),
+            taken_after: None,
         })
     }
 
@@ -70,6 +94,7 @@ impl Rules {
             && self.weekly == 0
             && self.monthly == 0
             && self.yearly == 0
+            && self.taken_after.is_none()
     }
 }
 
@@ -150,6 +175,9 @@ pub fn decide(snaps: &[Snap], rules: &Rules) -> Vec<Verdict> {
             }
             if cutoff.is_some_and(|c| s.time > c) {
                 reasons.push("within");
+            }
+            if rules.taken_after.is_some_and(|c| s.time > c) {
+                reasons.push("ttl");
             }
             out.push(Verdict {
                 id: s.id.clone(),
@@ -355,6 +383,44 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn manual_backups_live_for_their_ttl_from_now_and_the_newest_stays() {
+        let now = t("2026-06-30T12:00:00Z");
+        let r = Rules::manual_ttl("720h", now).unwrap();
+        // Three manual backups a week apart: all within 30 days of now.
+        let s = snaps(&[
+            "2026-06-29T00:00:00Z",
+            "2026-06-22T00:00:00Z",
+            "2026-05-31T12:00:01Z", // 29d 23:59:59 before now: still alive
+            "2026-05-31T12:00:00Z", // exactly 720h before now: expired (edge excluded)
+            "2026-04-01T00:00:00Z",
+        ]);
+        let v = decide(&s, &r);
+        assert_eq!(kept(&v), vec!["s00", "s01", "s02"]);
+        assert_eq!(v[0].reasons, vec!["newest", "ttl"]);
+        assert_eq!(to_forget(&v), vec!["s03", "s04"]);
+    }
+
+    #[test]
+    fn manual_ttl_measures_from_now_not_from_the_newest() {
+        // keep-within would keep both (they are a day apart); the TTL expires the older
+        // one because it was taken more than 30 days ago, and keeps the newest although
+        // it expired too: the last backup of a volume is never forgotten.
+        let now = t("2026-06-30T00:00:00Z");
+        let s = snaps(&["2026-03-02T00:00:00Z", "2026-03-01T00:00:00Z"]);
+        let v = decide(&s, &Rules::manual_ttl("30d", now).unwrap());
+        assert_eq!(kept(&v), vec!["s00"]);
+        assert_eq!(v[0].reasons, vec!["newest"]);
+        let within = decide(&s, &rules(Retention::default()));
+        assert_eq!(kept(&within), vec!["s00", "s01"]);
+        // A single old manual backup is kept.
+        let one = snaps(&["2020-01-01T00:00:00Z"]);
+        assert!(decide(&one, &Rules::manual_ttl("1h", now).unwrap())[0].keep);
+        // A TTL is a rule: it never reads as "no rules, keep everything".
+        assert!(!Rules::manual_ttl("1h", now).unwrap().is_empty());
+        assert!(Rules::manual_ttl("soon", now).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! When gc last pruned and checked each repository: one small JSON document in a
-//! ConfigMap of the stowage namespace (a read and a write per pass). Lost or damaged
-//! state only makes work due early; it never loses data.
+//! When gc last pruned and checked each repository, what the last check found, and when
+//! a pass last succeeded: a small JSON document and a timestamp in a ConfigMap of the
+//! stowage namespace (a read and a write per pass). Lost or damaged state only makes
+//! work due early; it never loses data.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use stowage_common::k8s::contract::GC_STATE_KEY;
+use stowage_common::k8s::contract::{GC_LAST_SUCCESS_KEY, GC_STATE_KEY};
 use stowage_common::k8s::describe_kube_error;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,39 +27,64 @@ pub struct RepoState {
     /// The last check measured unused data over the threshold: prune next pass.
     #[serde(default)]
     pub prune_wanted: bool,
+    /// What the last check found wrong (`None`: clean). A damaged repository is checked
+    /// again at every pass and never pruned until a check finds it clean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// By repository identity.
 pub type GcState = BTreeMap<String, RepoState>;
 
-pub async fn load(client: &Client, ns: &str, name: &str) -> Result<GcState, String> {
+/// Everything the ConfigMap holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stored {
+    pub repos: GcState,
+    /// End of the last pass without errors.
+    pub last_success: Option<Timestamp>,
+}
+
+pub async fn load(client: &Client, ns: &str, name: &str) -> Result<Stored, String> {
     let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
     let cm = api
         .get_opt(name)
         .await
         .map_err(|e| describe_kube_error(&e, &format!("get configmap {ns}/{name}")))?;
-    let Some(doc) = cm
-        .and_then(|c| c.data)
-        .and_then(|d| d.get(GC_STATE_KEY).cloned())
-    else {
-        return Ok(GcState::new());
+    let data = cm.and_then(|c| c.data).unwrap_or_default();
+    let last_success = data
+        .get(GC_LAST_SUCCESS_KEY)
+        .and_then(|v| v.parse::<Timestamp>().ok());
+    let Some(doc) = data.get(GC_STATE_KEY) else {
+        return Ok(Stored {
+            repos: GcState::new(),
+            last_success,
+        });
     };
-    Ok(serde_json::from_str(&doc).unwrap_or_else(|e| {
+    let repos = serde_json::from_str(doc).unwrap_or_else(|e| {
         tracing::warn!("gc state in ConfigMap {ns}/{name} is unreadable ({e}); starting afresh");
         GcState::new()
-    }))
+    });
+    Ok(Stored {
+        repos,
+        last_success,
+    })
 }
 
-pub async fn save(client: &Client, ns: &str, name: &str, state: &GcState) -> Result<(), String> {
+pub async fn save(client: &Client, ns: &str, name: &str, state: &Stored) -> Result<(), String> {
     let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
-    let doc = serde_json::to_string(state).expect("state serializes");
+    let doc = serde_json::to_string(&state.repos).expect("state serializes");
+    let mut data = serde_json::Map::new();
+    data.insert(GC_STATE_KEY.into(), json!(doc));
+    if let Some(t) = state.last_success {
+        data.insert(GC_LAST_SUCCESS_KEY.into(), json!(t.to_string()));
+    }
     let cm = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": ns,
                      "labels": {"app.kubernetes.io/managed-by": "stowage",
                                 "app.kubernetes.io/part-of": "stowage"}},
-        "data": {GC_STATE_KEY: doc},
+        "data": data,
     });
     match api
         .patch(name, &PatchParams::default(), &Patch::Merge(&cm))

@@ -1,6 +1,7 @@
 //! A whole gc pass through the real `kube` client against the fake API, with its
 //! repositories on Garage: discovery, per-PVC retention, orphans, state, Job and
-//! Secret cleanup, dry run.
+//! Secret cleanup, dry run, manual backups' TTL; the real binary's `--now` and its push
+//! to a Pushgateway.
 
 mod support;
 
@@ -13,6 +14,7 @@ use stowage_common::env::GcConfig;
 use stowage_common::k8s::credentials::derive_repository_password;
 use stowage_common::k8s::mover_job::mover_labels;
 use stowage_common::k8s::naming::Operation;
+use stowage_common::metrics::names;
 use stowage_gc::pass::{self, PassOptions};
 use stowage_testkit::fakeapi::FakeApi;
 use stowage_testkit::garage;
@@ -58,6 +60,10 @@ struct World {
     api: FakeApi,
     base: String,
     cfg: GcConfig,
+    /// The clock of the passes (`--now`): two hours after the fake API stamped the
+    /// objects' creation times (it stamps them itself, with the real clock), so that a
+    /// Secret left without its Job is past its one-hour grace.
+    now: Timestamp,
 }
 
 fn world() -> World {
@@ -91,12 +97,44 @@ fn world() -> World {
     ];
     vars.push(("STOWAGE_LOG".into(), "info".into()));
     let cfg = GcConfig::from_vars(&vars).unwrap();
-    World { api, base, cfg }
+    World {
+        api,
+        base,
+        cfg,
+        now: Timestamp::now() + SignedDuration::from_hours(2),
+    }
+}
+
+/// restic's `--time` form of `now - days`.
+fn days_before(now: Timestamp, days: i64) -> String {
+    (now - SignedDuration::from_hours(24 * days))
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
 }
 
 impl World {
     /// A restic repository at `<base>/<ns>/<pvc>` with the derived password.
     fn repository(&self, ns: &str, pvc: &str, seed: u64) -> Vec<(String, String)> {
+        self.repository_at(
+            ns,
+            pvc,
+            seed,
+            &[
+                "2026-03-01 00:00:00",
+                "2026-03-10 00:00:00",
+                "2026-03-15 00:00:00",
+            ],
+        )
+    }
+
+    /// The same with snapshots taken at `times` (restic `--time`).
+    fn repository_at(
+        &self,
+        ns: &str,
+        pvc: &str,
+        seed: u64,
+        times: &[&str],
+    ) -> Vec<(String, String)> {
         let url = format!("{}/{ns}/{pvc}", self.base);
         let g = garage::shared();
         let env = vec![
@@ -109,16 +147,7 @@ impl World {
             ("AWS_SECRET_ACCESS_KEY".into(), g.secret_key.clone()),
             ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
         ];
-        repo_with_snapshots(
-            &env,
-            &[
-                "2026-03-01 00:00:00",
-                "2026-03-10 00:00:00",
-                "2026-03-15 00:00:00",
-            ],
-            1,
-            seed,
-        );
+        repo_with_snapshots(&env, times, 1, seed);
         env
     }
 
@@ -163,14 +192,41 @@ impl World {
         );
     }
 
-    /// A pass two hours from now: the fake API stamps creation times itself, and the
-    /// Secret left without its Job must be older than the one-hour grace.
+    /// A pass at the world's clock.
     async fn pass(&self, dry_run: bool) -> pass::PassReport {
         let client = self.api.client_for(USER);
-        let now = Timestamp::now() + SignedDuration::from_hours(2);
+        let now = self.now;
         pass::run(client, &self.cfg, PassOptions { dry_run, now })
             .await
             .unwrap()
+    }
+
+    /// The real binary, as the CronJob runs it, at the world's clock (`--now`),
+    /// pushing its metrics to a one-request Pushgateway. Returns (exit code, stderr,
+    /// the request the Pushgateway received).
+    fn run_binary(&self) -> (i32, String, String) {
+        let (port, server) = capture_one_request();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-gc"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", self.api.kubeconfig_for(USER))
+            .env("STOWAGE_REPOSITORY_BASE", &self.base)
+            .env("STOWAGE_ALLOW_HTTP", "true")
+            .env("AWS_DEFAULT_REGION", garage::REGION)
+            .env("STOWAGE_LOG_FORMAT", "text")
+            .env(
+                "STOWAGE_PUSHGATEWAY_URL",
+                format!("http://127.0.0.1:{port}"),
+            )
+            .args(["--now", &self.now.to_string()])
+            .output()
+            .unwrap();
+        let req = server.join().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            req,
+        )
     }
 
     fn exists<K: k8s_openapi::Resource + DeserializeOwned>(&self, name: &str) -> bool {
@@ -190,6 +246,26 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
     );
     let data = w.repository("a", "data", 100);
     let gone = w.repository("a", "gone", 200);
+    // Backed up by hand only (no policy label): each snapshot lives for the manual TTL
+    // (720h) after it was taken, the newest however old.
+    put::<PersistentVolumeClaim>(
+        &w.api,
+        json!({
+            "metadata": {"name": "hand", "namespace": "a"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }),
+    );
+    let hand = w.repository_at(
+        "a",
+        "hand",
+        300,
+        &[
+            &days_before(w.now, 60),
+            &days_before(w.now, 45),
+            &days_before(w.now, 20),
+            &days_before(w.now, 2),
+        ],
+    );
     let old = w.job("stowage-backup-data-old", Some(48), None);
     w.secret_of("stowage-backup-data-old", Some(&old));
     let fresh = w.job("stowage-backup-data-new", Some(1), None);
@@ -199,7 +275,7 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
 
     // Dry run: reports, changes nothing.
     let dry = w.pass(true).await;
-    assert_eq!(dry.repositories.len(), 2, "{dry:#?}");
+    assert_eq!(dry.repositories.len(), 3, "{dry:#?}");
     assert_eq!(dry.jobs_deleted, vec!["a/stowage-backup-data-old"]);
     assert_eq!(snapshot_count(&data), 3);
     assert!(w.exists::<Job>("stowage-backup-data-old"));
@@ -215,6 +291,11 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
     // keepLast 1 for the PVC's policy; the orphan keeps 30 days before its newest.
     assert_eq!(snapshot_count(&data), 1);
     assert_eq!(snapshot_count(&gone), 3);
+    assert_eq!(
+        snapshot_count(&hand),
+        2,
+        "the 60 and 45 days old manual backups expired"
+    );
     assert_eq!(report.orphans.len(), 1);
     assert!(
         report.orphans[0].ends_with("/a/gone"),
@@ -238,7 +319,7 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
     // Metrics.
     let text = report.metrics.render();
     assert!(text.contains("stowage_gc_orphan_repository{"), "{text}");
-    assert!(text.contains("stowage_gc_snapshots_forgotten 2"), "{text}");
+    assert!(text.contains("stowage_gc_snapshots_forgotten 4"), "{text}");
     assert!(text.contains("stowage_gc_check_ok{"), "{text}");
     assert!(
         text.contains("stowage_gc_last_success_timestamp_seconds"),
@@ -258,4 +339,124 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
         let o = r.outcome.as_ref().unwrap();
         assert!(!o.pruned && o.check.is_none(), "{o:?}");
     }
+    // ...but still reports the last check's result and the last success (each push
+    // replaces the whole group on the Pushgateway).
+    let text = again.metrics.render();
+    assert!(text.contains("stowage_gc_check_ok{"), "{text}");
+    assert_eq!(
+        again
+            .metrics
+            .value(names::GC_LAST_SUCCESS, &[])
+            .map(|v| v as i64),
+        Some(w.now.as_second())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
+    let w = world();
+    put::<PersistentVolumeClaim>(
+        &w.api,
+        json!({
+            "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }),
+    );
+    w.repository("a", "data", 400);
+    let old = w.job("stowage-backup-data-old", Some(30), None);
+    w.secret_of("stowage-backup-data-old", Some(&old));
+    // Created just now: without --now two hours ahead it would be within its grace.
+    w.secret_of("stowage-backup-lost", None);
+
+    let (code, stderr, req) = w.run_binary();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        req.starts_with("PUT /metrics/job/stowage-gc HTTP/1.1"),
+        "{req}"
+    );
+    let repo = format!("{}/backups/a/data", w.base.rsplit('/').nth(1).unwrap());
+    for line in [
+        "stowage_gc_repositories{result=\"ok\"} 1".to_string(),
+        "stowage_gc_snapshots_forgotten 2".into(),
+        "stowage_gc_jobs_deleted 1".into(),
+        "stowage_gc_secrets_deleted 2".into(),
+        "stowage_gc_errors 0".into(),
+        format!("stowage_gc_check_ok{{repository=\"{repo}\"}} 1"),
+        format!(
+            "stowage_gc_check_last_timestamp_seconds{{repository=\"{repo}\"}} {}",
+            w.now.as_second()
+        ),
+        format!(
+            "stowage_gc_last_success_timestamp_seconds {}",
+            w.now.as_second()
+        ),
+        format!(
+            "stowage_pass_last_run_timestamp_seconds{{program=\"stowage-gc\"}} {}",
+            w.now.as_second()
+        ),
+        "stowage_pass_duration_seconds{program=\"stowage-gc\"}".into(),
+    ] {
+        assert!(req.contains(&line), "{line} missing in:\n{req}");
+    }
+    assert!(!w.exists::<Secret>("stowage-backup-lost"));
+    assert!(!w.exists::<Job>("stowage-backup-data-old"));
+
+    // A failing pass (the master password is gone) still pushes the time of the last
+    // success, so that the alert on it sees gc failing.
+    w.api
+        .store()
+        .modify::<Secret>("stowage", "stowage-credentials", |s| {
+            s.data.as_mut().unwrap().remove("master-password");
+        })
+        .unwrap();
+    let first = w.now;
+    let w = World {
+        now: first + SignedDuration::from_hours(1),
+        ..w
+    };
+    let (code, stderr, req) = w.run_binary();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("master-password"), "{stderr}");
+    assert!(!req.contains("stowage_gc_errors 0"), "{req}");
+    assert!(
+        req.contains(&format!(
+            "stowage_gc_last_success_timestamp_seconds {}",
+            first.as_second()
+        )),
+        "{req}"
+    );
+    assert!(
+        req.contains(&format!("stowage_gc_check_ok{{repository=\"{repo}\"}} 0")),
+        "a repository that cannot be opened reads as not ok: {req}"
+    );
+}
+
+/// A one-request HTTP server standing in for the Pushgateway: returns what it received.
+fn capture_one_request() -> (u16, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(sock.try_clone().unwrap());
+        let mut head = String::new();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        format!("{head}{}", String::from_utf8(body).unwrap())
+    });
+    (port, h)
 }

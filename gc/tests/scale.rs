@@ -134,6 +134,7 @@ fn pass_over_many_repositories() {
                         },
                         dry_run: false,
                         progress_interval: std::time::Duration::from_secs(60),
+                        now: jiff::Timestamp::now(),
                     };
                     match maintain::run(&access, &work) {
                         Ok(o) => {

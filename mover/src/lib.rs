@@ -126,11 +126,15 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
                 source: a.path.clone().unwrap_or_else(|| m.source.clone()),
                 host: a.host.clone().unwrap_or_else(|| m.snapshot_host.clone()),
                 snapshot_path: m.snapshot_path.clone(),
-                tags: tags::volume_tags(
-                    m.namespace.as_deref(),
-                    m.pvc.as_deref(),
-                    m.pvc_uid.as_deref(),
-                ),
+                tags: {
+                    let mut t = tags::volume_tags(
+                        m.namespace.as_deref(),
+                        m.pvc.as_deref(),
+                        m.pvc_uid.as_deref(),
+                    );
+                    t.extend(tags::extra_tags(m.extra_tags.as_deref()));
+                    t
+                },
                 excludes,
                 allow_empty: a.allow_empty || m.allow_empty_source,
                 pvc_uid: m.pvc_uid.clone().filter(|u| !u.is_empty()),

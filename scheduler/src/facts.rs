@@ -89,6 +89,8 @@ pub fn consumers(pods: &[Pod], claim: &str) -> Vec<Consumer> {
                 .or(psc.and_then(|s| s.run_as_group)),
             fs_group: psc.and_then(|s| s.fs_group),
             tolerations: spec.tolerations.clone().unwrap_or_default(),
+            annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+            containers: spec.containers.iter().map(|c| c.name.clone()).collect(),
         });
     }
     out
@@ -110,7 +112,7 @@ pub fn pvc_facts(
             .data_source_ref
             .as_ref()
             .is_some_and(|r| r.api_group.as_deref() == Some(contract::CRD_GROUP));
-    let capacity = status
+    let capacity_q = status
         .capacity
         .as_ref()
         .and_then(|c| c.get("storage"))
@@ -120,8 +122,8 @@ pub fn pvc_facts(
                 .and_then(|r| r.requests.as_ref())
                 .and_then(|r| r.get("storage"))
         })
-        .map(|q| quantity_bytes(&q.0))
-        .unwrap_or(0);
+        .map(|q| q.0.clone());
+    let capacity = capacity_q.as_deref().map(quantity_bytes).unwrap_or(0);
     PvcFacts {
         namespace: meta.namespace.clone().unwrap_or_default(),
         uid: meta.uid.clone().unwrap_or_default(),
@@ -139,6 +141,8 @@ pub fn pvc_facts(
         consumers: consumers(pods, &name),
         populating,
         managed_by_stowage: is_stowage(meta),
+        storage_class: spec.storage_class_name.clone(),
+        capacity: capacity_q,
         name,
     }
 }

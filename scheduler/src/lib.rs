@@ -2,6 +2,7 @@
 //! backups, decides which are due, starts mover Jobs for them within a concurrency
 //! limit, and records the results of finished ones. `main.rs` only calls [`main`].
 
+pub mod consistency;
 pub mod facts;
 pub mod pass;
 pub mod plan;

@@ -26,8 +26,13 @@ use stowage_common::k8s::{describe_kube_error, is_status};
 use stowage_common::metrics::{Registry, names};
 use stowage_common::result::RunResult;
 
+use stowage_common::k8s::contract::consistency as cons;
+use stowage_common::k8s::copy::{CopyMethod, CopySpec};
+use stowage_common::k8s::hooks::Phase;
+
+use crate::consistency::{self, HookState};
 use crate::facts;
-use crate::plan::{self, Decision, PassSettings, Planned, SkipReason, Start};
+use crate::plan::{self, ActiveJob, Decision, PassSettings, Planned, SkipReason, Start};
 
 /// The program's name as reporter of Events and metrics job.
 pub const PROGRAM: &str = "stowage-scheduler";
@@ -129,6 +134,23 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         }
     }
 
+    // Post hooks owed by passes that died, and temporary copies nobody reads any more.
+    let mut holding: Vec<ActiveJob> = Vec::new();
+    if !ctx.dry_run {
+        for pvc in pvcs.items.iter_mut() {
+            match settle_hooks(&ctx, pvc, &jobs.items, &mut report).await {
+                Ok(Some(job)) => holding.push(ActiveJob {
+                    namespace: pvc.namespace().unwrap_or_default(),
+                    name: job,
+                    pvc_uid: pvc.metadata.uid.clone().unwrap_or_default(),
+                }),
+                Ok(None) => {}
+                Err(e) => report.errors.push(e),
+            }
+        }
+        sweep_copies(&ctx, &pvcs.items, &jobs.items, &mut report).await;
+    }
+
     let pv_by_name: BTreeMap<String, &PersistentVolume> =
         pvs.items.iter().map(|p| (p.name_any(), p)).collect();
     let pods_by_ns = facts::pods_by_namespace(pods.items);
@@ -151,6 +173,7 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         max_concurrent_jobs: s.max_concurrent_jobs,
         include_namespaces: list(s.include_namespaces.as_deref()),
         exclude_namespaces: list(s.exclude_namespaces.as_deref()),
+        default_snapshot_class: s.volume_snapshot_class.clone(),
     };
 
     // Results of finished Jobs first: they free their PVC and may fail the guard.
@@ -173,7 +196,9 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         }
     }
 
-    let active = facts::active_jobs(&jobs.items);
+    let mut active = facts::active_jobs(&jobs.items);
+    // A pass holding hooks (between pre and post) owns its PVC like a running Job.
+    active.extend(holding);
     let planned = plan::plan(ctx.now, &settings, &policies, &ns_facts, &facts, &active);
     report.metrics.gauge(
         names::SCHEDULER_PVCS,
@@ -440,9 +465,56 @@ async fn harvest(
             }),
         ),
     };
-    let result = result.unwrap_or_default();
-    let ok = ok && result.ok;
+    let mut result = result.unwrap_or_default();
+    let mut ok = ok && result.ok;
     let pvc_name = pvc.name_any();
+    // Direct backups owe their post hooks until the result is in (also a failed,
+    // timed-out or vanished Job).
+    let mut hooks_note = None;
+    if !ctx.dry_run
+        && let Some(state) = a.get(cons::HOOK_STATE).and_then(|v| HookState::parse(v))
+        && &state.job == job_name
+    {
+        let post = consistency::run_phase(&ctx.client, &ns, Phase::Post, &state.post).await;
+        let pre_note = a
+            .get(cons::LAST_HOOKS)
+            .cloned()
+            .unwrap_or_else(|| "pre=None".into());
+        let note = format!("{pre_note} post={}", post.word());
+        patch_pvc(
+            ctx,
+            pvc,
+            json!({ cons::HOOK_STATE: null, cons::LAST_HOOKS: note }),
+        )
+        .await?;
+        if !post.failures.is_empty() {
+            ctx.events
+                .warning(
+                    &pvc_ref(pvc),
+                    cons::reason::POST_HOOK_FAILED,
+                    "Backup",
+                    post.failures.join("; "),
+                )
+                .await;
+        }
+        if post.fail && ok {
+            ok = false;
+            result.reason = Some(cons::RESULT_POST_HOOK_FAILED.into());
+            result.error = Some(post.failures.join("; "));
+        }
+        hooks_note = Some(post);
+    }
+    let post_hook_failed_only =
+        hooks_note.as_ref().is_some_and(|p| p.fail) && result.snapshot.is_some();
+    let copied = a
+        .get(cons::LAST_COPY_METHOD)
+        .is_some_and(|m| m != CopyMethod::Direct.as_str());
+    if !ctx.dry_run
+        && copied
+        && let Err(e) = consistency::remove_copies(&ctx.client, &ns, job_name).await
+    {
+        tracing::warn!("{e}");
+    }
     report.recorded.push((ns.clone(), pvc_name.clone(), ok));
     report.metrics.add(
         names::BACKUP_RESULTS,
@@ -489,15 +561,16 @@ async fn harvest(
             .clone()
             .unwrap_or_else(|| "the mover failed without a result (see the Job's pod logs)".into());
         let kind = result.reason.clone().unwrap_or_else(|| "Failed".into());
-        patch_pvc(
-            ctx,
-            pvc,
-            json!({
-                status::RECORDED_JOB: job_name,
-                status::LAST_RESULT: format!("Failed: {kind}"),
-            }),
-        )
-        .await?;
+        let mut ann = json!({
+            status::RECORDED_JOB: job_name,
+            status::LAST_RESULT: format!("Failed: {kind}"),
+        });
+        // The data is in the repository; only the post hook (on-error: Fail) failed.
+        if post_hook_failed_only {
+            ann[status::LAST_BACKUP] = json!(ctx.now.to_string());
+            ann[status::LAST_SNAPSHOT] = json!(result.snapshot.clone().unwrap_or_default());
+        }
+        patch_pvc(ctx, pvc, ann).await?;
         let event_reason = if kind == stowage_common::result::reason::FOREIGN_HISTORY {
             reason::FOREIGN_HISTORY
         } else {
@@ -690,6 +763,317 @@ fn mover_env(cfg: &SchedulerConfig, start: &Start) -> Vec<(String, String)> {
     env
 }
 
+/// What the consistency steps before a mover Job produced.
+struct Prepared {
+    /// The temporary PVC the mover reads (Snapshot, Clone).
+    claim: Option<String>,
+    /// Snapshot tags: copy method and hook outcomes.
+    tags: Vec<String>,
+    /// Direct with post hooks: owed until the result is harvested.
+    post_pending: bool,
+}
+
+/// Hooks and point-in-time copy before the mover Job of one backup. Err: the backup
+/// does not happen (recorded on the PVC and in an Event): (skip reason, message).
+async fn prepare(
+    ctx: &Ctx<'_>,
+    pvc: &PersistentVolumeClaim,
+    f: &plan::PvcFacts,
+    start: &Start,
+) -> Result<Prepared, (String, String)> {
+    let client = &ctx.client;
+    let ns = f.namespace.as_str();
+    let method = start.copy.method;
+    let copy_timeout = std::time::Duration::from_secs(ctx.cfg.scheduler.copy_timeout_secs);
+    let pre_hooks = consistency::phase_hooks(&start.hooks, Phase::Pre);
+    let post_hooks = consistency::phase_hooks(&start.hooks, Phase::Post);
+    let api_err = |e: String| ("api_error".to_string(), e);
+    if !start.hooks.is_empty() {
+        // Recorded before anything runs: whoever comes next owes the post hooks.
+        let state = HookState {
+            job: start.job_name.clone(),
+            deadline: consistency::deadline(
+                &start.hooks,
+                (method != CopyMethod::Direct).then_some(copy_timeout),
+            ),
+            post: post_hooks.clone(),
+        };
+        patch_pvc(
+            ctx,
+            pvc,
+            json!({ cons::HOOK_STATE: serde_json::to_string(&state).unwrap_or_default() }),
+        )
+        .await
+        .map_err(api_err)?;
+    }
+    let pre = consistency::run_phase(client, ns, Phase::Pre, &pre_hooks).await;
+    if !pre.failures.is_empty() {
+        ctx.events
+            .warning(
+                &pvc_ref(pvc),
+                cons::reason::PRE_HOOK_FAILED,
+                "Backup",
+                format!(
+                    "{}{}",
+                    pre.failures.join("; "),
+                    if pre.fail {
+                        ": no backup was made (on-error: Fail)"
+                    } else {
+                        ": backing up anyway (on-error: Continue)"
+                    }
+                ),
+            )
+            .await;
+    }
+    let spec = CopySpec {
+        method,
+        namespace: f.namespace.clone(),
+        pvc: f.name.clone(),
+        pvc_uid: f.uid.clone(),
+        job: start.job_name.clone(),
+        snapshot_class: start.copy.snapshot_class.clone(),
+        storage_class: start.copy.storage_class.clone(),
+        size: start.copy.size.clone(),
+    };
+    let copy = if pre.fail || method == CopyMethod::Direct {
+        Ok(())
+    } else {
+        let node = f
+            .consumers
+            .iter()
+            .find(|c| c.running)
+            .and_then(|c| c.node.clone());
+        consistency::take_copy(client, &spec, node.as_deref(), copy_timeout).await
+    };
+    // The point in time is taken (or the backup is off): thaw the app.
+    let post_now = pre.fail || method != CopyMethod::Direct;
+    let post = if post_now {
+        let post = consistency::run_phase(client, ns, Phase::Post, &post_hooks).await;
+        if !post.failures.is_empty() {
+            ctx.events
+                .warning(
+                    &pvc_ref(pvc),
+                    cons::reason::POST_HOOK_FAILED,
+                    "Backup",
+                    post.failures.join("; "),
+                )
+                .await;
+        }
+        Some(post)
+    } else {
+        None
+    };
+    let hooks_note = match &post {
+        Some(p) => format!("pre={} post={}", pre.word(), p.word()),
+        None => format!("pre={}", pre.word()),
+    };
+    let mut fail: Option<(&str, &str, String)> = None;
+    if pre.fail {
+        fail = Some((
+            cons::RESULT_PRE_HOOK_FAILED,
+            cons::reason::PRE_HOOK_FAILED,
+            pre.failures.join("; "),
+        ));
+    } else if let Err(e) = &copy {
+        fail = Some((
+            cons::RESULT_COPY_FAILED,
+            cons::reason::COPY_FAILED,
+            e.clone(),
+        ));
+    } else if method == CopyMethod::Snapshot
+        && let Err(e) = consistency::restore_pvc(client, &spec).await
+    {
+        fail = Some((cons::RESULT_COPY_FAILED, cons::reason::COPY_FAILED, e));
+    }
+    let mut ann = json!({ cons::LAST_HOOKS: hooks_note, cons::LAST_COPY_METHOD: method.as_str() });
+    if post_now && !start.hooks.is_empty() {
+        ann[cons::HOOK_STATE] = json!(null);
+    }
+    if let Some((kind, event_reason, why)) = fail {
+        if method != CopyMethod::Direct
+            && let Err(e) = consistency::remove_copies(client, ns, &start.job_name).await
+        {
+            tracing::warn!("{e}");
+        }
+        // Counts as an attempt: retried at the next due time, not in a tight loop.
+        ann[status::LAST_ATTEMPT] = json!(ctx.now.to_string());
+        ann[status::LAST_RESULT] = json!(format!("Failed: {kind}"));
+        ann[status::SKIPPED] = json!(null);
+        if let Some(v) = &start.backup_now {
+            ann[status::BACKUP_NOW_SERVED] = json!(v);
+        }
+        if event_reason == cons::reason::COPY_FAILED {
+            ctx.events
+                .warning(&pvc_ref(pvc), event_reason, "Backup", why.clone())
+                .await;
+        }
+        let _ = patch_pvc(ctx, pvc, ann).await;
+        return Err((
+            kind.to_string(),
+            format!("{}/{}: backup not made: {why}", f.namespace, f.name),
+        ));
+    }
+    patch_pvc(ctx, pvc, ann).await.map_err(api_err)?;
+    let mut tags = vec![
+        format!("{}={}", cons::TAG_COPY_METHOD, method.tag()),
+        format!("{}={}", cons::TAG_PRE_HOOK, pre.word()),
+    ];
+    if let Some(p) = &post {
+        tags.push(format!("{}={}", cons::TAG_POST_HOOK, p.word()));
+    }
+    Ok(Prepared {
+        claim: (method != CopyMethod::Direct).then(|| start.job_name.clone()),
+        tags,
+        post_pending: !post_now && !post_hooks.is_empty(),
+    })
+}
+
+/// A PVC's owed post hooks (annotation [`cons::HOOK_STATE`]) whose pass died: run them
+/// once the record's deadline passed and no Job of that backup exists (a Job's hooks
+/// run when its result is harvested). Ok(Some(job)): a pass may still be at work on
+/// this PVC; leave it alone.
+async fn settle_hooks(
+    ctx: &Ctx<'_>,
+    pvc: &mut PersistentVolumeClaim,
+    jobs: &[Job],
+    report: &mut PassReport,
+) -> Result<Option<String>, String> {
+    let Some(raw) = pvc.annotations().get(cons::HOOK_STATE).cloned() else {
+        return Ok(None);
+    };
+    let ns = pvc.namespace().unwrap_or_default();
+    let Some(state) = HookState::parse(&raw) else {
+        tracing::warn!(namespace = %ns, pvc = %pvc.name_any(), "unreadable {}; removed", cons::HOOK_STATE);
+        patch_pvc(ctx, pvc, json!({ cons::HOOK_STATE: null })).await?;
+        pvc.annotations_mut().remove(cons::HOOK_STATE);
+        return Ok(None);
+    };
+    if jobs
+        .iter()
+        .any(|j| j.namespace().as_deref() == Some(ns.as_str()) && j.name_any() == state.job)
+    {
+        return Ok(None);
+    }
+    if Timestamp::now() < state.deadline {
+        return Ok(Some(state.job));
+    }
+    let post = consistency::run_phase(&ctx.client, &ns, Phase::Post, &state.post).await;
+    tracing::warn!(namespace = %ns, pvc = %pvc.name_any(), job = %state.job, outcome = post.word(), "ran the post hooks of an interrupted backup");
+    let note = format!("pre=Interrupted post={}", post.word());
+    patch_pvc(
+        ctx,
+        pvc,
+        json!({ cons::HOOK_STATE: null, cons::LAST_HOOKS: note }),
+    )
+    .await?;
+    pvc.annotations_mut().remove(cons::HOOK_STATE);
+    let (reason_, msg) = if post.failures.is_empty() {
+        (
+            cons::reason::POST_HOOK_FAILED,
+            format!(
+                "the backup {} was interrupted after its pre hooks; its post hooks ran now",
+                state.job
+            ),
+        )
+    } else {
+        (
+            cons::reason::POST_HOOK_FAILED,
+            format!(
+                "the backup {} was interrupted after its pre hooks; its post hooks failed: {}",
+                state.job,
+                post.failures.join("; ")
+            ),
+        )
+    };
+    if post.failures.is_empty() {
+        ctx.events
+            .normal(&pvc_ref(pvc), "PostHooksRecovered", "Backup", msg)
+            .await;
+    } else {
+        ctx.events
+            .warning(&pvc_ref(pvc), reason_, "Backup", msg)
+            .await;
+    }
+    report.metrics.add(
+        HOOK_METRIC,
+        "Hooks run by the scheduler, by phase and outcome",
+        &[("phase", "post"), ("result", post.word())],
+        1.0,
+    );
+    Ok(None)
+}
+
+/// Metric of hook outcomes.
+const HOOK_METRIC: &str = "stowage_scheduler_hooks_total";
+
+/// Removes temporary VolumeSnapshots and PVCs of backups whose Job finished (a pass
+/// that died before removing them) or never came (a pass killed before creating it,
+/// once older than `STOWAGE_ORPHAN_GRACE_SECS`).
+async fn sweep_copies(
+    ctx: &Ctx<'_>,
+    pvcs: &[PersistentVolumeClaim],
+    jobs: &[Job],
+    report: &mut PassReport,
+) {
+    let grace = ctx.cfg.scheduler.orphan_grace_secs as i64;
+    let now = Timestamp::now();
+    let stale = |ns: &str, job: &str, created: Option<Timestamp>| -> bool {
+        match jobs
+            .iter()
+            .find(|j| j.namespace().as_deref() == Some(ns) && j.name_any() == job)
+        {
+            Some(j) => facts::job_finished(j).is_some(),
+            None => created.is_none_or(|c| now.as_second() - c.as_second() >= grace),
+        }
+    };
+    for p in pvcs {
+        let l = p.labels();
+        if l.get(contract::app::MANAGED_BY).map(String::as_str) != Some(contract::app::STOWAGE)
+            || l.get(contract::app::COMPONENT).map(String::as_str) != Some(cons::COMPONENT_COPY)
+            || p.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let ns = p.namespace().unwrap_or_default();
+        let job = l.get(cons::LABEL_JOB).cloned().unwrap_or_default();
+        if stale(
+            &ns,
+            &job,
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        ) {
+            tracing::info!(namespace = %ns, pvc = %p.name_any(), "removing a temporary backup volume");
+            if let Err(e) = consistency::delete_pvc(&ctx.client, &ns, &p.name_any()).await {
+                report.errors.push(e);
+            }
+        }
+    }
+    // Only clusters that use snapshots are asked for them (the permission comes with
+    // the `consistency` kustomize component).
+    let uses_snapshots = pvcs.iter().any(|p| {
+        p.annotations()
+            .get(cons::COPY_METHOD)
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("snapshot"))
+            || p.labels().get(contract::app::COMPONENT).map(String::as_str)
+                == Some(cons::COMPONENT_COPY)
+    });
+    if !uses_snapshots {
+        return;
+    }
+    match consistency::list_snapshots(&ctx.client).await {
+        Ok(list) => {
+            for (ns, name, job, created) in list {
+                if stale(&ns, &job, created) {
+                    tracing::info!(namespace = %ns, snapshot = %name, "removing a temporary VolumeSnapshot");
+                    if let Err(e) = consistency::delete_snapshot(&ctx.client, &ns, &name).await {
+                        report.errors.push(e);
+                    }
+                }
+            }
+        }
+        Err(e) => report.errors.push(e),
+    }
+}
+
 /// Starts one backup. Ok(false): already started by an earlier run of this pass.
 async fn start_backup(
     ctx: &mut Ctx<'_>,
@@ -721,6 +1105,29 @@ async fn start_backup(
             ));
         }
     };
+    // Hooks and the point-in-time copy come first; a re-run of a pass whose Job exists
+    // does neither again.
+    let needs_prep = !start.hooks.is_empty() || start.copy.method != CopyMethod::Direct;
+    let mut prepared: Option<Prepared> = None;
+    if needs_prep && !ctx.dry_run {
+        let exists = Api::<Job>::namespaced(ctx.client.clone(), &f.namespace)
+            .get_opt(&start.job_name)
+            .await
+            .map_err(|e| {
+                (
+                    "api_error".to_string(),
+                    describe_kube_error(&e, &format!("get job {}/{}", f.namespace, start.job_name)),
+                )
+            })?;
+        prepared = Some(match exists {
+            Some(_) => Prepared {
+                claim: (start.copy.method != CopyMethod::Direct).then(|| start.job_name.clone()),
+                tags: Vec::new(),
+                post_pending: false,
+            },
+            None => prepare(ctx, pvc, f, start).await?,
+        });
+    }
     let secret_name = match (&creds, f.annotations.get(user::SECRET)) {
         (None, Some(own)) => own.clone(),
         _ => start.job_name.clone(),
@@ -745,6 +1152,13 @@ async fn start_backup(
     }
     spec.active_deadline_seconds = mover_job::active_deadline_for(f.capacity_bytes);
     spec.env = mover_env(ctx.cfg, start);
+    if let Some(p) = &prepared {
+        spec.claim = p.claim.clone();
+        if !p.tags.is_empty() {
+            spec.env
+                .push(("STOWAGE_EXTRA_TAGS".into(), p.tags.join(",")));
+        }
+    }
     spec.extra_labels
         .insert(contract::app::INSTANCE.into(), start.policy.clone());
     let job = mover_job::mover_job(&spec);
@@ -767,6 +1181,24 @@ async fn start_backup(
             false,
         ),
         Err(e) => {
+            // Nobody would harvest this backup: its owed post hooks run now, its
+            // temporary copy goes.
+            if let Some(p) = &prepared {
+                if p.post_pending {
+                    let post = consistency::run_phase(
+                        &ctx.client,
+                        &ns,
+                        Phase::Post,
+                        &consistency::phase_hooks(&start.hooks, Phase::Post),
+                    )
+                    .await;
+                    let _ = patch_pvc(ctx, pvc, json!({ cons::HOOK_STATE: null })).await;
+                    tracing::warn!(namespace = %ns, pvc = %f.name, outcome = post.word(), "post hooks ran after the Job could not be created");
+                }
+                if p.claim.is_some() {
+                    let _ = consistency::remove_copies(&ctx.client, &ns, &start.job_name).await;
+                }
+            }
             return Err(fail(describe_kube_error(
                 &e,
                 &format!("create job {ns}/{}", start.job_name),

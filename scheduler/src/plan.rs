@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{NodeSelector, Toleration};
-use stowage_common::k8s::contract::{self, user};
+use stowage_common::k8s::contract::{self, consistency, user};
+use stowage_common::k8s::copy::CopyMethod;
+use stowage_common::k8s::hooks::{self, Hook, Phase};
 use stowage_common::k8s::mover_job::{Placement, RunAs};
 use stowage_common::k8s::naming::{self, Operation};
 use stowage_common::k8s::policy::{Policies, PolicyProblem};
@@ -33,6 +35,10 @@ pub struct PvcFacts {
     pub populating: bool,
     /// Stowage manages it (a prime PVC of a restore): never backed up.
     pub managed_by_stowage: bool,
+    /// `spec.storageClassName`.
+    pub storage_class: Option<String>,
+    /// Capacity as a quantity (status, else the request), e.g. `10Gi`.
+    pub capacity: Option<String>,
 }
 
 /// A pod using a PVC.
@@ -45,6 +51,10 @@ pub struct Consumer {
     pub gid: Option<i64>,
     pub fs_group: Option<i64>,
     pub tolerations: Vec<Toleration>,
+    /// The pod's annotations (Velero hook annotations).
+    pub annotations: BTreeMap<String, String>,
+    /// Names of the pod's containers, in order.
+    pub containers: Vec<String>,
 }
 
 /// What the pass knows about one namespace.
@@ -69,6 +79,8 @@ pub struct PassSettings {
     pub max_concurrent_jobs: usize,
     pub include_namespaces: Vec<String>,
     pub exclude_namespaces: Vec<String>,
+    /// VolumeSnapshotClass when a PVC names none (None: the cluster's default).
+    pub default_snapshot_class: Option<String>,
 }
 
 /// Why a PVC is not backed up in this pass.
@@ -85,6 +97,8 @@ pub enum SkipReason {
     BlockMode,
     VolumeInUse,
     NoMoverUser,
+    InvalidCopyMethod,
+    InvalidHook,
     ConcurrencyLimit,
 }
 
@@ -103,6 +117,8 @@ impl SkipReason {
             SkipReason::BlockMode => "block_mode",
             SkipReason::VolumeInUse => "volume_in_use",
             SkipReason::NoMoverUser => "no_mover_user",
+            SkipReason::InvalidCopyMethod => "invalid_copy_method",
+            SkipReason::InvalidHook => "invalid_hook",
             SkipReason::ConcurrencyLimit => "concurrency_limit",
         }
     }
@@ -116,6 +132,8 @@ impl SkipReason {
             SkipReason::BlockMode => Some(r::BLOCK_VOLUME),
             SkipReason::VolumeInUse => Some(r::VOLUME_IN_USE),
             SkipReason::NoMoverUser => Some(r::MOVER_USER_UNKNOWN),
+            SkipReason::InvalidCopyMethod => Some(consistency::reason::INVALID_COPY_METHOD),
+            SkipReason::InvalidHook => Some(consistency::reason::INVALID_HOOK),
             _ => None,
         }
     }
@@ -140,6 +158,27 @@ pub struct Start {
     pub adopt_history: bool,
     pub excludes: Option<String>,
     pub policy: String,
+    /// How the mover gets at the data, and the point-in-time copy's settings.
+    pub copy: CopyPlan,
+    /// Hooks of the app pods, in the order they run.
+    pub hooks: Vec<PodHooks>,
+}
+
+/// The copy method of one backup and what its temporary objects are made of.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CopyPlan {
+    pub method: CopyMethod,
+    pub snapshot_class: Option<String>,
+    pub storage_class: Option<String>,
+    pub size: String,
+}
+
+/// The hooks of one app pod that uses the PVC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodHooks {
+    pub pod: String,
+    pub pre: Option<Hook>,
+    pub post: Option<Hook>,
 }
 
 /// The decision for one PVC.
@@ -299,6 +338,61 @@ pub fn placement(pvc: &PvcFacts) -> (Placement, Vec<Toleration>) {
     }
 }
 
+/// The copy method the PVC asks for (annotation; default Direct) and its settings.
+pub fn copy_plan(pvc: &PvcFacts, settings: &PassSettings) -> Result<CopyPlan, String> {
+    let a = &pvc.annotations;
+    let method: CopyMethod = a
+        .get(consistency::COPY_METHOD)
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or_default();
+    if method == CopyMethod::Direct {
+        return Ok(CopyPlan::default());
+    }
+    Ok(CopyPlan {
+        method,
+        snapshot_class: (method == CopyMethod::Snapshot)
+            .then(|| {
+                a.get(consistency::VOLUME_SNAPSHOT_CLASS)
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .or_else(|| settings.default_snapshot_class.clone())
+            })
+            .flatten(),
+        // A clone must come from the same driver: the PVC's class unless told.
+        storage_class: a
+            .get(consistency::COPY_STORAGE_CLASS)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .or_else(|| pvc.storage_class.clone()),
+        size: pvc.capacity.clone().unwrap_or_else(|| "1Gi".into()),
+    })
+}
+
+/// The hooks of the running pods that use the PVC (Velero annotations), pods in name
+/// order. Err: annotations that cannot be used (the backup is skipped with an Event:
+/// running it without the declared hook could make an inconsistent backup).
+pub fn pod_hooks(pvc: &PvcFacts) -> Result<Vec<PodHooks>, String> {
+    let mut pods: Vec<&Consumer> = pvc.consumers.iter().filter(|c| c.running).collect();
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Vec::new();
+    for c in pods {
+        let get = |phase| {
+            hooks::pod_hook(&c.annotations, &c.containers, phase)
+                .map_err(|e| format!("pod {}: {e}", c.name))
+        };
+        let (pre, post) = (get(Phase::Pre)?, get(Phase::Post)?);
+        if pre.is_some() || post.is_some() {
+            out.push(PodHooks {
+                pod: c.name.clone(),
+                pre,
+                post,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Decides every PVC of the pass. `pvcs` are all PVCs of in-scope namespaces.
 pub fn plan(
     now: Timestamp,
@@ -319,7 +413,7 @@ pub fn plan(
         let Some(policy_name) = policy_of(&pvc.labels, &ns.labels, &settings.backup_label) else {
             continue;
         };
-        let decision = decide_one(now, policies, &ns, pvc, &policy_name, &busy);
+        let decision = decide_one(now, settings, policies, &ns, pvc, &policy_name, &busy);
         if let Decision::Start(s) = &decision {
             due.push((s.since, out.len()));
         }
@@ -355,6 +449,7 @@ fn skip(reason: SkipReason, message: impl Into<String>) -> Decision {
 
 fn decide_one(
     now: Timestamp,
+    settings: &PassSettings,
     policies: &Policies,
     ns: &NamespaceFacts,
     pvc: &PvcFacts,
@@ -414,9 +509,19 @@ fn decide_one(
             "the PVC is a raw block volume (volumeMode: Block); stowage backs up filesystems only",
         );
     }
+    let copy = match copy_plan(pvc, settings) {
+        Ok(c) => c,
+        Err(e) => return skip(SkipReason::InvalidCopyMethod, e),
+    };
+    let hooks = match pod_hooks(pvc) {
+        Ok(h) => h,
+        Err(e) => return skip(SkipReason::InvalidHook, e),
+    };
     let rwop = pvc.access_modes.iter().any(|m| m == "ReadWriteOncePod");
+    // Snapshot and Clone read another volume: a pod holding this one is no obstacle.
     if let Some(c) = pvc.consumers.iter().find(|c| c.running)
         && rwop
+        && copy.method == CopyMethod::Direct
     {
         return skip(
             SkipReason::VolumeInUse,
@@ -453,7 +558,18 @@ fn decide_one(
         Ok(r) => r,
         Err(e) => return skip(SkipReason::NoMoverUser, e),
     };
-    let (placement, tolerations) = placement(pvc);
+    let (placement, tolerations) = match copy.method {
+        CopyMethod::Direct => placement(pvc),
+        // The temporary volume is new: it binds where the mover runs, or (node-local
+        // storage) on the PV's node.
+        _ => {
+            let (_, tolerations) = placement(pvc);
+            match &pvc.pv_node_affinity {
+                Some(sel) => (Placement::Affinity(sel.clone()), tolerations),
+                None => (Placement::Anywhere, tolerations),
+            }
+        }
+    };
     let adopt_history = a.get(user::ADOPT_REPOSITORY).is_some_and(|v| v == "true")
         || a.contains_key(contract::status::POPULATED_FROM);
     Decision::Start(Box::new(Start {
@@ -477,6 +593,8 @@ fn decide_one(
         adopt_history,
         excludes: a.get(user::EXCLUDES).cloned(),
         policy: policy_name.to_string(),
+        copy,
+        hooks,
     }))
 }
 
@@ -501,6 +619,7 @@ broken: { schedule: "0 3 * * 8" }
             max_concurrent_jobs: 10,
             include_namespaces: vec![],
             exclude_namespaces: vec![],
+            default_snapshot_class: None,
         }
     }
 
@@ -513,6 +632,8 @@ broken: { schedule: "0 3 * * 8" }
             gid: Some(uid),
             fs_group: None,
             tolerations: vec![],
+            annotations: BTreeMap::new(),
+            containers: vec!["app".into()],
         }
     }
 
@@ -843,6 +964,138 @@ broken: { schedule: "0 3 * * 8" }
         p.access_modes = vec!["ReadWriteMany".into()];
         p.consumers[0].running = true;
         assert_eq!(placement(&p).0, Placement::Anywhere);
+    }
+
+    #[test]
+    fn copy_method_from_the_pvc_annotation() {
+        let now = "2026-11-23T10:00:00Z";
+        let mut direct = pvc("a", "direct", "hourly");
+        direct.storage_class = Some("longhorn".into());
+        let mut snap = direct.clone();
+        snap.name = "snap".into();
+        snap.uid = "uid-snap".into();
+        snap.capacity = Some("5Gi".into());
+        snap.annotations
+            .insert(consistency::COPY_METHOD.into(), "Snapshot".into());
+        let mut clone = direct.clone();
+        clone.name = "clone".into();
+        clone.uid = "uid-clone".into();
+        clone
+            .annotations
+            .insert(consistency::COPY_METHOD.into(), "clone".into());
+        clone
+            .annotations
+            .insert(consistency::COPY_STORAGE_CLASS.into(), "longhorn-2".into());
+        let mut bad = direct.clone();
+        bad.name = "bad".into();
+        bad.uid = "uid-bad".into();
+        bad.annotations
+            .insert(consistency::COPY_METHOD.into(), "rsync".into());
+        let mut s = settings();
+        s.default_snapshot_class = Some("csi-snap".into());
+        let out = plan(
+            t(now),
+            &s,
+            &Policies::parse(POLICIES).unwrap(),
+            &BTreeMap::new(),
+            &[direct, snap.clone(), clone, bad],
+            &[],
+        );
+        assert_eq!(start(&out[0]).copy, CopyPlan::default());
+        assert_eq!(start(&out[0]).placement, Placement::Node("node-a".into()));
+        let sp = start(&out[1]);
+        assert_eq!(
+            sp.copy,
+            CopyPlan {
+                method: CopyMethod::Snapshot,
+                snapshot_class: Some("csi-snap".into()),
+                storage_class: Some("longhorn".into()),
+                size: "5Gi".into(),
+            }
+        );
+        // The mover reads a new volume: it need not run next to the app.
+        assert_eq!(sp.placement, Placement::Anywhere);
+        let cp = start(&out[2]);
+        assert_eq!(cp.copy.method, CopyMethod::Clone);
+        assert_eq!(cp.copy.snapshot_class, None);
+        assert_eq!(cp.copy.storage_class.as_deref(), Some("longhorn-2"));
+        assert_eq!(reason(&out[3]), Some(SkipReason::InvalidCopyMethod));
+        assert_eq!(
+            SkipReason::InvalidCopyMethod.event_reason(),
+            Some("InvalidCopyMethod")
+        );
+        // The PVC's own class annotation wins over the scheduler's default.
+        snap.annotations
+            .insert(consistency::VOLUME_SNAPSHOT_CLASS.into(), "fast".into());
+        assert_eq!(
+            copy_plan(&snap, &s).unwrap().snapshot_class.as_deref(),
+            Some("fast")
+        );
+    }
+
+    #[test]
+    fn snapshot_and_clone_back_up_a_readwriteoncepod_volume_in_use() {
+        let mut p = pvc("a", "rwop", "hourly");
+        p.access_modes = vec!["ReadWriteOncePod".into()];
+        let now = "2026-11-23T10:00:00Z";
+        assert_eq!(
+            reason(&run(std::slice::from_ref(&p), &[], now)[0]),
+            Some(SkipReason::VolumeInUse)
+        );
+        p.annotations
+            .insert(consistency::COPY_METHOD.into(), "Snapshot".into());
+        assert_eq!(reason(&run(&[p], &[], now)[0]), None);
+    }
+
+    #[test]
+    fn hooks_of_the_running_app_pods() {
+        let now = "2026-11-23T10:00:00Z";
+        let mut p = pvc("a", "pg", "hourly");
+        let mut pod_b = app(1000);
+        pod_b.name = "pg-1".into();
+        pod_b.containers = vec!["postgres".into(), "exporter".into()];
+        pod_b.annotations = BTreeMap::from([
+            (
+                "pre.hook.backup.velero.io/command".to_string(),
+                r#"["/bin/sh","-c","psql -c CHECKPOINT"]"#.to_string(),
+            ),
+            (
+                "post.hook.backup.velero.io/command".to_string(),
+                r#"["/bin/true"]"#.to_string(),
+            ),
+            (
+                "post.hook.backup.velero.io/on-error".to_string(),
+                "Continue".to_string(),
+            ),
+        ]);
+        let mut stopped = pod_b.clone();
+        stopped.name = "pg-old".into();
+        stopped.running = false;
+        p.consumers = vec![app(1000), pod_b, stopped];
+        let out = run(std::slice::from_ref(&p), &[], now);
+        let hooks = &start(&out[0]).hooks;
+        assert_eq!(hooks.len(), 1, "{hooks:?}");
+        assert_eq!(hooks[0].pod, "pg-1");
+        let pre = hooks[0].pre.as_ref().unwrap();
+        assert_eq!(pre.container, "postgres");
+        assert_eq!(pre.on_error, hooks::OnError::Fail);
+        let post = hooks[0].post.as_ref().unwrap();
+        assert_eq!(post.on_error, hooks::OnError::Continue);
+
+        p.consumers[1]
+            .annotations
+            .insert("pre.hook.backup.velero.io/timeout".into(), "a while".into());
+        let out = run(&[p], &[], now);
+        assert_eq!(reason(&out[0]), Some(SkipReason::InvalidHook));
+        match &out[0].decision {
+            Decision::Skip { message, .. } => {
+                assert!(
+                    message.contains("pod pg-1") && message.contains("timeout"),
+                    "{message}"
+                )
+            }
+            _ => unreachable!(),
+        }
     }
 
     #[test]

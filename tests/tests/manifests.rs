@@ -444,6 +444,9 @@ fn alerts_and_dashboard_use_metrics_the_programs_push() {
         "StowageRestoreStuck",
         "StowageCheckFailed",
         "StowageJobFailed",
+        "StowageGcNotSucceeding",
+        "StowageGcNotRunning",
+        "StowageGcErrors",
     ] {
         assert!(
             exprs.iter().any(|(w, _)| w.contains(alert)),

@@ -36,13 +36,13 @@ const PROGRAMS: &[Program] = &[
         krate: "scheduler",
         scenario: Some(scheduler_scenario),
     },
-    // gc and prewarm: add their scenarios when the programs are complete. Until then
-    // their RBAC is written from their code and not measured (the test says so).
     Program {
         name: "stowage-gc",
         krate: "gc",
-        scenario: None,
+        scenario: Some(gc_scenario),
     },
+    // prewarm: add its scenario when the program is complete. Until then its RBAC is
+    // written from its code and not measured (the test says so).
     Program {
         name: "stowage-prewarm",
         krate: "prewarm",
@@ -365,6 +365,315 @@ fn scheduler_scenario(api: &FakeApi, program: &str) {
         .modify::<PersistentVolumeClaim>("a", "race", |p| p.metadata.annotations = None)
         .unwrap();
     run(api, program, &["--now", "2026-11-23T10:20:00Z"], &env);
+}
+
+/// Runs `stowage-mover backup` of `dir` into the local repository `repo` with
+/// `password`, as the PVC's mover Job would (volume tags included); `limit`: upload
+/// limit in KiB/s. Returns the child (running) or waits for it.
+fn mover(
+    repo: &str,
+    password: &str,
+    dir: &Path,
+    tags: (&str, &str),
+    limit: Option<u64>,
+) -> std::process::Child {
+    let mut cmd = Command::new(bins::path("stowage-mover"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RESTIC_REPOSITORY", repo)
+        .env("RESTIC_PASSWORD", password)
+        .env("STOWAGE_NAMESPACE", tags.0)
+        .env("STOWAGE_PVC", tags.1)
+        .env("STOWAGE_LOG_FORMAT", "text")
+        .arg("backup")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(l) = limit {
+        cmd.env("STOWAGE_LIMIT_UPLOAD", l.to_string());
+    }
+    cmd.spawn().expect("run stowage-mover")
+}
+
+fn backup(repo: &str, password: &str, dir: &Path, tags: (&str, &str)) {
+    let out = mover(repo, password, dir, tags, None)
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "backup of {repo}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// gc's life: repositories under a local-directory base written by the real mover with
+/// derived passwords (policy from the PVC's label and from its namespace's, a PVC's own
+/// Secret, a manual-only PVC, an orphan), a repository whose data is damaged (Event),
+/// a stale lock left by a killed mover (removed, Event), finished mover Jobs and
+/// per-run Secrets past their time (deleted), the state ConfigMap created by the first
+/// pass and patched by the second. The passes run at `--now` two hours after the
+/// objects were created (the fake API stamps creation times with the real clock).
+fn gc_scenario(api: &FakeApi, program: &str) {
+    use stowage_common::k8s::credentials::derive_repository_password;
+    use stowage_common::k8s::mover_job::mover_labels;
+    use stowage_common::k8s::naming::Operation;
+
+    const MASTER: &str = "master secret";
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("backups");
+    let own_base = dir.path().join("volsync");
+    let base_s = base.to_str().unwrap().to_string();
+    let url = |ns: &str, pvc: &str| format!("{base_s}/{ns}/{pvc}");
+    let data = |name: &str, kib: usize| {
+        let d = dir.path().join("volumes").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut x: u64 = kib as u64 * 7919 + name.len() as u64;
+        let bytes: Vec<u8> = (0..kib * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(d.join("file.bin"), bytes).unwrap();
+        d
+    };
+
+    for (ns, labels) in [
+        (NS, json!({})),
+        ("a", json!({})),
+        ("b", json!({"backup": "hourly"})),
+    ] {
+        put::<Namespace>(api, json!({"metadata": {"name": ns, "labels": labels}}));
+    }
+    put::<ConfigMap>(
+        api,
+        json!({
+            "metadata": {"name": "stowage-policies", "namespace": NS},
+            "data": {"policies.yaml": "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n"}
+        }),
+    );
+    put::<Secret>(
+        api,
+        json!({
+            "metadata": {"name": "stowage-credentials", "namespace": NS},
+            "stringData": {"master-password": MASTER, "gc-access-key-id": "GK",
+                           "gc-secret-access-key": "GS"}
+        }),
+    );
+
+    // a/data (label): two backups, then a mover killed while it holds its lock.
+    pvc(api, "a", "data", json!({"backup": "hourly"}), json!({}));
+    let data_url = url("a", "data");
+    let data_pw = derive_repository_password(MASTER, &data_url);
+    backup(&data_url, &data_pw, &data("data1", 64), ("a", "data"));
+    backup(&data_url, &data_pw, &data("data2", 64), ("a", "data"));
+    let mut child = mover(
+        &data_url,
+        &data_pw,
+        &data("data3", 2048),
+        ("a", "data"),
+        Some(16),
+    );
+    let locks = base.join("a/data/locks");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while files(&locks).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mover took no lock"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the mover ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(files(&locks).len(), 1, "the killed mover's lock stays");
+
+    // a/broken (label): one backup whose data is then damaged.
+    pvc(api, "a", "broken", json!({"backup": "hourly"}), json!({}));
+    let broken_url = url("a", "broken");
+    let broken_pw = derive_repository_password(MASTER, &broken_url);
+    backup(
+        &broken_url,
+        &broken_pw,
+        &data("broken", 256),
+        ("a", "broken"),
+    );
+    let pack = files(&base.join("a/broken/data"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a pack");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&pack, bytes).unwrap();
+
+    // a/hand: no policy (backed up by hand); a/gone: its PVC was deleted (orphan).
+    pvc(api, "a", "hand", json!({}), json!({}));
+    backup(
+        &url("a", "hand"),
+        &derive_repository_password(MASTER, &url("a", "hand")),
+        &data("hand", 16),
+        ("a", "hand"),
+    );
+    backup(
+        &url("a", "gone"),
+        &derive_repository_password(MASTER, &url("a", "gone")),
+        &data("gone", 16),
+        ("a", "gone"),
+    );
+    // b/inherit: the namespace's policy; b/own: a VolSync-style Secret of its own.
+    pvc(api, "b", "inherit", json!({}), json!({}));
+    backup(
+        &url("b", "inherit"),
+        &derive_repository_password(MASTER, &url("b", "inherit")),
+        &data("inherit", 16),
+        ("b", "inherit"),
+    );
+    let own_url = format!("{}/own", own_base.display());
+    put::<Secret>(
+        api,
+        json!({
+            "metadata": {"name": "restic-own", "namespace": "b"},
+            "stringData": {"RESTIC_REPOSITORY": own_url, "RESTIC_PASSWORD": "own password"}
+        }),
+    );
+    pvc(
+        api,
+        "b",
+        "own",
+        json!({}),
+        json!({"stowage.io/secret": "restic-own"}),
+    );
+    backup(&own_url, "own password", &data("own", 16), ("b", "own"));
+
+    // Mover Jobs: one finished two days ago with its per-run Secret, one running (its
+    // pod is live), and a per-run Secret whose Job is gone.
+    for (job, done) in [
+        ("stowage-backup-data-old", true),
+        ("stowage-backup-data-run", false),
+    ] {
+        let j: Job = put(
+            api,
+            json!({
+                "metadata": {"name": job, "namespace": "a",
+                             "labels": mover_labels(Operation::Backup, "uid-data")},
+                "spec": {"template": {"spec": {"containers": [{"name": "m", "image": "x"}],
+                                                "restartPolicy": "Never"}}}
+            }),
+        );
+        put::<Secret>(
+            api,
+            json!({
+                "metadata": {"name": job, "namespace": "a",
+                             "labels": mover_labels(Operation::Backup, "uid-data"),
+                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                 "name": job, "uid": j.metadata.uid, "controller": true}]},
+                "stringData": {"RESTIC_PASSWORD": "x"}
+            }),
+        );
+        if done {
+            let two_days_ago =
+                (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48)).to_string();
+            api.store()
+                .modify::<Job>("a", job, |j| {
+                    j.status = Some(
+                        serde_json::from_value(json!({
+                            "completionTime": two_days_ago, "succeeded": 1,
+                            "conditions": [{"type": "Complete", "status": "True",
+                                            "lastTransitionTime": two_days_ago}]
+                        }))
+                        .unwrap(),
+                    );
+                })
+                .unwrap();
+        } else {
+            put::<Pod>(
+                api,
+                json!({
+                    "metadata": {"name": format!("{job}-abcde"), "namespace": "a",
+                                 "labels": {"job-name": job, "app.kubernetes.io/managed-by": "stowage"}},
+                    "spec": {"containers": [{"name": "mover", "image": "m"}]},
+                }),
+            );
+        }
+    }
+    put::<Secret>(
+        api,
+        json!({
+            "metadata": {"name": "stowage-backup-lost", "namespace": "a",
+                         "labels": mover_labels(Operation::Backup, "uid-lost")},
+            "stringData": {"RESTIC_PASSWORD": "x"}
+        }),
+    );
+
+    let now = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2);
+    let env = [
+        ("STOWAGE_REPOSITORY_BASE", base_s.as_str()),
+        ("STOWAGE_CHECK_READ_DATA_PERCENT", "100"),
+        ("POD_NAME", "stowage-gc-1-abcde"),
+    ];
+    let log = run(api, program, &["--now", &now.to_string()], &env);
+    let events: Vec<k8s_openapi::api::events::v1::Event> = api.store().list(None);
+    let reasons: BTreeSet<String> = events.iter().filter_map(|e| e.reason.clone()).collect();
+    for r in ["RepositoryDamaged", "StaleLockRemoved", "RepositoryPruned"] {
+        assert!(reasons.contains(r), "no {r} Event: {reasons:?}\n{log}");
+    }
+    assert!(log.contains("removed stale lock"), "{log}");
+    assert!(files(&locks).is_empty(), "{log}");
+    assert!(
+        api.store()
+            .get::<Job>("a", "stowage-backup-data-old")
+            .is_none(),
+        "{log}"
+    );
+    assert!(
+        api.store()
+            .get::<Secret>("a", "stowage-backup-lost")
+            .is_none(),
+        "{log}"
+    );
+    assert!(
+        api.store()
+            .get::<Job>("a", "stowage-backup-data-run")
+            .is_some()
+    );
+    let state: ConfigMap = api
+        .store()
+        .get(NS, "stowage-gc-state")
+        .unwrap_or_else(|| panic!("no state ConfigMap\n{log}"));
+    let doc = state.data.unwrap_or_default()["state.json"].clone();
+    for repo in [
+        "a/data",
+        "a/broken",
+        "a/hand",
+        "a/gone",
+        "b/inherit",
+        "volsync/own",
+    ] {
+        assert!(doc.contains(repo), "{repo} not maintained: {doc}\n{log}");
+    }
+    assert!(doc.contains("damaged"), "{doc}");
+    // The second pass patches the state (and checks the damaged repository again).
+    let later = now + jiff::SignedDuration::from_hours(1);
+    let log = run(api, program, &["--now", &later.to_string()], &env);
+    assert!(log.contains("repository damaged"), "{log}");
 }
 
 #[test]

@@ -137,6 +137,9 @@ pub mod reason {
 
 /// Key of gc's state ConfigMap holding the JSON record of prunes and checks.
 pub const GC_STATE_KEY: &str = "state.json";
+/// Key of gc's state ConfigMap: RFC 3339 time of the last pass without errors (pushed
+/// by every pass, so that the "gc not succeeding" alert sees failing passes too).
+pub const GC_LAST_SUCCESS_KEY: &str = "last-success";
 
 /// The zero-touch restore (stowage-prewarm as volume populator) and the backup index.
 pub mod prewarm {
@@ -215,4 +218,69 @@ pub mod prewarm {
         "microk8s.io/hostpath",
         "kubernetes.io/host-path",
     ];
+}
+
+/// Consistent backups of live applications: copy methods (Direct, Snapshot, Clone) and
+/// Velero-style pre/post hooks (docs/hooks-and-copy-methods.md).
+pub mod consistency {
+    /// PVC annotation: `Direct` (default), `Snapshot` or `Clone`.
+    pub const COPY_METHOD: &str = "stowage.io/copy-method";
+    /// PVC annotation: VolumeSnapshotClass of the `Snapshot` method (default: the
+    /// scheduler's `STOWAGE_VOLUME_SNAPSHOT_CLASS`, else the cluster's default class).
+    pub const VOLUME_SNAPSHOT_CLASS: &str = "stowage.io/volume-snapshot-class";
+    /// PVC annotation: storage class of the temporary volume the mover reads (the
+    /// PVC restored from the snapshot, or the clone); default: the PVC's own class.
+    pub const COPY_STORAGE_CLASS: &str = "stowage.io/copy-storage-class";
+
+    /// PVC status: the copy method of the last backup started.
+    pub const LAST_COPY_METHOD: &str = "stowage.io/last-copy-method";
+    /// PVC status: hook outcome of the last backup, e.g. `pre=Succeeded post=Succeeded`.
+    pub const LAST_HOOKS: &str = "stowage.io/last-hooks";
+    /// PVC status: JSON record of hooks that ran for a backup whose post hooks are
+    /// still owed (written before the first pre hook runs, removed once the post hooks
+    /// ran): a killed scheduler's next pass runs them.
+    pub const HOOK_STATE: &str = "stowage.io/hook-state";
+
+    /// Label on the temporary VolumeSnapshot and PVC of a backup: the mover Job that
+    /// reads them (also their name).
+    pub const LABEL_JOB: &str = "stowage.io/job";
+    /// `app.kubernetes.io/component` of the temporary objects.
+    pub const COMPONENT_SNAPSHOT: &str = "backup-snapshot";
+    pub const COMPONENT_COPY: &str = "backup-copy";
+
+    /// Snapshot tags (`key=value`) recording how the data was taken.
+    pub const TAG_COPY_METHOD: &str = "copy-method";
+    pub const TAG_PRE_HOOK: &str = "pre-hook";
+    pub const TAG_POST_HOOK: &str = "post-hook";
+
+    /// Velero's hook annotations on the app pod, used unchanged.
+    pub mod velero {
+        pub const PRE_COMMAND: &str = "pre.hook.backup.velero.io/command";
+        pub const PRE_CONTAINER: &str = "pre.hook.backup.velero.io/container";
+        pub const PRE_ON_ERROR: &str = "pre.hook.backup.velero.io/on-error";
+        pub const PRE_TIMEOUT: &str = "pre.hook.backup.velero.io/timeout";
+        pub const POST_COMMAND: &str = "post.hook.backup.velero.io/command";
+        pub const POST_CONTAINER: &str = "post.hook.backup.velero.io/container";
+        pub const POST_ON_ERROR: &str = "post.hook.backup.velero.io/on-error";
+        pub const POST_TIMEOUT: &str = "post.hook.backup.velero.io/timeout";
+    }
+
+    /// Event reasons.
+    pub mod reason {
+        /// A pre hook failed; with `on-error: Fail` the backup is not made.
+        pub const PRE_HOOK_FAILED: &str = "PreHookFailed";
+        /// A post hook failed (the app may still be frozen: look at it).
+        pub const POST_HOOK_FAILED: &str = "PostHookFailed";
+        /// Hook annotations that cannot be used (bad JSON, timeout, on-error value).
+        pub const INVALID_HOOK: &str = "InvalidHook";
+        /// The copy-method annotation names no method.
+        pub const INVALID_COPY_METHOD: &str = "InvalidCopyMethod";
+        /// The VolumeSnapshot or clone could not be made in time or failed.
+        pub const COPY_FAILED: &str = "PointInTimeCopyFailed";
+    }
+
+    /// `LAST_RESULT` kinds (`Failed: <kind>`).
+    pub const RESULT_PRE_HOOK_FAILED: &str = "PreHookFailed";
+    pub const RESULT_POST_HOOK_FAILED: &str = "PostHookFailed";
+    pub const RESULT_COPY_FAILED: &str = "PointInTimeCopyFailed";
 }

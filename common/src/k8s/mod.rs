@@ -2,8 +2,10 @@
 //! builders and client set-up, defined once for every program.
 
 pub mod contract;
+pub mod copy;
 pub mod credentials;
 pub mod events;
+pub mod hooks;
 pub mod mover_job;
 pub mod naming;
 pub mod pod_security;

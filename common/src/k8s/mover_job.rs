@@ -64,6 +64,9 @@ pub struct MoverJobSpec {
     pub namespace: String,
     pub pvc: String,
     pub pvc_uid: String,
+    /// The claim the mover mounts when it is not `pvc` itself: the temporary PVC of the
+    /// `Snapshot` and `Clone` copy methods (`pvc` stays the identity recorded in tags).
+    pub claim: Option<String>,
     pub image: String,
     /// Secret with RESTIC_REPOSITORY, RESTIC_PASSWORD and S3 keys (`envFrom`).
     pub secret: String,
@@ -102,6 +105,7 @@ impl MoverJobSpec {
             namespace: namespace.into(),
             pvc: pvc.into(),
             pvc_uid: pvc_uid.into(),
+            claim: None,
             image: image.into(),
             secret: secret.into(),
             placement: Placement::Anywhere,
@@ -258,7 +262,7 @@ pub fn mover_job(s: &MoverJobSpec) -> Job {
             Volume {
                 name: "data".into(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: s.pvc.clone(),
+                    claim_name: s.claim.clone().unwrap_or_else(|| s.pvc.clone()),
                     read_only: Some(backup),
                 }),
                 ..Default::default()
@@ -590,6 +594,21 @@ mod tests {
                 .affinity
                 .is_none()
         );
+    }
+
+    #[test]
+    fn backup_of_a_copy_mounts_the_temporary_claim_but_keeps_the_identity() {
+        let mut s = spec();
+        s.claim = Some("stowage-backup-data-pg-0-0123456789".into());
+        let pod = mover_job(&s).spec.unwrap().template.spec.unwrap();
+        let vol = pod.volumes.unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap();
+        assert_eq!(vol.claim_name, "stowage-backup-data-pg-0-0123456789");
+        let env = pod.containers[0].env.clone().unwrap();
+        let pvc = env.iter().find(|e| e.name == "STOWAGE_PVC").unwrap();
+        assert_eq!(pvc.value.as_deref(), Some("data-pg-0"));
     }
 
     #[test]

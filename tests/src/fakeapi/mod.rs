@@ -17,6 +17,7 @@
 //! The server runs on a runtime of its own (a thread), so it works from `#[test]` and
 //! `#[tokio::test]` alike and keeps serving while a test blocks on a subprocess.
 
+pub mod exec;
 pub mod resources;
 pub mod selector;
 mod server;
@@ -376,6 +377,8 @@ pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub audit: Mutex<Vec<AuditRecord>>,
     pub faults: Mutex<Vec<Fault>>,
+    /// Runs `pods/exec` requests (exec.rs); None: every exec fails.
+    pub exec: Mutex<Option<exec::ExecHandler>>,
 }
 
 impl Shared {
@@ -415,6 +418,7 @@ impl FakeApi {
             store: Arc::new(Store::default()),
             audit: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
+            exec: Mutex::new(None),
         });
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
@@ -526,6 +530,11 @@ impl FakeApi {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+
+    /// Sets what runs `pods/exec` requests (the simulator runs them as local processes).
+    pub fn set_exec_handler(&self, handler: exec::ExecHandler) {
+        *self.shared.exec.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
     }
 
     /// Removes every object (a cluster rebuild). Audit log and faults are kept.

@@ -44,6 +44,7 @@ pub(crate) async fn serve(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades() // pods/exec (WebSocket)
                 .await;
         });
     }
@@ -190,6 +191,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         name: t.name.clone(),
         code: 0,
     };
+    // pods/exec: a WebSocket upgrade (exec.rs).
+    if t.gvr.group.is_empty() && t.gvr.plural == "pods" && t.subresource == "exec" {
+        return super::exec::serve(shared, record, params, req).await;
+    }
     let content_type = req
         .headers()
         .get(http::header::CONTENT_TYPE)

@@ -290,6 +290,12 @@ fn provision(inner: &Inner) {
                     .status();
             }
         }
+        // [copy methods] restore from a VolumeSnapshot (snapshots.rs); wait until ready.
+        if source_kind == ("snapshot.storage.k8s.io", "VolumeSnapshot")
+            && !super::snapshots::restore_into(inner, ns, source, &dir)
+        {
+            continue;
+        }
         let mut spec = json!({
             "capacity": {"storage": pvc["spec"]["resources"]["requests"]["storage"]},
             "accessModes": pvc["spec"]["accessModes"],

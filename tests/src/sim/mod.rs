@@ -11,12 +11,14 @@
 //! (the first; init containers are ignored), `restartPolicy` of run containers is
 //! treated as `Never`, `securityContext` (runAsUser...) is not applied (processes run
 //! as the test user), Job `ttlSecondsAfterFinished`, parallelism and retry back-off
-//! delays are ignored, volume snapshots provision empty volumes, and the PV/PVC
-//! protection finalizers only track pods.
+//! delays are ignored, volume snapshots are copies of the volume directory
+//! (snapshots.rs), and the PV/PVC protection finalizers only track pods.
 
 mod controllers;
 pub mod digest;
+pub mod exec; // [copy methods & hooks] pods/exec as local processes
 mod kubelet;
+mod snapshots; // [copy methods & hooks] CSI snapshot controller
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -438,6 +440,9 @@ impl Cluster {
         let ctl = inner.clone();
         api.handle()
             .spawn(async move { controllers::run(ctl).await });
+        // [copy methods & hooks] snapshot controller and pods/exec (snapshots.rs, exec.rs)
+        api.handle().spawn(snapshots::run(inner.clone()));
+        api.set_exec_handler(exec::handler(inner.clone()));
         Cluster { inner, root, api }
     }
 

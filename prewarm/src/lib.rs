@@ -1,0 +1,255 @@
+//! stowage-prewarm: the volume populator of the stowage kind (zero-touch restore) and
+//! the backup index. One run (a CronJob every minute) polls for Pending PVCs that name
+//! the kind for most of the minute; the index runs at its own, slower cadence.
+//! `main.rs` only calls [`main`].
+
+pub mod index;
+pub mod pass;
+pub mod plan;
+pub mod source;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use stowage_common::env::PrewarmConfig;
+use stowage_common::k8s::restore_kind;
+use stowage_common::logging;
+use stowage_common::metrics::{self, Registry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stowage-prewarm",
+    version,
+    about = "Populate new PVCs from their latest backup (zero-touch restore) and index the backups",
+    long_about = "Populate new PVCs from their latest backup (zero-touch restore) and index the backups.\n\n\
+        A PVC whose spec.dataSourceRef names the stowage kind (apiGroup stowage.io, kind \
+        Restore) stays Pending until prewarm has restored its latest backup into a new volume \
+        (or found that no backup exists: a fresh install binds empty). Runs as a CronJob every \
+        minute in the stowage namespace, polling for most of the minute; running it twice at \
+        once or killing it at any point is safe. Configuration comes from STOWAGE_* variables \
+        (see the README).\n\n\
+        Exit status: 0 run done, 1 some PVC or the index failed (see the log), 2 bad \
+        configuration.",
+    after_help = "Examples:\n  stowage-prewarm --once\n  stowage-prewarm --index-now --once\n  \
+        stowage-prewarm crd > kustomize/app/crd-restore.yaml"
+)]
+pub struct Cli {
+    /// One populator round, then exit (default: keep polling for STOWAGE_RUN_SECONDS)
+    #[arg(long)]
+    pub once: bool,
+    /// Poll for this many seconds instead of STOWAGE_RUN_SECONDS
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+    /// Build the index in this run, whether it is due or not
+    #[arg(long, conflicts_with = "no_index")]
+    pub index_now: bool,
+    /// Do not build the index in this run
+    #[arg(long)]
+    pub no_index: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the populator (and the index when due); the default
+    Run,
+    /// Print the CustomResourceDefinition of the stowage kind (YAML)
+    Crd,
+}
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_CONFIG: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Crd) = cli.command {
+        print!("{}", restore_kind::crd_yaml());
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match PrewarmConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            logging::init("info", Default::default());
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    logging::init(&cfg.common.log, cfg.common.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    rt.block_on(run(cli, cfg))
+}
+
+async fn run(cli: Cli, cfg: PrewarmConfig) -> ExitCode {
+    let client = match stowage_common::k8s::client().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let started = std::time::Instant::now();
+    let duration = Duration::from_secs(cli.duration.unwrap_or(cfg.prewarm.run_seconds));
+    let poll = Duration::from_secs(cfg.prewarm.poll_seconds);
+
+    // The index runs alongside the populator, which must not wait for it.
+    let index_task = {
+        let (client, cfg) = (client.clone(), cfg.clone());
+        let (force, skip) = (cli.index_now, cli.no_index);
+        tokio::spawn(async move { run_index(&client, &cfg, force, skip).await })
+    };
+
+    let ctx = pass::Ctx::new(client, cfg.clone());
+    let mut report = pass::Report::default();
+    let mut fatal = None;
+    loop {
+        let now = jiff::Timestamp::now();
+        if let Err(e) = pass::round(&ctx, now, &mut report).await {
+            tracing::error!("round failed: {e:#}");
+            fatal = Some(e.to_string());
+        }
+        if cli.once || started.elapsed() + poll >= duration {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    let mut registry = Registry::default();
+    pass::metrics(&report, &mut registry);
+    let index = match index_task.await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("index task failed: {e}")),
+    };
+    let mut failed = fatal.is_some() || !report.errors.is_empty();
+    match &index {
+        Ok(Some(idx)) => index::metrics(idx, &mut registry),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("index failed: {e:#}");
+            failed = true;
+        }
+    }
+    for e in &report.errors {
+        tracing::error!("{e}");
+    }
+    for (pvc, why) in &report.waiting {
+        tracing::info!(pvc = %pvc, "still waiting: {why}");
+    }
+    tracing::info!(
+        rounds = report.rounds,
+        populated = report.populated.len(),
+        jobs_started = report.jobs_started.len(),
+        waiting = report.waiting.len(),
+        refused = report.refused.len(),
+        errors = report.errors.len(),
+        "run done"
+    );
+    if let Some(url) = &cfg.prewarm.pushgateway_url
+        && let Err(e) = metrics::push(url, pass::PROGRAM, &registry).await
+    {
+        tracing::warn!("metrics not pushed: {e}");
+    }
+    if failed {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Builds and stores the index when due (or forced). `Ok(None)`: not due.
+async fn run_index(
+    client: &kube::Client,
+    cfg: &PrewarmConfig,
+    force: bool,
+    skip: bool,
+) -> anyhow::Result<Option<index::Index>> {
+    let p = &cfg.prewarm;
+    if skip {
+        return Ok(None);
+    }
+    let Some(base) = &p.repository_base else {
+        if force {
+            anyhow::bail!("no index without STOWAGE_REPOSITORY_BASE (the base to list)");
+        }
+        return Ok(None);
+    };
+    let (previous, at) = index::load(client, &p.system_namespace, &p.index_configmap).await?;
+    if !force && !index::due(at, jiff::Timestamp::now(), p.index_interval_minutes) {
+        return Ok(None);
+    }
+    let secret = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        client.clone(),
+        &p.system_namespace,
+    )
+    .get_opt(&p.credentials_secret)
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(stowage_common::k8s::describe_kube_error(
+            &e,
+            &format!("get secret {}/{}", p.system_namespace, p.credentials_secret)
+        ))
+    })?
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "credentials Secret {}/{} not found: the index needs the master password and S3 keys",
+            p.system_namespace,
+            p.credentials_secret
+        )
+    })?;
+    let get = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| {
+                String::from_utf8_lossy(&v.0)
+                    .trim_end_matches('\n')
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    use stowage_common::k8s::contract::secret_keys as keys;
+    let master = get(keys::MASTER_PASSWORD);
+    if master.is_empty() {
+        anyhow::bail!(
+            "credentials Secret {}/{} has no key {}",
+            p.system_namespace,
+            p.credentials_secret,
+            keys::MASTER_PASSWORD
+        );
+    }
+    // gc's keys list everything; the mover's read as well.
+    let (mut ak, mut sk) = (get(keys::GC_ACCESS_KEY_ID), get(keys::GC_SECRET_ACCESS_KEY));
+    if ak.is_empty() {
+        (ak, sk) = (
+            get(keys::MOVER_ACCESS_KEY_ID),
+            get(keys::MOVER_SECRET_ACCESS_KEY),
+        );
+    }
+    let idx = index::build(base, &master, (&ak, &sk), cfg, &previous).await?;
+    index::store(client, &p.system_namespace, &p.index_configmap, &idx).await?;
+    tracing::info!(
+        repositories = idx.repositories.len(),
+        errors = idx
+            .repositories
+            .iter()
+            .filter(|e| e.error.is_some())
+            .count(),
+        s3_requests = idx.s3_requests,
+        seconds = format!("{:.2}", idx.duration_secs),
+        "index stored in ConfigMap {}/{}",
+        p.system_namespace,
+        p.index_configmap
+    );
+    Ok(Some(idx))
+}

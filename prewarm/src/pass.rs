@@ -1,0 +1,1036 @@
+//! One populator round against the API: gather facts, decide per PVC (`plan`), act.
+//! Every write is idempotent (deterministic names, AlreadyExists/NotFound tolerated) or
+//! guarded by a resourceVersion precondition (annotations on the user PVC, the PV's
+//! claimRef move), so two runs at once or a run killed halfway converge.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use stowage_common::env::{PrewarmConfig, list};
+use stowage_common::k8s::contract::{self, app, label, prewarm as pc, reason, secret_keys, status};
+use stowage_common::k8s::credentials::{self, RunCredentials};
+use stowage_common::k8s::events::Events;
+use stowage_common::k8s::mover_job::{self, MoverJobSpec, Placement, RunAs};
+use stowage_common::k8s::naming::Operation;
+use stowage_common::k8s::restore_kind::{Restore, RestoreSpec, names_stowage_kind};
+use stowage_common::k8s::{describe_kube_error, is_status};
+use stowage_common::metrics::{Registry, prewarm_names as names};
+use stowage_common::result::RunResult;
+
+use crate::plan::{self, ClassFacts, JobFacts, JobState, PrimeFacts, PvFacts, Step, UserPvc};
+use crate::source::{self, RepoCreds};
+
+/// The program's name as reporter of Events and metrics job.
+pub const PROGRAM: &str = "stowage-prewarm";
+/// `app.kubernetes.io/component` of prime PVCs.
+pub const PRIME_COMPONENT: &str = "prime";
+const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+
+/// What a run did (over all its rounds).
+#[derive(Debug, Default)]
+pub struct Report {
+    /// `namespace/name` → what happened (`restored <id>`, `empty: no-backup`).
+    pub populated: BTreeMap<String, String>,
+    pub jobs_started: Vec<String>,
+    /// `namespace/name` → why it waits (last round).
+    pub waiting: BTreeMap<String, String>,
+    pub refused: BTreeSet<String>,
+    pub restore_failures: BTreeSet<String>,
+    pub source_unavailable: BTreeSet<String>,
+    pub errors: BTreeSet<String>,
+    pub rounds: u64,
+}
+
+/// Everything one round needs.
+pub struct Ctx {
+    pub client: Client,
+    pub cfg: PrewarmConfig,
+    pub events: Events,
+    pub settings: plan::Settings,
+}
+
+impl Ctx {
+    pub fn new(client: Client, cfg: PrewarmConfig) -> Self {
+        let p = &cfg.prewarm;
+        let settings = plan::Settings {
+            system_namespace: p.system_namespace.clone(),
+            repository_base: p.repository_base.clone(),
+            unsafe_provisioners: list(p.unsafe_provisioners.as_deref()),
+            restore_backoff: SignedDuration::from_secs(p.restore_backoff_seconds as i64),
+        };
+        Self {
+            events: Events::new(client.clone(), PROGRAM, std::env::var("POD_NAME").ok()),
+            client,
+            cfg,
+            settings,
+        }
+    }
+
+    fn ns(&self) -> &str {
+        &self.cfg.prewarm.system_namespace
+    }
+}
+
+/// The user PVC facts of a PVC that waits for the populator, if it is one.
+pub fn user_pvc(p: &PersistentVolumeClaim) -> Option<UserPvc> {
+    let spec = p.spec.as_ref()?;
+    let r = spec.data_source_ref.as_ref()?;
+    if !names_stowage_kind(r.api_group.as_deref(), &r.kind)
+        || p.metadata.deletion_timestamp.is_some()
+        || spec.volume_name.as_ref().is_some_and(|v| !v.is_empty())
+        || p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+    {
+        return None;
+    }
+    // A dataSourceRef into another namespace (CrossNamespaceVolumeDataSource) is not
+    // supported: the Restore object lives with the PVC.
+    if r.namespace
+        .as_ref()
+        .is_some_and(|n| Some(n) != p.metadata.namespace.as_ref())
+    {
+        return None;
+    }
+    let annotations = p.metadata.annotations.clone().unwrap_or_default();
+    Some(UserPvc {
+        namespace: p.namespace().unwrap_or_default(),
+        name: p.name_any(),
+        uid: p.metadata.uid.clone().unwrap_or_default(),
+        resource_version: p.resource_version().unwrap_or_default(),
+        restore_name: r.name.clone(),
+        storage_class: spec.storage_class_name.clone(),
+        size: spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone()),
+        access_modes: spec.access_modes.clone().unwrap_or_default(),
+        volume_mode: spec.volume_mode.clone(),
+        selected_node: annotations.get(SELECTED_NODE).cloned(),
+        annotations,
+    })
+}
+
+/// Whether a Job finished: Some(true) succeeded, Some(false) failed (with the time).
+fn job_state(job: &Job, now: Timestamp) -> JobState {
+    let conds = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    for c in &conds {
+        if c.status != "True" {
+            continue;
+        }
+        match c.type_.as_str() {
+            "Complete" | "SuccessCriteriaMet" => return JobState::Succeeded,
+            "Failed" | "FailureTarget" => {
+                return JobState::Failed {
+                    at: c.last_transition_time.as_ref().map(|t| t.0).unwrap_or(now),
+                    why: format!(
+                        "{} {}",
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default()
+                    )
+                    .trim()
+                    .to_string(),
+                };
+            }
+            _ => {}
+        }
+    }
+    JobState::Running
+}
+
+fn pvc_ref(p: &UserPvc) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        name: Some(p.name.clone()),
+        namespace: Some(p.namespace.clone()),
+        uid: Some(p.uid.clone()),
+        ..Default::default()
+    }
+}
+
+/// Publishes a warning-worthy state once per change (annotation on the PVC).
+async fn note(ctx: &Ctx, p: &UserPvc, reason: &str, message: &str, warning: bool) {
+    let value = format!("{reason}: {message}");
+    if p.annotations.get(pc::status::POPULATOR_STATUS) == Some(&value) {
+        return;
+    }
+    if warning {
+        tracing::warn!(namespace = %p.namespace, pvc = %p.name, reason, "{message}");
+        ctx.events
+            .warning(&pvc_ref(p), reason, "Populate", message.to_string())
+            .await;
+    } else {
+        tracing::info!(namespace = %p.namespace, pvc = %p.name, reason, "{message}");
+        ctx.events
+            .normal(&pvc_ref(p), reason, "Populate", message.to_string())
+            .await;
+    }
+    let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &p.namespace);
+    let patch = json!({"metadata": {"annotations": {pc::status::POPULATOR_STATUS: value}}});
+    if let Err(e) = api
+        .patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(
+            "{}",
+            describe_kube_error(&e, &format!("annotate persistentvolumeclaim {}", p.key()))
+        );
+    }
+}
+
+/// The central credentials Secret's values (master password, mover keys).
+struct Central {
+    master: String,
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+async fn central(ctx: &Ctx) -> Result<Central, String> {
+    let p = &ctx.cfg.prewarm;
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &p.system_namespace);
+    let s = match api.get_opt(&p.credentials_secret).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(format!(
+                "credentials Secret {}/{} not found: create it (keys {}, {}, {}; see the \
+                 README). The PVC stays Pending until it exists",
+                p.system_namespace,
+                p.credentials_secret,
+                secret_keys::MASTER_PASSWORD,
+                secret_keys::MOVER_ACCESS_KEY_ID,
+                secret_keys::MOVER_SECRET_ACCESS_KEY
+            ));
+        }
+        Err(e) => {
+            return Err(describe_kube_error(
+                &e,
+                &format!("get secret {}/{}", p.system_namespace, p.credentials_secret),
+            ));
+        }
+    };
+    let get = |k: &str| -> Result<String, String> {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| {
+                String::from_utf8_lossy(&v.0)
+                    .trim_end_matches('\n')
+                    .to_string()
+            })
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "credentials Secret {}/{} has no key {k}: add it",
+                    p.system_namespace, p.credentials_secret
+                )
+            })
+    };
+    Ok(Central {
+        master: get(secret_keys::MASTER_PASSWORD)?,
+        // Local repositories need no keys.
+        access_key_id: get(secret_keys::MOVER_ACCESS_KEY_ID).unwrap_or_default(),
+        secret_access_key: get(secret_keys::MOVER_SECRET_ACCESS_KEY).unwrap_or_default(),
+    })
+}
+
+fn region(cfg: &PrewarmConfig) -> Option<String> {
+    cfg.restic
+        .aws_default_region
+        .clone()
+        .or_else(|| cfg.restic.aws_region.clone())
+}
+
+/// Runs one round. Errors that stop the round (API down, listing forbidden) are
+/// returned; per-PVC problems go to the report.
+pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()> {
+    report.rounds += 1;
+    let all = Api::<PersistentVolumeClaim>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(describe_kube_error(
+                &e,
+                "list persistentvolumeclaims in all namespaces"
+            ))
+        })?;
+    let users: Vec<UserPvc> = all.items.iter().filter_map(user_pvc).collect();
+    let primes: Vec<&PersistentVolumeClaim> = all
+        .items
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ctx.ns())
+                && p.labels().get(app::COMPONENT).map(String::as_str) == Some(PRIME_COMPONENT)
+                && p.labels().get(app::MANAGED_BY).map(String::as_str) == Some(app::STOWAGE)
+        })
+        .collect();
+    report.waiting.clear();
+    if users.is_empty() && primes.is_empty() {
+        return Ok(());
+    }
+    let pvs = Api::<PersistentVolume>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| anyhow::anyhow!(describe_kube_error(&e, "list persistentvolumes")))?;
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), ctx.ns())
+        .list(&ListParams::default().labels(&format!(
+            "{}={},{}={}",
+            app::MANAGED_BY,
+            app::STOWAGE,
+            label::OPERATION,
+            Operation::Restore.as_str()
+        )))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(describe_kube_error(
+                &e,
+                &format!("list jobs in namespace {}", ctx.ns())
+            ))
+        })?;
+    let pv_by_name: BTreeMap<String, &PersistentVolume> =
+        pvs.items.iter().map(|p| (p.name_any(), p)).collect();
+    let live_uids: BTreeSet<String> = all
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let pending_uids: BTreeSet<&str> = users.iter().map(|u| u.uid.as_str()).collect();
+
+    // Primes whose user PVC is gone or no longer waits: their work is over (handed
+    // over) or abandoned (PVC deleted).
+    for prime in &primes {
+        let for_uid = prime
+            .annotations()
+            .get(pc::prime::FOR_UID)
+            .cloned()
+            .unwrap_or_default();
+        if pending_uids.contains(for_uid.as_str()) || prime.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        // A PV that still names the prime would be reclaimed with it: only delete once
+        // the user PVC is gone or bound elsewhere.
+        let why = if live_uids.contains(&for_uid) {
+            "its PVC no longer waits for a volume"
+        } else {
+            "its PVC was deleted"
+        };
+        delete_prime(ctx, &prime.name_any(), why, report).await;
+    }
+
+    let mut classes: BTreeMap<String, Option<ClassFacts>> = BTreeMap::new();
+    for u in &users {
+        let class = match &u.storage_class {
+            Some(c) => {
+                if !classes.contains_key(c) {
+                    let got = Api::<StorageClass>::all(ctx.client.clone())
+                        .get_opt(c)
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!(describe_kube_error(
+                                &e,
+                                &format!("get storageclass {c}")
+                            ))
+                        })?;
+                    classes.insert(
+                        c.clone(),
+                        got.map(|sc| ClassFacts {
+                            name: c.clone(),
+                            provisioner: sc.provisioner.clone(),
+                            wait_for_first_consumer: sc.volume_binding_mode.as_deref()
+                                == Some("WaitForFirstConsumer"),
+                        }),
+                    );
+                }
+                classes[c].clone()
+            }
+            None => None,
+        };
+        // The volume was already handed over; the binder has not caught up yet.
+        if pvs.items.iter().any(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|c| c.uid.as_deref())
+                == Some(u.uid.as_str())
+        }) {
+            report
+                .waiting
+                .insert(u.key(), "volume handed over; waiting for the binder".into());
+            continue;
+        }
+        let spec = match Api::<Restore>::namespaced(ctx.client.clone(), &u.namespace)
+            .get_opt(&u.restore_name)
+            .await
+        {
+            Ok(Some(r)) => r.spec,
+            Ok(None) => RestoreSpec::default(),
+            Err(e) => {
+                // The CRD may not be installed: the object is optional.
+                tracing::debug!(
+                    "{}",
+                    describe_kube_error(
+                        &e,
+                        &format!("get restore {}/{}", u.namespace, u.restore_name)
+                    )
+                );
+                RestoreSpec::default()
+            }
+        };
+        let prime_name = plan::prime_name(&u.uid);
+        let prime = primes
+            .iter()
+            .find(|p| p.name_any() == prime_name)
+            .map(|p| prime_facts(p, &pv_by_name));
+        let my_jobs: Vec<JobFacts> = jobs
+            .items
+            .iter()
+            .filter(|j| j.labels().get(label::PVC_UID) == Some(&u.uid))
+            .map(|j| JobFacts {
+                name: j.name_any(),
+                state: job_state(j, now),
+            })
+            .collect();
+        let step = plan::decide(
+            now,
+            &ctx.settings,
+            u,
+            class.as_ref(),
+            &spec,
+            prime.as_ref(),
+            &my_jobs,
+        );
+        if let Err(e) = act(
+            ctx,
+            now,
+            u,
+            class.as_ref(),
+            prime.as_ref(),
+            &jobs.items,
+            step,
+            report,
+        )
+        .await
+        {
+            report.errors.insert(e);
+        }
+    }
+    Ok(())
+}
+
+fn prime_facts(p: &PersistentVolumeClaim, pvs: &BTreeMap<String, &PersistentVolume>) -> PrimeFacts {
+    let a = p.annotations();
+    let bound = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let pv = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_ref())
+        .filter(|_| bound)
+        .and_then(|n| pvs.get(n))
+        .map(|pv| PvFacts {
+            name: pv.name_any(),
+            resource_version: pv.resource_version().unwrap_or_default(),
+            node_affinity: pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_affinity.as_ref())
+                .and_then(|a| a.required.clone()),
+        });
+    PrimeFacts {
+        name: p.name_any(),
+        pv,
+        repository: a.get(pc::prime::REPOSITORY).cloned().unwrap_or_default(),
+        snapshot: a
+            .get(pc::prime::SNAPSHOT)
+            .filter(|s| !s.is_empty())
+            .cloned(),
+        snapshot_time: a.get(pc::prime::SNAPSHOT_TIME).cloned(),
+        empty_reason: a.get(pc::prime::EMPTY_REASON).cloned(),
+        terminating: p.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+async fn delete_prime(ctx: &Ctx, name: &str, why: &str, report: &mut Report) {
+    match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ctx.ns())
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => tracing::info!(prime = %name, "prime PVC deleted: {why}"),
+        Err(e) if is_status(&e, 404) => {}
+        Err(e) => {
+            report.errors.insert(describe_kube_error(
+                &e,
+                &format!("delete persistentvolumeclaim {}/{name}", ctx.ns()),
+            ));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    ctx: &Ctx,
+    now: Timestamp,
+    u: &UserPvc,
+    class: Option<&ClassFacts>,
+    prime: Option<&PrimeFacts>,
+    jobs: &[Job],
+    step: Step,
+    report: &mut Report,
+) -> Result<(), String> {
+    match step {
+        Step::Wait { why, note: n } => {
+            tracing::debug!(namespace = %u.namespace, pvc = %u.name, "waiting: {why}");
+            if let Some((r, m)) = &n {
+                if *r == pc::reason::RESTORE_FAILED {
+                    report.restore_failures.insert(u.key());
+                }
+                if *r == pc::reason::SOURCE_UNAVAILABLE {
+                    report.source_unavailable.insert(u.key());
+                }
+                note(ctx, u, r, m, true).await;
+            }
+            report.waiting.insert(u.key(), why);
+            Ok(())
+        }
+        Step::Refuse { message } => {
+            report.refused.insert(format!(
+                "{}|{}",
+                u.key(),
+                class.map(|c| c.name.as_str()).unwrap_or("")
+            ));
+            note(ctx, u, pc::reason::UNSAFE_STORAGE_CLASS, &message, true).await;
+            Ok(())
+        }
+        Step::Resolve(src) => {
+            let central = match central(ctx).await {
+                Ok(c) => c,
+                Err(e) => {
+                    note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
+                    report.waiting.insert(u.key(), e);
+                    return Ok(());
+                }
+            };
+            tracing::info!(namespace = %u.namespace, pvc = %u.name, repository = %src.repository, "looking up the backup to restore");
+            let creds = RepoCreds {
+                password: credentials::derive_repository_password(&central.master, &src.repository),
+                access_key_id: central.access_key_id.clone(),
+                secret_access_key: central.secret_access_key.clone(),
+                region: region(&ctx.cfg),
+            };
+            let answer = source::lookup(
+                src.repository.clone(),
+                creds,
+                ctx.cfg.restic.clone(),
+                ctx.cfg.common.clone(),
+                src.selector.clone(),
+            )
+            .await;
+            match plan::after_source(&src, answer) {
+                Ok(decision) => create_prime(ctx, u, class, &decision).await,
+                Err(wait) => Box::pin(act(ctx, now, u, class, prime, jobs, wait, report)).await,
+            }
+        }
+        Step::CreatePrime(decision) => create_prime(ctx, u, class, &decision).await,
+        Step::StartJob {
+            name,
+            attempt,
+            snapshot,
+        } => {
+            let prime = prime.expect("a Job is only started for a prime PVC");
+            start_job(ctx, u, prime, &name, attempt, &snapshot, report).await
+        }
+        Step::HandOver { pv, snapshot } => {
+            let prime = prime.expect("hand-over needs a prime PVC");
+            if snapshot.is_some() {
+                // The mover reports restored:false when it found no repository: never
+                // hand such a volume over as a restore.
+                let done = jobs.iter().find(|j| {
+                    j.labels().get(label::PVC_UID) == Some(&u.uid)
+                        && matches!(job_state(j, now), JobState::Succeeded)
+                });
+                if let Some(j) = done
+                    && let Some(r) = job_result(ctx, j).await?
+                    && r.restored == Some(false)
+                {
+                    let m = format!(
+                        "restore Job {}/{} found no repository or snapshot at {}, although the \
+                         lookup found snapshot {}: the repository changed or is unreachable \
+                         differently for the mover. Not bound; delete the Job to retry",
+                        ctx.ns(),
+                        j.name_any(),
+                        prime.repository,
+                        snapshot.as_deref().unwrap_or("")
+                    );
+                    note(ctx, u, pc::reason::RESTORE_FAILED, &m, true).await;
+                    return Ok(());
+                }
+            }
+            hand_over(ctx, now, u, prime, &pv, report).await
+        }
+    }
+}
+
+async fn create_prime(
+    ctx: &Ctx,
+    u: &UserPvc,
+    class: Option<&ClassFacts>,
+    d: &plan::PrimeDecision,
+) -> Result<(), String> {
+    let name = plan::prime_name(&u.uid);
+    let mut annotations = BTreeMap::from([
+        (pc::prime::FOR_PVC.to_string(), u.key()),
+        (pc::prime::FOR_UID.to_string(), u.uid.clone()),
+        (pc::prime::REPOSITORY.to_string(), d.repository.clone()),
+        (
+            pc::prime::SNAPSHOT.to_string(),
+            d.snapshot.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+        ),
+    ]);
+    if let Some((_, t)) = &d.snapshot {
+        annotations.insert(pc::prime::SNAPSHOT_TIME.into(), t.to_string());
+    }
+    if let Some(r) = d.empty_reason {
+        annotations.insert(pc::prime::EMPTY_REASON.into(), r.into());
+    }
+    if class.is_some_and(|c| c.wait_for_first_consumer)
+        && let Some(n) = &u.selected_node
+    {
+        annotations.insert(SELECTED_NODE.into(), n.clone());
+    }
+    let labels = BTreeMap::from([
+        (app::MANAGED_BY.to_string(), app::STOWAGE.to_string()),
+        (app::PART_OF.to_string(), app::STOWAGE.to_string()),
+        (app::NAME.to_string(), PROGRAM.to_string()),
+        (app::COMPONENT.to_string(), PRIME_COMPONENT.to_string()),
+        (label::PVC_UID.to_string(), u.uid.clone()),
+    ]);
+    let mut spec = json!({
+        "accessModes": u.access_modes,
+        "storageClassName": u.storage_class,
+        "resources": {"requests": {"storage": u.size}},
+    });
+    if let Some(m) = &u.volume_mode {
+        spec["volumeMode"] = json!(m);
+    }
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ctx.ns(), "labels": labels, "annotations": annotations},
+        "spec": spec,
+    }))
+    .map_err(|e| format!("cannot build the prime PVC for {}: {e}", u.key()))?;
+    match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ctx.ns())
+        .create(&PostParams::default(), &pvc)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                namespace = %u.namespace, pvc = %u.name, prime = %name,
+                snapshot = d.snapshot.as_ref().map(|s| s.0.as_str()).unwrap_or(""),
+                empty = d.empty_reason.unwrap_or(""),
+                "prime PVC created"
+            );
+            Ok(())
+        }
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) => Err(describe_kube_error(
+            &e,
+            &format!("create persistentvolumeclaim {}/{name}", ctx.ns()),
+        )),
+    }
+}
+
+fn mover_env(cfg: &PrewarmConfig) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let c = &cfg.common;
+    if c.allow_http {
+        env.push(("STOWAGE_ALLOW_HTTP".into(), "true".into()));
+    }
+    if let Some(p) = c.s3_path_style {
+        env.push(("STOWAGE_S3_PATH_STYLE".into(), p.to_string()));
+    }
+    if let Some(e) = &cfg.restic.aws_endpoint_url_s3 {
+        env.push(("AWS_ENDPOINT_URL_S3".into(), e.clone()));
+    }
+    env.push(("STOWAGE_LOG".into(), c.log.clone()));
+    env
+}
+
+async fn start_job(
+    ctx: &Ctx,
+    u: &UserPvc,
+    prime: &PrimeFacts,
+    name: &str,
+    attempt: u32,
+    snapshot: &str,
+    report: &mut Report,
+) -> Result<(), String> {
+    let central = match central(ctx).await {
+        Ok(c) => c,
+        Err(e) => {
+            note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
+            report.waiting.insert(u.key(), e);
+            return Ok(());
+        }
+    };
+    let ns = ctx.ns().to_string();
+    let mut spec = MoverJobSpec::new(
+        Operation::Restore,
+        name,
+        &ns,
+        &prime.name,
+        &u.uid,
+        &ctx.cfg.prewarm.mover_image,
+        name,
+    );
+    spec.run_as = RunAs::Privileged;
+    spec.placement = match prime.pv.as_ref().and_then(|p| p.node_affinity.clone()) {
+        Some(sel) => Placement::Affinity(sel),
+        None => Placement::Anywhere,
+    };
+    // The prime volume is stowage's own: a retry (of the Job's pod or of the Job)
+    // replaces whatever a killed attempt left.
+    spec.args = vec!["--snapshot".into(), snapshot.into(), "--replace".into()];
+    spec.env = mover_env(&ctx.cfg);
+    spec.active_deadline_seconds =
+        mover_job::active_deadline_for(u.size.as_deref().map(quantity_bytes).unwrap_or_default());
+    spec.annotations.insert(pc::prime::FOR_PVC.into(), u.key());
+    let job = mover_job::mover_job(&spec);
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns);
+    let (job, fresh) = match jobs.create(&PostParams::default(), &job).await {
+        Ok(j) => (j, true),
+        Err(e) if is_status(&e, 409) => (
+            jobs.get(name)
+                .await
+                .map_err(|e| describe_kube_error(&e, &format!("get job {ns}/{name}")))?,
+            false,
+        ),
+        Err(e) => return Err(describe_kube_error(&e, &format!("create job {ns}/{name}"))),
+    };
+    let owner = OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        name: job.name_any(),
+        uid: job.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let secret = credentials::run_secret(
+        &ns,
+        name,
+        mover_job::mover_labels(Operation::Restore, &u.uid),
+        Some(owner),
+        &RunCredentials {
+            password: credentials::derive_repository_password(&central.master, &prime.repository),
+            repository: prime.repository.clone(),
+            access_key_id: central.access_key_id,
+            secret_access_key: central.secret_access_key,
+            region: region(&ctx.cfg),
+        },
+    );
+    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 409) => {}
+        Err(e) => {
+            return Err(describe_kube_error(
+                &e,
+                &format!("create secret {ns}/{name}"),
+            ));
+        }
+    }
+    if fresh {
+        report.jobs_started.push(format!("{ns}/{name}"));
+        let msg = format!(
+            "restoring snapshot {} of {} into a new volume (Job {ns}/{name}, attempt {}); the \
+             PVC binds when the restore has completed",
+            short(snapshot),
+            prime.repository,
+            attempt + 1
+        );
+        tracing::info!(namespace = %u.namespace, pvc = %u.name, job = %name, "{msg}");
+        ctx.events
+            .normal(&pvc_ref(u), pc::reason::RESTORE_STARTED, "Populate", msg)
+            .await;
+    }
+    Ok(())
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// Bytes of a quantity such as `10Gi` (0 if unreadable: only scales deadlines).
+pub fn quantity_bytes(q: &str) -> u64 {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let n: f64 = num.parse().unwrap_or(0.0);
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        _ => 0.0,
+    };
+    (n * mult) as u64
+}
+
+/// The mover's result from the termination message of the Job's newest pod.
+async fn job_result(ctx: &Ctx, job: &Job) -> Result<Option<RunResult>, String> {
+    let name = job.name_any();
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ctx.ns())
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await
+        .map_err(|e| describe_kube_error(&e, &format!("list pods of job {}/{name}", ctx.ns())))?;
+    let mut messages: Vec<(Option<Timestamp>, String)> = pods
+        .items
+        .iter()
+        .filter_map(|p| {
+            let term = p
+                .status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find_map(|c| c.state.as_ref()?.terminated.clone())?;
+            (term.exit_code == 0).then(|| {
+                (
+                    term.finished_at.as_ref().map(|t| t.0),
+                    term.message.unwrap_or_default(),
+                )
+            })
+        })
+        .collect();
+    messages.sort_by_key(|(t, _)| *t);
+    Ok(messages.iter().rev().find_map(|(_, m)| {
+        m.lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<RunResult>(l).ok())
+    }))
+}
+
+/// Step 4: record on the user PVC what it gets, move the PV to it, delete the prime.
+async fn hand_over(
+    ctx: &Ctx,
+    now: Timestamp,
+    u: &UserPvc,
+    prime: &PrimeFacts,
+    pv: &PvFacts,
+    report: &mut Report,
+) -> Result<(), String> {
+    // a. The record first: the PVC is still Pending (no backup can run), and once the
+    //    volume is its own the scheduler's first-backup guard needs it.
+    let mut ann = serde_json::Map::new();
+    ann.insert(pc::status::RESTORED_FROM.into(), json!(prime.repository));
+    ann.insert(pc::status::RESTORED_AT.into(), json!(now.to_string()));
+    ann.insert(pc::status::POPULATOR_STATUS.into(), serde_json::Value::Null);
+    match &prime.snapshot {
+        Some(id) => {
+            ann.insert(status::POPULATED_FROM.into(), json!(id));
+            ann.insert(
+                pc::status::RESTORED_SNAPSHOT_TIME.into(),
+                json!(prime.snapshot_time),
+            );
+            ann.insert(pc::status::BOUND_EMPTY.into(), serde_json::Value::Null);
+        }
+        None => {
+            ann.insert(
+                pc::status::BOUND_EMPTY.into(),
+                json!(prime.empty_reason.as_deref().unwrap_or(pc::EMPTY_NO_BACKUP)),
+            );
+        }
+    }
+    let already = prime
+        .snapshot
+        .as_ref()
+        .is_none_or(|id| u.annotations.get(status::POPULATED_FROM) == Some(id))
+        && u.annotations.contains_key(pc::status::RESTORED_AT);
+    if !already {
+        let patch =
+            json!({"metadata": {"resourceVersion": u.resource_version, "annotations": ann}});
+        match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &u.namespace)
+            .patch(&u.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Changed since this round read it (provisioner annotations, a second run):
+            // the next round reads it again.
+            Err(e) if is_status(&e, 409) => {
+                report
+                    .waiting
+                    .insert(u.key(), "PVC changed while handing over; next round".into());
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(describe_kube_error(
+                    &e,
+                    &format!("annotate persistentvolumeclaim {}", u.key()),
+                ));
+            }
+        }
+    }
+    // b. The PV follows, only if nobody changed it since it was read.
+    let claim = json!({
+        "metadata": {"resourceVersion": pv.resource_version},
+        "spec": {"claimRef": {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "namespace": u.namespace, "name": u.name, "uid": u.uid,
+            "resourceVersion": null
+        }}
+    });
+    match Api::<PersistentVolume>::all(ctx.client.clone())
+        .patch(&pv.name, &PatchParams::default(), &Patch::Merge(&claim))
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 409) => {
+            report
+                .waiting
+                .insert(u.key(), "PV changed while handing over; next round".into());
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(describe_kube_error(
+                &e,
+                &format!("move persistentvolume {} to claim {}", pv.name, u.key()),
+            ));
+        }
+    }
+    // c. The prime PVC no longer owns the PV: deleting it leaves the volume alone.
+    delete_prime(ctx, &prime.name, "volume handed over", report).await;
+    let (reason, msg, what) = match &prime.snapshot {
+        Some(id) => (
+            pc::reason::RESTORED,
+            format!(
+                "restored snapshot {} (taken {}) of {}; volume {} bound",
+                short(id),
+                prime.snapshot_time.as_deref().unwrap_or("?"),
+                prime.repository,
+                pv.name
+            ),
+            format!("restored {id}"),
+        ),
+        None => {
+            let why = prime.empty_reason.as_deref().unwrap_or(pc::EMPTY_NO_BACKUP);
+            (
+                pc::reason::BOUND_EMPTY,
+                if why == pc::EMPTY_FORCED {
+                    format!(
+                        "bound empty as asked by annotation {}; volume {}",
+                        contract::user::FORCE_EMPTY,
+                        pv.name
+                    )
+                } else {
+                    format!(
+                        "no backup in {} (the storage answered: no repository or no \
+                         snapshot): a fresh install, bound empty; volume {}",
+                        prime.repository, pv.name
+                    )
+                },
+                format!("empty: {why}"),
+            )
+        }
+    };
+    tracing::info!(namespace = %u.namespace, pvc = %u.name, "{msg}");
+    ctx.events
+        .normal(&pvc_ref(u), reason, "Populate", msg.clone())
+        .await;
+    report.populated.insert(u.key(), what);
+    // The Restore object's status (informational, best effort).
+    let status = json!({"status": {
+        "lastPvc": u.key(),
+        "lastSnapshot": prime.snapshot.clone().unwrap_or_default(),
+        "lastTime": now.to_string(),
+        "message": msg,
+    }});
+    let _ = Api::<Restore>::namespaced(ctx.client.clone(), &u.namespace)
+        .patch_status(
+            &u.restore_name,
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await;
+    Ok(())
+}
+
+/// Metrics of a run.
+pub fn metrics(report: &Report, registry: &mut Registry) {
+    registry.gauge(
+        names::PENDING,
+        "PVCs waiting for the populator at the end of the run",
+        &[],
+        report.waiting.len() as f64,
+    );
+    for what in report.populated.values() {
+        let result = if what.starts_with("restored") {
+            "restored"
+        } else {
+            "empty"
+        };
+        registry.add(
+            names::POPULATED,
+            "PVCs populated in this run, by result",
+            &[("result", result)],
+            1.0,
+        );
+    }
+    for key in &report.restore_failures {
+        let (ns, pvc) = key.split_once('/').unwrap_or(("", key));
+        registry.gauge(
+            names::RESTORE_FAILURES,
+            "1 for each PVC whose restore failed and waits for a retry",
+            &[("namespace", ns), ("persistentvolumeclaim", pvc)],
+            1.0,
+        );
+    }
+    for key in &report.source_unavailable {
+        let (ns, pvc) = key.split_once('/').unwrap_or(("", key));
+        registry.gauge(
+            names::SOURCE_UNAVAILABLE,
+            "1 for each PVC whose backup source could not be read (retried)",
+            &[("namespace", ns), ("persistentvolumeclaim", pvc)],
+            1.0,
+        );
+    }
+    for r in &report.refused {
+        let (key, class) = r.split_once('|').unwrap_or((r, ""));
+        let (ns, pvc) = key.split_once('/').unwrap_or(("", key));
+        registry.gauge(
+            names::UNSAFE_CLASS,
+            "1 for each PVC refused because its storage class ignores volume populators",
+            &[
+                ("namespace", ns),
+                ("persistentvolumeclaim", pvc),
+                ("storageclass", class),
+            ],
+            1.0,
+        );
+    }
+    registry.gauge(
+        names::ERRORS,
+        "Errors in this run",
+        &[],
+        report.errors.len() as f64,
+    );
+}

@@ -1,0 +1,813 @@
+//! Pure decisions of the populator over plain facts: what to do next for one Pending
+//! PVC that names the stowage kind. Every step is derived again from the API on each
+//! round, so a run killed between any two steps is continued by the next one.
+//!
+//! The steps of one populate (kubernetes-csi/lib-volume-populator's algorithm):
+//! 1. resolve the source and pick the snapshot (I/O, see `source.rs`);
+//! 2. create the prime PVC in the stowage namespace (same class, size, access modes;
+//!    for WaitForFirstConsumer classes on the user PVC's selected node), recording the
+//!    decision of step 1 on it;
+//! 3. run a restore mover Job into it (none when there is nothing to restore);
+//! 4. annotate the user PVC, move the PV's claimRef to it, delete the prime PVC.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::NodeSelector;
+use stowage_common::env::DEFAULT_SNAPSHOT_HOST;
+use stowage_common::k8s::contract::{prewarm as pc, user};
+use stowage_common::k8s::naming::{self, Operation};
+use stowage_common::k8s::restore_kind::RestoreSpec;
+
+/// A PVC waiting for the populator (Pending, `dataSourceRef` to the stowage kind).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserPvc {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    /// Name of the Restore object in `dataSourceRef`.
+    pub restore_name: String,
+    pub storage_class: Option<String>,
+    pub size: Option<String>,
+    pub access_modes: Vec<String>,
+    pub volume_mode: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+    /// `volume.kubernetes.io/selected-node` (WaitForFirstConsumer).
+    pub selected_node: Option<String>,
+}
+
+impl UserPvc {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn force_empty(&self) -> bool {
+        self.annotations
+            .get(user::FORCE_EMPTY)
+            .is_some_and(|v| v == "true")
+    }
+}
+
+/// What the populator knows of a storage class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassFacts {
+    pub name: String,
+    pub provisioner: String,
+    pub wait_for_first_consumer: bool,
+}
+
+/// The prime PVC of a populate and the decision recorded on it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PrimeFacts {
+    pub name: String,
+    /// Bound to a PV (name, resourceVersion, node affinity).
+    pub pv: Option<PvFacts>,
+    pub repository: String,
+    /// Snapshot to restore; `None`: bind empty.
+    pub snapshot: Option<String>,
+    pub snapshot_time: Option<String>,
+    pub empty_reason: Option<String>,
+    pub terminating: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PvFacts {
+    pub name: String,
+    pub resource_version: String,
+    pub node_affinity: Option<NodeSelector>,
+}
+
+/// A restore Job of this populate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFacts {
+    pub name: String,
+    pub state: JobState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    /// Failed at this time, with the mover's reason if known.
+    Failed {
+        at: Timestamp,
+        why: String,
+    },
+}
+
+/// Settings of the planner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub system_namespace: String,
+    pub repository_base: Option<String>,
+    pub unsafe_provisioners: Vec<String>,
+    pub restore_backoff: SignedDuration,
+}
+
+/// Where a PVC's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub namespace: String,
+    pub pvc: String,
+    pub repository: String,
+    pub selector: Selector,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Latest,
+    Id(String),
+    AsOf(Timestamp),
+}
+
+/// What the storage said about the source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceAnswer {
+    /// This snapshot (id, time).
+    Snapshot { id: String, time: Timestamp },
+    /// The storage answered: no repository, or no snapshot in it.
+    NoBackup,
+    /// S3 error, timeout, wrong password, missing credentials: retry later.
+    Unavailable(String),
+    /// The Restore object asks for something that does not exist.
+    Invalid(String),
+}
+
+/// The next step for one PVC.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing to do now; `note` is a (reason, message) worth an Event when it changes.
+    Wait {
+        why: String,
+        note: Option<(&'static str, String)>,
+    },
+    /// The class provisions such PVCs empty on its own: refused.
+    Refuse { message: String },
+    /// Step 1: look the source up (needs the storage).
+    Resolve(Source),
+    /// Step 2 with the decision for an empty volume (forced).
+    CreatePrime(PrimeDecision),
+    /// Step 3: start a restore Job (attempt number, name).
+    StartJob {
+        name: String,
+        attempt: u32,
+        snapshot: String,
+    },
+    /// Step 4: hand the volume over.
+    HandOver {
+        pv: PvFacts,
+        snapshot: Option<String>,
+    },
+}
+
+/// What is recorded on a new prime PVC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrimeDecision {
+    pub repository: String,
+    pub snapshot: Option<(String, Timestamp)>,
+    pub empty_reason: Option<&'static str>,
+}
+
+/// Name of the prime PVC of a user PVC.
+pub fn prime_name(user_uid: &str) -> String {
+    format!("{}{user_uid}", pc::prime::NAME_PREFIX)
+}
+
+/// Name of the restore Job (and its per-run Secret) of one attempt.
+pub fn job_name(pvc: &UserPvc, snapshot: &str, attempt: u32) -> String {
+    naming::mover_job_name(
+        Operation::Restore,
+        &pvc.name,
+        &pvc.uid,
+        &format!("{snapshot}:{attempt}"),
+    )
+}
+
+/// Whether a provisioner is known to provision populated PVCs empty.
+pub fn unsafe_provisioner(s: &Settings, provisioner: &str) -> bool {
+    pc::UNSAFE_PROVISIONERS.contains(&provisioner)
+        || s.unsafe_provisioners.iter().any(|p| p == provisioner)
+}
+
+/// Delay before attempt `attempt` (1-based count of failures so far).
+pub fn backoff(base: SignedDuration, failures: u32) -> SignedDuration {
+    let factor = 1i64 << failures.saturating_sub(1).min(10);
+    let d = SignedDuration::from_secs(base.as_secs().max(1).saturating_mul(factor));
+    d.min(SignedDuration::from_hours(1))
+}
+
+/// Resolves the source of a PVC: the Restore object's fields, the PVC's repository
+/// annotation, or `<base>/<namespace>/<name>`.
+pub fn source(s: &Settings, pvc: &UserPvc, spec: &RestoreSpec) -> Result<Source, String> {
+    let namespace = spec
+        .source_namespace
+        .clone()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| pvc.namespace.clone());
+    let name = spec
+        .source_pvc
+        .clone()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| pvc.name.clone());
+    let other_source = namespace != pvc.namespace || name != pvc.name;
+    let repository = match (&spec.repository, pvc.annotations.get(user::REPOSITORY)) {
+        (Some(r), _) if !r.is_empty() => r.clone(),
+        (_, Some(r)) if !other_source && !r.is_empty() => r.clone(),
+        _ => {
+            let base = s.repository_base.as_deref().ok_or_else(|| {
+                format!(
+                    "no repository for PVC {}: set STOWAGE_REPOSITORY_BASE on stowage-prewarm \
+                     (e.g. s3:https://s3.example/bucket), annotate the PVC {}, or name one in \
+                     the Restore object's spec.repository",
+                    pvc.key(),
+                    user::REPOSITORY
+                )
+            })?;
+            naming::repository_for(base, &namespace, &name)
+        }
+    };
+    let selector = match (&spec.snapshot, &spec.as_of) {
+        (Some(id), _) if !id.is_empty() => Selector::Id(id.to_ascii_lowercase()),
+        (_, Some(t)) if !t.is_empty() => Selector::AsOf(t.parse::<Timestamp>().map_err(|e| {
+            format!(
+                "Restore {}/{}: spec.asOf {t:?} is not an RFC 3339 time ({e}); write e.g. \
+                 2026-11-22T03:00:00Z",
+                pvc.namespace, pvc.restore_name
+            )
+        })?),
+        _ => Selector::Latest,
+    };
+    Ok(Source {
+        namespace,
+        pvc: name,
+        repository,
+        selector,
+    })
+}
+
+/// A snapshot as the selection needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snap {
+    pub id: String,
+    pub time: Timestamp,
+    pub host: String,
+}
+
+/// Picks the snapshot. `Latest` prefers the snapshots of stowage's fixed host (all of
+/// them if none carries it, as the mover does).
+pub fn select(snaps: &[Snap], sel: &Selector) -> SourceAnswer {
+    match sel {
+        Selector::Latest => {
+            let mine: Vec<&Snap> = snaps
+                .iter()
+                .filter(|s| s.host == DEFAULT_SNAPSHOT_HOST)
+                .collect();
+            let pool: Vec<&Snap> = if mine.is_empty() {
+                snaps.iter().collect()
+            } else {
+                mine
+            };
+            match pool.into_iter().max_by_key(|s| s.time) {
+                Some(s) => SourceAnswer::Snapshot {
+                    id: s.id.clone(),
+                    time: s.time,
+                },
+                None => SourceAnswer::NoBackup,
+            }
+        }
+        Selector::Id(prefix) => {
+            let hits: Vec<&Snap> = snaps.iter().filter(|s| s.id.starts_with(prefix)).collect();
+            match hits.as_slice() {
+                [one] => SourceAnswer::Snapshot {
+                    id: one.id.clone(),
+                    time: one.time,
+                },
+                [] => SourceAnswer::Invalid(format!(
+                    "no snapshot {prefix} in the repository ({} snapshots)",
+                    snaps.len()
+                )),
+                many => SourceAnswer::Invalid(format!(
+                    "snapshot id prefix {prefix} is ambiguous ({} snapshots start with it)",
+                    many.len()
+                )),
+            }
+        }
+        Selector::AsOf(t) => match snaps.iter().filter(|s| s.time <= *t).max_by_key(|s| s.time) {
+            Some(s) => SourceAnswer::Snapshot {
+                id: s.id.clone(),
+                time: s.time,
+            },
+            None => SourceAnswer::Invalid(match snaps.iter().map(|s| s.time).min() {
+                Some(oldest) => {
+                    format!("no snapshot at or before {t}; the oldest is from {oldest}")
+                }
+                None => format!("no snapshot at or before {t}: the repository holds none"),
+            }),
+        },
+    }
+}
+
+/// Turns the storage's answer into the prime PVC's decision, or a reason to wait.
+pub fn after_source(source: &Source, answer: SourceAnswer) -> Result<PrimeDecision, Step> {
+    match answer {
+        SourceAnswer::Snapshot { id, time } => Ok(PrimeDecision {
+            repository: source.repository.clone(),
+            snapshot: Some((id, time)),
+            empty_reason: None,
+        }),
+        SourceAnswer::NoBackup => Ok(PrimeDecision {
+            repository: source.repository.clone(),
+            snapshot: None,
+            empty_reason: Some(pc::EMPTY_NO_BACKUP),
+        }),
+        SourceAnswer::Unavailable(e) => Err(Step::Wait {
+            why: format!("backup source unavailable: {e}"),
+            note: Some((
+                pc::reason::SOURCE_UNAVAILABLE,
+                format!(
+                    "cannot tell whether repository {} holds a backup: {e}. The PVC stays \
+                     Pending (never bound empty on an error); retried every few seconds",
+                    source.repository
+                ),
+            )),
+        }),
+        SourceAnswer::Invalid(e) => Err(Step::Wait {
+            why: format!("invalid restore: {e}"),
+            note: Some((
+                pc::reason::INVALID_RESTORE,
+                format!(
+                    "repository {}: {e}. Fix the Restore object (or annotate the PVC {}=true to \
+                     bind it empty)",
+                    source.repository,
+                    user::FORCE_EMPTY
+                ),
+            )),
+        }),
+    }
+}
+
+/// The next step for `pvc`. `prime` is its prime PVC, `jobs` its restore Jobs.
+pub fn decide(
+    now: Timestamp,
+    s: &Settings,
+    pvc: &UserPvc,
+    class: Option<&ClassFacts>,
+    spec: &RestoreSpec,
+    prime: Option<&PrimeFacts>,
+    jobs: &[JobFacts],
+) -> Step {
+    let wait = |why: &str| Step::Wait {
+        why: why.to_string(),
+        note: None,
+    };
+    if pvc.storage_class.is_none() {
+        return wait("the PVC has no storage class yet (default class not applied)");
+    }
+    let Some(class) = class else {
+        return Step::Wait {
+            why: "storage class not found".into(),
+            note: Some((
+                pc::reason::UNSAFE_STORAGE_CLASS,
+                format!(
+                    "storage class {:?} of PVC {} does not exist: create it, or set \
+                     spec.storageClassName",
+                    pvc.storage_class.as_deref().unwrap_or(""),
+                    pvc.key()
+                ),
+            )),
+        };
+    };
+    if unsafe_provisioner(s, &class.provisioner) {
+        return Step::Refuse {
+            message: format!(
+                "storage class {} (provisioner {}) provisions PVCs with a dataSourceRef at once, \
+                 empty: it does not support volume populators, so stowage cannot restore into \
+                 it safely. Use a class whose provisioner supports populators (CSI drivers, \
+                 OpenEBS LocalPV), or remove spec.dataSourceRef and restore by hand (manual \
+                 restore CronJob in kustomize/app/restore-template.yaml)",
+                class.name, class.provisioner
+            ),
+        };
+    }
+    let Some(prime) = prime else {
+        if class.wait_for_first_consumer && pvc.selected_node.is_none() {
+            return Step::Wait {
+                why: "waiting for a pod using the PVC to be scheduled".into(),
+                note: None,
+            };
+        }
+        if pvc.force_empty() {
+            let repo = source(s, pvc, spec)
+                .map(|x| x.repository)
+                .unwrap_or_default();
+            return Step::CreatePrime(PrimeDecision {
+                repository: repo,
+                snapshot: None,
+                empty_reason: Some(pc::EMPTY_FORCED),
+            });
+        }
+        return match source(s, pvc, spec) {
+            Ok(src) => Step::Resolve(src),
+            Err(e) => Step::Wait {
+                why: e.clone(),
+                note: Some((pc::reason::INVALID_RESTORE, e)),
+            },
+        };
+    };
+    if prime.terminating {
+        return wait("prime PVC is being deleted");
+    }
+    let Some(pv) = &prime.pv else {
+        return wait("prime PVC waits for its volume");
+    };
+    let Some(snapshot) = &prime.snapshot else {
+        return Step::HandOver {
+            pv: pv.clone(),
+            snapshot: None,
+        };
+    };
+    if jobs.iter().any(|j| j.state == JobState::Succeeded) {
+        return Step::HandOver {
+            pv: pv.clone(),
+            snapshot: Some(snapshot.clone()),
+        };
+    }
+    if let Some(running) = jobs.iter().find(|j| j.state == JobState::Running) {
+        // Started again: a run killed between creating the Job and its Secret left a
+        // pod waiting for the Secret; creating both is idempotent.
+        return Step::StartJob {
+            name: running.name.clone(),
+            attempt: jobs.iter().filter(|j| j.state != JobState::Running).count() as u32,
+            snapshot: snapshot.clone(),
+        };
+    }
+    let failures: Vec<(Timestamp, &str, &str)> = jobs
+        .iter()
+        .filter_map(|j| match &j.state {
+            JobState::Failed { at, why } => Some((*at, j.name.as_str(), why.as_str())),
+            _ => None,
+        })
+        .collect();
+    let attempt = failures.len() as u32;
+    if let Some((at, job, why)) = failures.iter().max_by_key(|f| f.0) {
+        let next = *at + backoff(s.restore_backoff, attempt);
+        if now < next {
+            return Step::Wait {
+                why: format!("restore failed; retry at {next}"),
+                note: Some((
+                    pc::reason::RESTORE_FAILED,
+                    format!(
+                        "restore Job {}/{job} failed ({attempt} failure(s)): {why}. Retried at \
+                         {next}; the PVC stays Pending and is never bound empty (annotate it {}=true \
+                         to give up and bind it empty)",
+                        s.system_namespace,
+                        user::FORCE_EMPTY
+                    ),
+                )),
+            };
+        }
+    }
+    Step::StartJob {
+        name: job_name(pvc, snapshot, attempt),
+        attempt,
+        snapshot: snapshot.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            system_namespace: "stowage".into(),
+            repository_base: Some("s3:https://s3.lan/backups".into()),
+            unsafe_provisioners: vec!["example.com/naive".into()],
+            restore_backoff: SignedDuration::from_secs(30),
+        }
+    }
+
+    fn pvc() -> UserPvc {
+        UserPvc {
+            namespace: "db".into(),
+            name: "pg".into(),
+            uid: "uid-1".into(),
+            resource_version: "7".into(),
+            restore_name: "pg".into(),
+            storage_class: Some("local".into()),
+            size: Some("1Gi".into()),
+            access_modes: vec!["ReadWriteOnce".into()],
+            ..Default::default()
+        }
+    }
+
+    fn class(wffc: bool) -> ClassFacts {
+        ClassFacts {
+            name: "local".into(),
+            provisioner: "local.csi.openebs.io".into(),
+            wait_for_first_consumer: wffc,
+        }
+    }
+
+    fn prime(snapshot: Option<&str>, bound: bool) -> PrimeFacts {
+        PrimeFacts {
+            name: prime_name("uid-1"),
+            pv: bound.then(|| PvFacts {
+                name: "pv-1".into(),
+                resource_version: "9".into(),
+                node_affinity: None,
+            }),
+            repository: "s3:https://s3.lan/backups/db/pg".into(),
+            snapshot: snapshot.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn decide_now(
+        pvc: &UserPvc,
+        class: &ClassFacts,
+        prime: Option<&PrimeFacts>,
+        jobs: &[JobFacts],
+        now: &str,
+    ) -> Step {
+        decide(
+            t(now),
+            &settings(),
+            pvc,
+            Some(class),
+            &RestoreSpec::default(),
+            prime,
+            jobs,
+        )
+    }
+
+    #[test]
+    fn default_source_is_the_pvcs_own_repository_latest() {
+        let s = source(&settings(), &pvc(), &RestoreSpec::default()).unwrap();
+        assert_eq!(s.repository, "s3:https://s3.lan/backups/db/pg");
+        assert_eq!(s.selector, Selector::Latest);
+        // The PVC's repository annotation wins over the layout.
+        let mut p = pvc();
+        p.annotations
+            .insert(user::REPOSITORY.into(), "s3:https://x/volsync/pg".into());
+        assert_eq!(
+            source(&settings(), &p, &RestoreSpec::default())
+                .unwrap()
+                .repository,
+            "s3:https://x/volsync/pg"
+        );
+    }
+
+    #[test]
+    fn restore_object_names_another_namespace_snapshot_or_time() {
+        let spec = RestoreSpec {
+            source_namespace: Some("prod".into()),
+            as_of: Some("2026-11-22T03:00:00Z".into()),
+            ..Default::default()
+        };
+        let mut p = pvc();
+        // The PVC's own repository annotation is about its own backups, not the source.
+        p.annotations
+            .insert(user::REPOSITORY.into(), "s3:https://x/volsync/pg".into());
+        let s = source(&settings(), &p, &spec).unwrap();
+        assert_eq!(s.repository, "s3:https://s3.lan/backups/prod/pg");
+        assert_eq!(s.selector, Selector::AsOf(t("2026-11-22T03:00:00Z")));
+        let spec = RestoreSpec {
+            snapshot: Some("ABCD1234".into()),
+            repository: Some("s3:https://y/b/r".into()),
+            ..Default::default()
+        };
+        let s = source(&settings(), &pvc(), &spec).unwrap();
+        assert_eq!(s.selector, Selector::Id("abcd1234".into()));
+        assert_eq!(s.repository, "s3:https://y/b/r");
+        let bad = RestoreSpec {
+            as_of: Some("yesterday".into()),
+            ..Default::default()
+        };
+        let e = source(&settings(), &pvc(), &bad).unwrap_err();
+        assert!(e.contains("spec.asOf") && e.contains("RFC 3339"), "{e}");
+        let mut no_base = settings();
+        no_base.repository_base = None;
+        let e = source(&no_base, &pvc(), &RestoreSpec::default()).unwrap_err();
+        assert!(e.contains("STOWAGE_REPOSITORY_BASE"), "{e}");
+    }
+
+    #[test]
+    fn selection_latest_id_and_as_of() {
+        let snaps = vec![
+            Snap {
+                id: "aaaa1111".into(),
+                time: t("2026-11-20T03:00:00Z"),
+                host: "volsync".into(),
+            },
+            Snap {
+                id: "bbbb2222".into(),
+                time: t("2026-11-21T03:00:00Z"),
+                host: "volsync".into(),
+            },
+            Snap {
+                id: "cccc3333".into(),
+                time: t("2026-11-22T03:00:00Z"),
+                host: "laptop".into(),
+            },
+        ];
+        assert_eq!(
+            select(&snaps, &Selector::Latest),
+            SourceAnswer::Snapshot {
+                id: "bbbb2222".into(),
+                time: t("2026-11-21T03:00:00Z")
+            }
+        );
+        assert_eq!(
+            select(&snaps, &Selector::AsOf(t("2026-11-20T12:00:00Z"))),
+            SourceAnswer::Snapshot {
+                id: "aaaa1111".into(),
+                time: t("2026-11-20T03:00:00Z")
+            }
+        );
+        assert!(matches!(
+            select(&snaps, &Selector::AsOf(t("2026-01-01T00:00:00Z"))),
+            SourceAnswer::Invalid(_)
+        ));
+        assert!(matches!(
+            select(&snaps, &Selector::Id("cccc".into())),
+            SourceAnswer::Snapshot { .. }
+        ));
+        assert!(matches!(
+            select(&snaps, &Selector::Id("dddd".into())),
+            SourceAnswer::Invalid(_)
+        ));
+        assert_eq!(select(&[], &Selector::Latest), SourceAnswer::NoBackup);
+        // Asking for a given snapshot of a repository without any is not "fresh install".
+        assert!(matches!(
+            select(&[], &Selector::Id("aaaa".into())),
+            SourceAnswer::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn storage_errors_never_bind_empty() {
+        let src = source(&settings(), &pvc(), &RestoreSpec::default()).unwrap();
+        let step = after_source(&src, SourceAnswer::Unavailable("timeout".into())).unwrap_err();
+        assert!(matches!(
+            step,
+            Step::Wait {
+                note: Some((pc::reason::SOURCE_UNAVAILABLE, _)),
+                ..
+            }
+        ));
+        let d = after_source(&src, SourceAnswer::NoBackup).unwrap();
+        assert_eq!(d.snapshot, None);
+        assert_eq!(d.empty_reason, Some(pc::EMPTY_NO_BACKUP));
+    }
+
+    #[test]
+    fn unsafe_classes_are_refused() {
+        let mut c = class(true);
+        c.provisioner = "rancher.io/local-path".into();
+        assert!(matches!(
+            decide_now(&pvc(), &c, None, &[], "2026-11-23T10:00:00Z"),
+            Step::Refuse { .. }
+        ));
+        c.provisioner = "example.com/naive".into();
+        assert!(matches!(
+            decide_now(&pvc(), &c, None, &[], "2026-11-23T10:00:00Z"),
+            Step::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn wffc_waits_for_the_selected_node() {
+        let step = decide_now(&pvc(), &class(true), None, &[], "2026-11-23T10:00:00Z");
+        assert!(matches!(step, Step::Wait { .. }), "{step:?}");
+        let mut p = pvc();
+        p.selected_node = Some("node-a".into());
+        assert!(matches!(
+            decide_now(&p, &class(true), None, &[], "2026-11-23T10:00:00Z"),
+            Step::Resolve(_)
+        ));
+        // Immediate classes go at once.
+        assert!(matches!(
+            decide_now(&pvc(), &class(false), None, &[], "2026-11-23T10:00:00Z"),
+            Step::Resolve(_)
+        ));
+    }
+
+    #[test]
+    fn force_empty_skips_the_lookup() {
+        let mut p = pvc();
+        p.annotations
+            .insert(user::FORCE_EMPTY.into(), "true".into());
+        match decide_now(&p, &class(false), None, &[], "2026-11-23T10:00:00Z") {
+            Step::CreatePrime(d) => {
+                assert_eq!(d.snapshot, None);
+                assert_eq!(d.empty_reason, Some(pc::EMPTY_FORCED));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn steps_follow_the_prime_and_its_jobs() {
+        let now = "2026-11-23T10:00:00Z";
+        let p = pvc();
+        let c = class(false);
+        // Prime not bound yet.
+        assert!(matches!(
+            decide_now(&p, &c, Some(&prime(Some("abc"), false)), &[], now),
+            Step::Wait { .. }
+        ));
+        // Empty decision: hand over at once, no Job.
+        assert!(matches!(
+            decide_now(&p, &c, Some(&prime(None, true)), &[], now),
+            Step::HandOver { snapshot: None, .. }
+        ));
+        // A snapshot: first attempt.
+        let first = decide_now(&p, &c, Some(&prime(Some("abc"), true)), &[], now);
+        let Step::StartJob { name, attempt, .. } = &first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(*attempt, 0);
+        assert_eq!(name, &job_name(&p, "abc", 0));
+        // Same step on a re-run: the same name (AlreadyExists tells it was started).
+        assert_eq!(
+            first,
+            decide_now(&p, &c, Some(&prime(Some("abc"), true)), &[], now)
+        );
+        let running = JobFacts {
+            name: name.clone(),
+            state: JobState::Running,
+        };
+        // A running Job is "started" again under its own name (its Secret may be
+        // missing if a run was killed between the two creations).
+        assert_eq!(
+            decide_now(&p, &c, Some(&prime(Some("abc"), true)), &[running], now),
+            first
+        );
+        let done = JobFacts {
+            name: name.clone(),
+            state: JobState::Succeeded,
+        };
+        assert!(matches!(
+            decide_now(&p, &c, Some(&prime(Some("abc"), true)), &[done], now),
+            Step::HandOver {
+                snapshot: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn failed_restores_are_retried_with_backoff_never_bound_empty() {
+        let p = pvc();
+        let c = class(false);
+        let pr = prime(Some("abc"), true);
+        let failed = |n: u32, at: &str| JobFacts {
+            name: job_name(&p, "abc", n),
+            state: JobState::Failed {
+                at: t(at),
+                why: "S3 unreachable".into(),
+            },
+        };
+        let jobs = [failed(0, "2026-11-23T10:00:00Z")];
+        match decide_now(&p, &c, Some(&pr), &jobs, "2026-11-23T10:00:10Z") {
+            Step::Wait {
+                note: Some((r, m)), ..
+            } => {
+                assert_eq!(r, pc::reason::RESTORE_FAILED);
+                assert!(m.contains("never bound empty"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match decide_now(&p, &c, Some(&pr), &jobs, "2026-11-23T10:00:31Z") {
+            Step::StartJob { attempt, name, .. } => {
+                assert_eq!(attempt, 1);
+                assert_eq!(name, job_name(&p, "abc", 1));
+                assert_ne!(name, jobs[0].name);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The second failure waits twice as long.
+        let jobs = [
+            failed(0, "2026-11-23T10:00:00Z"),
+            failed(1, "2026-11-23T10:01:00Z"),
+        ];
+        assert!(matches!(
+            decide_now(&p, &c, Some(&pr), &jobs, "2026-11-23T10:01:45Z"),
+            Step::Wait { .. }
+        ));
+        assert!(matches!(
+            decide_now(&p, &c, Some(&pr), &jobs, "2026-11-23T10:02:01Z"),
+            Step::StartJob { attempt: 2, .. }
+        ));
+        assert_eq!(
+            backoff(SignedDuration::from_secs(30), 20),
+            SignedDuration::from_hours(1)
+        );
+    }
+}
