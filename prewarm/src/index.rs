@@ -257,6 +257,24 @@ pub async fn build(
     cfg: &PrewarmConfig,
     previous: &Index,
 ) -> Result<Index> {
+    build_with(
+        base,
+        &|url| derive_repository_password(master, url),
+        keys,
+        cfg,
+        previous,
+    )
+    .await
+}
+
+/// [`build`] with the password of each repository URL given by `password_for`.
+pub async fn build_with(
+    base: &str,
+    password_for: &(dyn Fn(&str) -> String + Sync),
+    keys: (&str, &str),
+    cfg: &PrewarmConfig,
+    previous: &Index,
+) -> Result<Index> {
     let started = Instant::now();
     let requests = Arc::new(AtomicU64::new(0));
     let region = cfg
@@ -289,7 +307,7 @@ pub async fn build(
         }
         let url = repository_for(base, &ns, &pvc);
         let creds = RepoCreds {
-            password: derive_repository_password(master, &url),
+            password: password_for(&url),
             ..base_creds.clone()
         };
         let listing = match snapshot_listing(&url, &creds, cfg, &requests).await {

@@ -4,6 +4,7 @@
 //! `main.rs` only calls [`main`].
 
 pub mod index;
+pub mod manual;
 pub mod pass;
 pub mod plan;
 pub mod source;
@@ -32,14 +33,16 @@ use stowage_common::metrics::{self, Registry};
         Exit status: 0 run done, 1 some PVC or the index failed (see the log), 2 bad \
         configuration.",
     after_help = "Examples:\n  stowage-prewarm --once\n  stowage-prewarm --index-now --once\n  \
-        stowage-prewarm crd > kustomize/app/crd-restore.yaml"
+        stowage-prewarm crd > kustomize/app/crd-restore.yaml\n  \
+        kubectl -n APP annotate pvc DATA stowage.io/restore-now=latest && stowage-prewarm restore-now"
 )]
 pub struct Cli {
     /// One populator round, then exit (default: keep polling for STOWAGE_RUN_SECONDS)
     #[arg(long)]
     pub once: bool,
-    /// Poll for this many seconds instead of STOWAGE_RUN_SECONDS
-    #[arg(long, value_name = "SECONDS")]
+    /// Poll for this many seconds instead of STOWAGE_RUN_SECONDS (restore-now: wait
+    /// this long for the restores, default 3300)
+    #[arg(long, value_name = "SECONDS", global = true)]
     pub duration: Option<u64>,
     /// Build the index in this run, whether it is due or not
     #[arg(long, conflicts_with = "no_index")]
@@ -57,10 +60,17 @@ pub enum Command {
     Run,
     /// Print the CustomResourceDefinition of the stowage kind (YAML)
     Crd,
+    /// Manual restore: serve the PVCs annotated stowage.io/restore-now (snapshot id or
+    /// latest; stowage.io/restore-replace=true to overwrite a non-empty volume), wait for
+    /// the restores and record the outcome on each PVC (stowage.io/restore-result). Run
+    /// by `kubectl -n stowage create job --from=cronjob/stowage-manual-restore NAME`
+    RestoreNow,
 }
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
+/// How long `restore-now` waits for its restores (the template's Job deadline is longer).
+pub const MANUAL_RESTORE_SECONDS: u64 = 3300;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -100,8 +110,33 @@ async fn run(cli: Cli, cfg: PrewarmConfig) -> ExitCode {
         }
     };
     let started = std::time::Instant::now();
-    let duration = Duration::from_secs(cli.duration.unwrap_or(cfg.prewarm.run_seconds));
     let poll = Duration::from_secs(cfg.prewarm.poll_seconds);
+    if let Some(Command::RestoreNow) = cli.command {
+        let budget = Duration::from_secs(cli.duration.unwrap_or(MANUAL_RESTORE_SECONDS));
+        let ctx = pass::Ctx::new(client, cfg.clone());
+        let s = manual::run(&ctx, budget, poll).await;
+        for (pvc, what) in &s.done {
+            tracing::info!(pvc = %pvc, "{what}");
+        }
+        for (pvc, why) in &s.pending {
+            tracing::warn!(pvc = %pvc, "not finished in this run (the next run continues): {why}");
+        }
+        if s.done.is_empty() && s.pending.is_empty() && s.errors.is_empty() {
+            tracing::warn!(
+                "no PVC is annotated {}: annotate the PVC to restore first (docs/runbooks.md)",
+                manual::REQUEST
+            );
+        }
+        let ok = s.errors.is_empty()
+            && s.pending.is_empty()
+            && s.done.values().all(|v| v.starts_with("restored"));
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILURE)
+        };
+    }
+    let duration = Duration::from_secs(cli.duration.unwrap_or(cfg.prewarm.run_seconds));
 
     // The index runs alongside the populator, which must not wait for it.
     let index_task = {

@@ -35,6 +35,8 @@ pub const PROGRAM: &str = "stowage-prewarm";
 /// `app.kubernetes.io/component` of prime PVCs.
 pub const PRIME_COMPONENT: &str = "prime";
 const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// On a prime PVC: the user PVC's own Secret (`stowage.io/secret`) the restore uses.
+pub const PRIME_SECRET: &str = "stowage.io/restore-secret";
 
 /// What a run did (over all its rounds).
 #[derive(Debug, Default)]
@@ -135,8 +137,17 @@ fn job_state(job: &Job, now: Timestamp) -> JobState {
         match c.type_.as_str() {
             "Complete" | "SuccessCriteriaMet" => return JobState::Succeeded,
             "Failed" | "FailureTarget" => {
+                // Without a transition time (older API servers, hand-written status),
+                // the Job's start or creation: "now" would push the retry away forever.
+                let at = c
+                    .last_transition_time
+                    .as_ref()
+                    .or(job.status.as_ref().and_then(|s| s.start_time.as_ref()))
+                    .or(job.metadata.creation_timestamp.as_ref())
+                    .map(|t| t.0)
+                    .unwrap_or(now);
                 return JobState::Failed {
-                    at: c.last_transition_time.as_ref().map(|t| t.0).unwrap_or(now),
+                    at,
                     why: format!(
                         "{} {}",
                         c.reason.clone().unwrap_or_default(),
@@ -194,13 +205,13 @@ async fn note(ctx: &Ctx, p: &UserPvc, reason: &str, message: &str, warning: bool
 }
 
 /// The central credentials Secret's values (master password, mover keys).
-struct Central {
-    master: String,
-    access_key_id: String,
-    secret_access_key: String,
+pub(crate) struct Central {
+    pub(crate) master: String,
+    pub(crate) access_key_id: String,
+    pub(crate) secret_access_key: String,
 }
 
-async fn central(ctx: &Ctx) -> Result<Central, String> {
+pub(crate) async fn central(ctx: &Ctx) -> Result<Central, String> {
     let p = &ctx.cfg.prewarm;
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &p.system_namespace);
     let s = match api.get_opt(&p.credentials_secret).await {
@@ -248,7 +259,69 @@ async fn central(ctx: &Ctx) -> Result<Central, String> {
     })
 }
 
-fn region(cfg: &PrewarmConfig) -> Option<String> {
+/// Repository, password and keys of a populate: from the user PVC's own Secret
+/// (`stowage.io/secret`, in its namespace; only what the mover needs is copied into the
+/// per-run Secret of the stowage namespace), else the derived password of `repository`
+/// and the central mover keys.
+async fn repo_credentials(
+    ctx: &Ctx,
+    u: &UserPvc,
+    own: Option<&str>,
+    repository: &str,
+) -> Result<RunCredentials, String> {
+    let Some(name) = own else {
+        let central = central(ctx).await?;
+        return Ok(RunCredentials {
+            password: credentials::derive_repository_password(&central.master, repository),
+            repository: repository.to_string(),
+            access_key_id: central.access_key_id,
+            secret_access_key: central.secret_access_key,
+            region: region(&ctx.cfg),
+        });
+    };
+    let s = Api::<Secret>::namespaced(ctx.client.clone(), &u.namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| describe_kube_error(&e, &format!("get secret {}/{name}", u.namespace)))?
+        .ok_or_else(|| {
+            format!(
+                "Secret {}/{name} named by annotation {} does not exist: create it (keys \
+                 RESTIC_REPOSITORY, RESTIC_PASSWORD, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) \
+                 or remove the annotation. The PVC stays Pending until it exists",
+                u.namespace,
+                contract::user::SECRET
+            )
+        })?;
+    let get = |k: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| {
+                String::from_utf8_lossy(&v.0)
+                    .trim_end_matches('\n')
+                    .to_string()
+            })
+            .filter(|v| !v.is_empty())
+    };
+    use contract::run_secret_keys as k;
+    let password = get(k::RESTIC_PASSWORD).ok_or_else(|| {
+        format!(
+            "Secret {}/{name} (annotation {}) has no key {}",
+            u.namespace,
+            contract::user::SECRET,
+            k::RESTIC_PASSWORD
+        )
+    })?;
+    Ok(RunCredentials {
+        repository: get(k::RESTIC_REPOSITORY).unwrap_or_else(|| repository.to_string()),
+        password,
+        access_key_id: get(k::AWS_ACCESS_KEY_ID).unwrap_or_default(),
+        secret_access_key: get(k::AWS_SECRET_ACCESS_KEY).unwrap_or_default(),
+        region: get(k::AWS_DEFAULT_REGION).or_else(|| region(&ctx.cfg)),
+    })
+}
+
+pub(crate) fn region(cfg: &PrewarmConfig) -> Option<String> {
     cfg.restic
         .aws_default_region
         .clone()
@@ -323,12 +396,23 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
         }
         // A PV that still names the prime would be reclaimed with it: only delete once
         // the user PVC is gone or bound elsewhere.
-        let why = if live_uids.contains(&for_uid) {
-            "its PVC no longer waits for a volume"
-        } else {
+        let abandoned = !live_uids.contains(&for_uid);
+        let why = if abandoned {
             "its PVC was deleted"
+        } else {
+            "its PVC no longer waits for a volume"
         };
         delete_prime(ctx, &prime.name_any(), why, report).await;
+        if abandoned {
+            // A restore still running for a deleted PVC would only keep the prime
+            // volume busy: its Job goes (with its pod and per-run Secret).
+            for j in jobs.items.iter().filter(|j| {
+                j.labels().get(label::PVC_UID) == Some(&for_uid)
+                    && j.metadata.deletion_timestamp.is_none()
+            }) {
+                delete_job(ctx, &j.name_any(), report).await;
+            }
+        }
     }
 
     let mut classes: BTreeMap<String, Option<ClassFacts>> = BTreeMap::new();
@@ -460,6 +544,7 @@ fn prime_facts(p: &PersistentVolumeClaim, pvs: &BTreeMap<String, &PersistentVolu
         snapshot_time: a.get(pc::prime::SNAPSHOT_TIME).cloned(),
         empty_reason: a.get(pc::prime::EMPTY_REASON).cloned(),
         terminating: p.metadata.deletion_timestamp.is_some(),
+        secret: a.get(PRIME_SECRET).filter(|s| !s.is_empty()).cloned(),
     }
 }
 
@@ -474,6 +559,22 @@ async fn delete_prime(ctx: &Ctx, name: &str, why: &str, report: &mut Report) {
             report.errors.insert(describe_kube_error(
                 &e,
                 &format!("delete persistentvolumeclaim {}/{name}", ctx.ns()),
+            ));
+        }
+    }
+}
+
+async fn delete_job(ctx: &Ctx, name: &str, report: &mut Report) {
+    match Api::<Job>::namespaced(ctx.client.clone(), ctx.ns())
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => tracing::info!(job = %name, "restore Job of a deleted PVC deleted"),
+        Err(e) if is_status(&e, 404) => {}
+        Err(e) => {
+            report.errors.insert(describe_kube_error(
+                &e,
+                &format!("delete job {}/{name}", ctx.ns()),
             ));
         }
     }
@@ -514,21 +615,23 @@ async fn act(
             note(ctx, u, pc::reason::UNSAFE_STORAGE_CLASS, &message, true).await;
             Ok(())
         }
-        Step::Resolve(src) => {
-            let central = match central(ctx).await {
-                Ok(c) => c,
-                Err(e) => {
-                    note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
-                    report.waiting.insert(u.key(), e);
-                    return Ok(());
-                }
-            };
+        Step::Resolve(mut src) => {
+            let creds =
+                match repo_credentials(ctx, u, src.own_secret.as_deref(), &src.repository).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
+                        report.waiting.insert(u.key(), e);
+                        return Ok(());
+                    }
+                };
+            src.repository = creds.repository.clone();
             tracing::info!(namespace = %u.namespace, pvc = %u.name, repository = %src.repository, "looking up the backup to restore");
             let creds = RepoCreds {
-                password: credentials::derive_repository_password(&central.master, &src.repository),
-                access_key_id: central.access_key_id.clone(),
-                secret_access_key: central.secret_access_key.clone(),
-                region: region(&ctx.cfg),
+                password: creds.password,
+                access_key_id: creds.access_key_id,
+                secret_access_key: creds.secret_access_key,
+                region: creds.region,
             };
             let answer = source::lookup(
                 src.repository.clone(),
@@ -605,6 +708,9 @@ async fn create_prime(
     if let Some(r) = d.empty_reason {
         annotations.insert(pc::prime::EMPTY_REASON.into(), r.into());
     }
+    if let Some(sec) = &d.secret {
+        annotations.insert(PRIME_SECRET.into(), sec.clone());
+    }
     if class.is_some_and(|c| c.wait_for_first_consumer)
         && let Some(n) = &u.selected_node
     {
@@ -651,7 +757,7 @@ async fn create_prime(
     }
 }
 
-fn mover_env(cfg: &PrewarmConfig) -> Vec<(String, String)> {
+pub(crate) fn mover_env(cfg: &PrewarmConfig) -> Vec<(String, String)> {
     let mut env = Vec::new();
     let c = &cfg.common;
     if c.allow_http {
@@ -676,7 +782,7 @@ async fn start_job(
     snapshot: &str,
     report: &mut Report,
 ) -> Result<(), String> {
-    let central = match central(ctx).await {
+    let creds = match repo_credentials(ctx, u, prime.secret.as_deref(), &prime.repository).await {
         Ok(c) => c,
         Err(e) => {
             note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
@@ -731,13 +837,7 @@ async fn start_job(
         name,
         mover_job::mover_labels(Operation::Restore, &u.uid),
         Some(owner),
-        &RunCredentials {
-            password: credentials::derive_repository_password(&central.master, &prime.repository),
-            repository: prime.repository.clone(),
-            access_key_id: central.access_key_id,
-            secret_access_key: central.secret_access_key,
-            region: region(&ctx.cfg),
-        },
+        &creds,
     );
     match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .create(&PostParams::default(), &secret)

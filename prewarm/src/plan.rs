@@ -69,6 +69,9 @@ pub struct PrimeFacts {
     pub snapshot_time: Option<String>,
     pub empty_reason: Option<String>,
     pub terminating: bool,
+    /// The user PVC's own Secret (`stowage.io/secret`) whose repository and password
+    /// the restore uses.
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -112,6 +115,10 @@ pub struct Source {
     pub pvc: String,
     pub repository: String,
     pub selector: Selector,
+    /// The PVC's own Secret (`stowage.io/secret`, its namespace): when the source is the
+    /// PVC's own backup, its RESTIC_REPOSITORY and RESTIC_PASSWORD replace `repository`
+    /// and the derived password.
+    pub own_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +174,7 @@ pub struct PrimeDecision {
     pub repository: String,
     pub snapshot: Option<(String, Timestamp)>,
     pub empty_reason: Option<&'static str>,
+    pub secret: Option<String>,
 }
 
 /// Name of the prime PVC of a user PVC.
@@ -211,6 +219,12 @@ pub fn source(s: &Settings, pvc: &UserPvc, spec: &RestoreSpec) -> Result<Source,
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| pvc.name.clone());
     let other_source = namespace != pvc.namespace || name != pvc.name;
+    let own_repository = spec.repository.as_deref().is_none_or(str::is_empty);
+    let own_secret = pvc
+        .annotations
+        .get(user::SECRET)
+        .filter(|v| !other_source && own_repository && !v.is_empty())
+        .cloned();
     let repository = match (&spec.repository, pvc.annotations.get(user::REPOSITORY)) {
         (Some(r), _) if !r.is_empty() => r.clone(),
         (_, Some(r)) if !other_source && !r.is_empty() => r.clone(),
@@ -243,6 +257,7 @@ pub fn source(s: &Settings, pvc: &UserPvc, spec: &RestoreSpec) -> Result<Source,
         pvc: name,
         repository,
         selector,
+        own_secret,
     })
 }
 
@@ -315,11 +330,13 @@ pub fn after_source(source: &Source, answer: SourceAnswer) -> Result<PrimeDecisi
             repository: source.repository.clone(),
             snapshot: Some((id, time)),
             empty_reason: None,
+            secret: source.own_secret.clone(),
         }),
         SourceAnswer::NoBackup => Ok(PrimeDecision {
             repository: source.repository.clone(),
             snapshot: None,
             empty_reason: Some(pc::EMPTY_NO_BACKUP),
+            secret: source.own_secret.clone(),
         }),
         SourceAnswer::Unavailable(e) => Err(Step::Wait {
             why: format!("backup source unavailable: {e}"),
@@ -405,6 +422,7 @@ pub fn decide(
                 repository: repo,
                 snapshot: None,
                 empty_reason: Some(pc::EMPTY_FORCED),
+                secret: None,
             });
         }
         return match source(s, pvc, spec) {
@@ -561,6 +579,25 @@ mod tests {
                 .repository,
             "s3:https://x/volsync/pg"
         );
+    }
+
+    #[test]
+    fn own_secret_applies_only_to_the_pvcs_own_backup() {
+        let mut p = pvc();
+        p.annotations
+            .insert(user::SECRET.into(), "restic-pg".into());
+        let s = source(&settings(), &p, &RestoreSpec::default()).unwrap();
+        assert_eq!(s.own_secret.as_deref(), Some("restic-pg"));
+        let other = RestoreSpec {
+            source_namespace: Some("prod".into()),
+            ..Default::default()
+        };
+        assert_eq!(source(&settings(), &p, &other).unwrap().own_secret, None);
+        let repo = RestoreSpec {
+            repository: Some("s3:https://y/b/r".into()),
+            ..Default::default()
+        };
+        assert_eq!(source(&settings(), &p, &repo).unwrap().own_secret, None);
     }
 
     #[test]

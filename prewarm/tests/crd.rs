@@ -4,7 +4,10 @@ use stowage_common::k8s::restore_kind::crd_yaml;
 
 #[test]
 fn committed_crd_matches_the_generated_one() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../kustomize/app/crd-restore.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../kustomize/app/crd-restore.yaml"
+    );
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         committed == crd_yaml(),

@@ -65,7 +65,9 @@ fn world(pvcs: usize) -> FakeApi {
 
 fn main() {
     let bin = stowage_testkit::bins::path("stowage-scheduler");
-    println!("| PVCs | namespaces | pass | wall (s) | API requests | scheduler peak RSS (MiB) | Jobs started |");
+    println!(
+        "| PVCs | namespaces | pass | wall (s) | API requests | scheduler peak RSS (MiB) | Jobs started |"
+    );
     println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: |");
     for n in [100, 1000] {
         let api = world(n);

@@ -187,9 +187,9 @@ pub fn phase_hooks(hooks: &[PodHooks], phase: Phase) -> Vec<(String, Hook)> {
         .collect()
 }
 
-/// Wall-clock deadline of a pass holding hooks: every hook and copy timeout, plus a
-/// margin for API calls.
-pub fn deadline(hooks: &[PodHooks], copy_timeout: Option<Duration>) -> Timestamp {
+/// Deadline of a pass holding hooks, from the pass's clock `now`: every hook and copy
+/// timeout, plus a margin for API calls.
+pub fn deadline(hooks: &[PodHooks], copy_timeout: Option<Duration>, now: Timestamp) -> Timestamp {
     let hooks: Duration = hooks
         .iter()
         .flat_map(|p| [p.pre.as_ref(), p.post.as_ref()])
@@ -197,7 +197,7 @@ pub fn deadline(hooks: &[PodHooks], copy_timeout: Option<Duration>) -> Timestamp
         .map(|h| h.timeout)
         .sum();
     let total = hooks + copy_timeout.unwrap_or_default() + Duration::from_secs(10);
-    Timestamp::now() + jiff::SignedDuration::try_from(total).unwrap_or_default()
+    now + jiff::SignedDuration::try_from(total).unwrap_or_default()
 }
 
 fn snapshots_api(client: &Client, ns: &str) -> Api<DynamicObject> {
@@ -485,8 +485,9 @@ mod tests {
             }),
             post: Some(hook),
         }];
-        let d = deadline(&hooks, Some(Duration::from_secs(60)));
-        let secs = d.as_second() - Timestamp::now().as_second();
+        let now: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let d = deadline(&hooks, Some(Duration::from_secs(60)), now);
+        let secs = d.as_second() - now.as_second();
         assert!((109..=111).contains(&secs), "{secs}");
     }
 }

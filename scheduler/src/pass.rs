@@ -795,6 +795,7 @@ async fn prepare(
             deadline: consistency::deadline(
                 &start.hooks,
                 (method != CopyMethod::Direct).then_some(copy_timeout),
+                ctx.now,
             ),
             post: post_hooks.clone(),
         };
@@ -954,7 +955,7 @@ async fn settle_hooks(
     {
         return Ok(None);
     }
-    if Timestamp::now() < state.deadline {
+    if ctx.now < state.deadline {
         return Ok(Some(state.job));
     }
     let post = consistency::run_phase(&ctx.client, &ns, Phase::Post, &state.post).await;

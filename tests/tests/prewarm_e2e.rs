@@ -51,7 +51,9 @@ impl World {
                 .storage_class(StorageClassSpec::local_csi("local").default_class())
                 .storage_class(StorageClassSpec::local_path("local-path"))
                 .namespace("stowage")
-                .binary("stowage-mover", bins::path("stowage-mover")),
+                .binary("stowage-mover", bins::path("stowage-mover"))
+                // The manual restore template's Job runs stowage-prewarm as a pod.
+                .binary("stowage-prewarm", bins::path("stowage-prewarm")),
         );
         let keys: BTreeMap<String, String> = g.env("x").into_iter().collect();
         let w = World {
@@ -790,4 +792,370 @@ async fn index_lists_every_repository_with_its_newest_snapshot() {
     let second = idx["s3_requests"].as_u64().unwrap();
     assert!(second < first_requests, "{second} < {first_requests}");
     assert!(cm.data.as_ref().unwrap()["index.txt"].contains("www"));
+}
+
+/// The manual restore's annotations and Event reasons (stowage-prewarm's `manual`).
+mod manual {
+    pub const REQUEST: &str = "stowage.io/restore-now";
+    pub const REPLACE: &str = "stowage.io/restore-replace";
+    pub const JOB: &str = "stowage.io/restore-job";
+    pub const RESULT: &str = "stowage.io/restore-result";
+    pub mod reason {
+        pub const SUCCEEDED: &str = "ManualRestoreSucceeded";
+        pub const REFUSED: &str = "ManualRestoreRefused";
+    }
+}
+
+/// The objects of a file of kustomize/app.
+fn app_file(name: &str) -> Vec<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kustomize/app")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+impl World {
+    /// The shipped `stowage-settings` ConfigMap with the values a user's ks.yaml would
+    /// substitute (this test's S3), as the template's Job reads it through `envFrom`.
+    fn install_settings(&self) {
+        let mut cm = app_file("settings.yaml").remove(0);
+        let env = self.env();
+        let data = cm["data"].as_object_mut().unwrap();
+        for (k, v) in data.iter_mut() {
+            if let Some((_, x)) = env.iter().find(|(n, _)| n == k) {
+                *v = json!(x);
+            } else if v.as_str().is_some_and(|v| v.contains("${")) {
+                // Flux's default after `:=`.
+                let d = v.as_str().unwrap();
+                let default = d.split(":=").nth(1).map(|x| x.trim_end_matches('}'));
+                *v = json!(default.unwrap_or(""));
+            }
+        }
+        data.insert("STOWAGE_ALLOW_HTTP".into(), json!("true"));
+        data.insert("STOWAGE_LOG_FORMAT".into(), json!("text"));
+        data.insert("STOWAGE_POLL_SECONDS".into(), json!("1"));
+        cm["metadata"]["namespace"] = json!("stowage");
+        self.cluster.store().create::<ConfigMap>(&obj(cm)).unwrap();
+    }
+
+    /// What `kubectl -n stowage create job --from=cronjob/stowage-manual-restore NAME`
+    /// creates from the template in kustomize/app/restore-template.yaml; waits for the
+    /// Job to finish and returns whether it succeeded and the run's log.
+    async fn manual_restore_job(&self, name: &str) -> (bool, String) {
+        let cj = app_file("restore-template.yaml")
+            .into_iter()
+            .find(|o| o["kind"] == "CronJob" && o["metadata"]["name"] == "stowage-manual-restore")
+            .expect("CronJob stowage-manual-restore");
+        assert_eq!(cj["spec"]["suspend"], true);
+        let job = json!({
+            "metadata": {
+                "name": name, "namespace": "stowage",
+                "labels": cj["spec"]["jobTemplate"]["metadata"]["labels"],
+                "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+            },
+            "spec": cj["spec"]["jobTemplate"]["spec"],
+        });
+        self.cluster.store().create::<Job>(&obj(job)).unwrap();
+        let ok = self
+            .cluster
+            .wait_for(WAIT, |s| {
+                let j = s.get::<Job>("stowage", name)?;
+                j.status?.conditions?.iter().find_map(|c| {
+                    (c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
+                        .then(|| c.type_ == "Complete")
+                })
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not finish\n{}", self.cluster.all_pod_logs()));
+        let pod = self
+            .cluster
+            .store()
+            .list::<Pod>(Some("stowage"))
+            .into_iter()
+            .find(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("job-name"))
+                    .is_some_and(|j| j == name)
+            })
+            .unwrap();
+        (
+            ok,
+            self.cluster
+                .pod_logs("stowage", pod.metadata.name.as_deref().unwrap()),
+        )
+    }
+
+    fn annotate(&self, ns: &str, pvc: &str, kv: &[(&str, &str)]) {
+        let mut m = serde_json::Map::new();
+        for (k, v) in kv {
+            m.insert(k.to_string(), json!(v));
+        }
+        self.cluster
+            .store()
+            .patch::<PersistentVolumeClaim>(ns, pvc, &json!({"metadata": {"annotations": m}}))
+            .unwrap();
+    }
+}
+
+/// Manual restore from the shipped template, as the runbook says: the PVC names the
+/// snapshot, a Job is created from the suspended CronJob; refused while the app runs,
+/// refused on a non-empty volume, restored with replace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_restore_from_the_template_refuses_a_non_empty_volume_unless_told_to_replace() {
+    let w = World::new();
+    w.install_settings();
+    w.cluster
+        .create_namespace("db", &[("stowage.io/privileged-mover", "true")])
+        .unwrap();
+    w.apply_app("db", &World::pvc_spec("pg"), "node-a");
+    w.populate(&[("db", "pg")]).await;
+    fill(&w.dir("db", "pg"), 3);
+    w.backup("2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z")
+        .await;
+    let expected = digest::entries(&w.dir("db", "pg"));
+    let snapshot = w.ann("db", "pg", status::LAST_SNAPSHOT).unwrap();
+    // The incident: the data is damaged.
+    std::fs::write(w.dir("db", "pg").join("damage.txt"), "oops").unwrap();
+    let first = std::fs::read_dir(w.dir("db", "pg"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_file() && e.file_name() != "damage.txt")
+        .unwrap()
+        .path();
+    std::fs::write(&first, "overwritten").unwrap();
+    let damaged = digest::entries(&w.dir("db", "pg"));
+    assert_ne!(damaged, expected);
+
+    // 1. The app still runs: refused, nothing written.
+    w.annotate("db", "pg", &[(manual::REQUEST, &snapshot[..8])]);
+    let (ok, log) = w.manual_restore_job("restore-1").await;
+    assert!(!ok, "{log}");
+    let result = w.ann("db", "pg", manual::RESULT).unwrap_or_default();
+    assert!(
+        result.contains("in use by pod(s) app-pg"),
+        "{result}\n{log}"
+    );
+    assert_eq!(w.ann("db", "pg", manual::REQUEST), None, "request served");
+    assert_eq!(digest::entries(&w.dir("db", "pg")), damaged);
+
+    // 2. Scaled down, no replace: the mover refuses the non-empty volume.
+    w.cluster.store().delete::<Pod>("db", "app-pg").unwrap();
+    w.cluster
+        .wait_for(WAIT, |s| {
+            s.get::<Pod>("db", "app-pg").is_none().then_some(())
+        })
+        .await
+        .unwrap();
+    w.annotate("db", "pg", &[(manual::REQUEST, &snapshot[..8])]);
+    let (ok, log) = w.manual_restore_job("restore-2").await;
+    assert!(!ok, "{log}");
+    let result = w.ann("db", "pg", manual::RESULT).unwrap_or_default();
+    assert!(
+        result.starts_with("refused") && result.contains("not empty"),
+        "{result}\n{log}\n{}",
+        w.cluster.all_pod_logs()
+    );
+    assert_eq!(w.events("db", "pg", manual::reason::REFUSED).len(), 2);
+    assert_eq!(
+        digest::entries(&w.dir("db", "pg")),
+        damaged,
+        "nothing written"
+    );
+
+    // 3. Told to replace: the volume equals the snapshot again.
+    w.annotate(
+        "db",
+        "pg",
+        &[(manual::REQUEST, &snapshot), (manual::REPLACE, "true")],
+    );
+    let (ok, log) = w.manual_restore_job("restore-3").await;
+    assert!(ok, "{log}\n{}", w.cluster.all_pod_logs());
+    let result = w.ann("db", "pg", manual::RESULT).unwrap_or_default();
+    assert!(result.starts_with("restored snapshot"), "{result}");
+    assert!(result.contains(&snapshot), "{result}");
+    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+    assert_eq!(w.events("db", "pg", manual::reason::SUCCEEDED).len(), 1);
+    for k in [manual::REQUEST, manual::REPLACE, manual::JOB] {
+        assert_eq!(w.ann("db", "pg", k), None, "{k} removed");
+    }
+    // The restore ran in the PVC's namespace with a per-run Secret owned by its Job.
+    let restores: Vec<Job> = w
+        .cluster
+        .store()
+        .list::<Job>(Some("db"))
+        .into_iter()
+        .filter(|j| {
+            j.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("stowage.io/operation"))
+                .is_some_and(|o| o == "restore")
+        })
+        .collect();
+    assert_eq!(restores.len(), 2, "the refused and the replacing restore");
+    for j in &restores {
+        let sec: Secret = w
+            .cluster
+            .store()
+            .get("db", j.metadata.name.as_deref().unwrap())
+            .expect("per-run Secret");
+        assert_eq!(
+            sec.metadata.owner_references.unwrap()[0].uid,
+            j.metadata.uid.clone().unwrap()
+        );
+    }
+    // A run with nothing to do does nothing.
+    let (_, log) = w.manual_restore_job("restore-4").await;
+    assert!(log.contains("no PVC is annotated"), "{log}");
+}
+
+/// A VolSync-style PVC: its own Secret (`stowage.io/secret`) names the repository and
+/// password. The populator restores from it; only what the mover needs is copied into
+/// a per-run Secret of the stowage namespace, owned by the restore Job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn populate_with_the_pvcs_own_volsync_secret() {
+    let g = garage::shared();
+    let w = World::new();
+    // Data backed up by someone else (VolSync, restic) into a repository of its own.
+    let src = tempfile::tempdir().unwrap();
+    fill(src.path(), 5);
+    let expected = digest::entries(src.path());
+    let repo = format!("{}/volsync/pg-own", w.base());
+    let out = std::process::Command::new(bins::path("stowage-mover"))
+        .arg("backup")
+        .arg(src.path())
+        .env_clear()
+        .envs(g.env("x"))
+        .env("RESTIC_REPOSITORY", &repo)
+        .env("RESTIC_PASSWORD", "own volsync password")
+        .env("STOWAGE_NAMESPACE", "db")
+        .env("STOWAGE_PVC", "pg")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    w.cluster.create_namespace("db", &[]).unwrap();
+    let spec = World::pvc_spec("pg").annotation("stowage.io/secret", "restic-pg");
+    w.apply_app("db", &spec, "node-a");
+    // The Secret is missing at first: a clear Event, the PVC waits.
+    let (_, log) = w.prewarm_once(&[]).await;
+    let missing = w.events("db", "pg", reason::CREDENTIALS_MISSING);
+    assert_eq!(missing.len(), 1, "{log}");
+    assert!(missing[0].contains("db/restic-pg"), "{}", missing[0]);
+    assert!(!bound(w.cluster.store(), "db", "pg"));
+    w.cluster
+        .store()
+        .create::<Secret>(&obj(json!({
+            "metadata": {"name": "restic-pg", "namespace": "db"},
+            "stringData": {
+                "RESTIC_REPOSITORY": repo,
+                "RESTIC_PASSWORD": "own volsync password",
+                "AWS_ACCESS_KEY_ID": w.keys["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": w.keys["AWS_SECRET_ACCESS_KEY"],
+                "UNRELATED": "not copied",
+            }
+        })))
+        .unwrap();
+    w.populate(&[("db", "pg")]).await;
+    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+    assert_eq!(
+        w.ann("db", "pg", pc::status::RESTORED_FROM).as_deref(),
+        Some(repo.as_str())
+    );
+    // The per-run Secret: only restic's and S3's keys, the Secret's own password, owned
+    // by the restore Job.
+    let jobs: Vec<Job> = w.cluster.store().list(Some("stowage"));
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    let sec: Secret = w
+        .cluster
+        .store()
+        .get("stowage", job.metadata.name.as_deref().unwrap())
+        .expect("per-run Secret");
+    let data = sec.data.unwrap();
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_DEFAULT_REGION",
+            "AWS_SECRET_ACCESS_KEY",
+            "RESTIC_PASSWORD",
+            "RESTIC_REPOSITORY"
+        ]
+    );
+    assert_eq!(data["RESTIC_PASSWORD"].0, b"own volsync password");
+    assert_eq!(
+        sec.metadata.owner_references.unwrap()[0].uid,
+        job.metadata.uid.clone().unwrap()
+    );
+}
+
+/// The user PVC is deleted while its restore runs: prewarm deletes the abandoned prime
+/// PVC and the restore Job (with its pod and per-run Secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_prime_pvc_and_restore_job_are_cleaned_up() {
+    let w = World::new();
+    let _ = backed_up(&w, 48 << 20).await;
+    w.apply_app("db", &World::pvc_spec("pg"), "node-a");
+    let mut prewarm = w.spawn_prewarm();
+    w.cluster
+        .wait_for(WAIT, |s| {
+            s.list::<Pod>(Some("stowage"))
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(w.primes().len(), 1);
+    // The app is removed from Git while its volume is being restored.
+    w.cluster.store().delete::<Pod>("db", "app-pg").unwrap();
+    w.cluster
+        .store()
+        .delete::<PersistentVolumeClaim>("db", "pg")
+        .unwrap();
+    let r = w
+        .cluster
+        .wait_for(WAIT, |s| {
+            (s.list::<PersistentVolumeClaim>(None).is_empty()
+                && s.list::<Job>(Some("stowage")).is_empty()
+                && s.list::<Pod>(Some("stowage")).is_empty())
+            .then_some(())
+        })
+        .await;
+    let _ = prewarm.start_kill();
+    let _ = prewarm.wait().await;
+    let n = w.runs.load(std::sync::atomic::Ordering::Relaxed);
+    let log = w.cluster.program_log(&format!("prewarm-{n}"));
+    r.unwrap_or_else(|_| {
+        panic!(
+            "PVCs {:?} Jobs {:?}\n{log}",
+            w.cluster
+                .store()
+                .list::<PersistentVolumeClaim>(None)
+                .iter()
+                .map(|p| p.metadata.name.clone())
+                .collect::<Vec<_>>(),
+            w.cluster
+                .store()
+                .list::<Job>(Some("stowage"))
+                .iter()
+                .map(|p| p.metadata.name.clone())
+                .collect::<Vec<_>>()
+        )
+    });
+    assert!(log.contains("its PVC was deleted"), "{log}");
+    assert!(
+        w.cluster.store().list::<Secret>(Some("stowage")).len() == 1,
+        "only stowage-credentials is left"
+    );
 }

@@ -41,12 +41,10 @@ const PROGRAMS: &[Program] = &[
         krate: "gc",
         scenario: Some(gc_scenario),
     },
-    // prewarm: add its scenario when the program is complete. Until then its RBAC is
-    // written from its code and not measured (the test says so).
     Program {
         name: "stowage-prewarm",
         krate: "prewarm",
-        scenario: None,
+        scenario: Some(prewarm_scenario),
     },
 ];
 
@@ -674,6 +672,239 @@ fn gc_scenario(api: &FakeApi, program: &str) {
     let later = now + jiff::SignedDuration::from_hours(1);
     let log = run(api, program, &["--now", &later.to_string()], &env);
     assert!(log.contains("repository damaged"), "{log}");
+}
+
+/// A Pending PVC that names the stowage kind.
+fn pending_pvc(api: &FakeApi, ns: &str, name: &str, class: &str, annotations: Value) {
+    put::<PersistentVolumeClaim>(
+        api,
+        json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"backup": "hourly"},
+                         "annotations": annotations},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                     "resources": {"requests": {"storage": "1Gi"}},
+                     "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore", "name": name}}
+        }),
+    );
+}
+
+/// The PV binder's part: every prime PVC of the stowage namespace gets a volume.
+fn bind_primes(api: &FakeApi) {
+    for p in api.store().list::<PersistentVolumeClaim>(Some(NS)) {
+        if p.spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_ref())
+            .is_some()
+        {
+            continue;
+        }
+        let name = p.metadata.name.clone().unwrap();
+        let pv = format!("pv-{name}");
+        put::<PersistentVolume>(
+            api,
+            json!({
+                "metadata": {"name": pv},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                         "hostPath": {"path": "/tmp/x"}, "storageClassName": "local",
+                         "claimRef": {"namespace": NS, "name": name, "uid": p.metadata.uid}}
+            }),
+        );
+        api.store()
+            .modify::<PersistentVolumeClaim>(NS, &name, |p| {
+                p.spec.as_mut().unwrap().volume_name = Some(pv.clone());
+                p.status = Some(serde_json::from_value(json!({"phase": "Bound"})).unwrap());
+            })
+            .unwrap();
+    }
+}
+
+/// The restore Jobs prewarm created in `ns` (newest last).
+fn restore_jobs(api: &FakeApi, ns: &str, uid: &str) -> Vec<String> {
+    api.store()
+        .list::<Job>(Some(ns))
+        .into_iter()
+        .filter(|j| {
+            j.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get("stowage.io/pvc-uid").map(String::as_str) == Some(uid))
+        })
+        .map(|j| j.metadata.name.unwrap())
+        .collect()
+}
+
+fn uid_of(api: &FakeApi, ns: &str, name: &str) -> String {
+    let p: PersistentVolumeClaim = api.store().get(ns, name).unwrap();
+    p.metadata.uid.unwrap()
+}
+
+/// prewarm's life: populate from a backup (prime PVC, restore Job and per-run Secret,
+/// hand-over), a fresh install bound empty, an unsafe class refused with an Event, a
+/// PVC restored with its own VolSync Secret whose restore fails and is retried, then is
+/// deleted (abandoned prime and Job removed), the index ConfigMap created then updated,
+/// and a manual restore (`restore-now`) refused while the app runs, then served.
+fn prewarm_scenario(api: &FakeApi, program: &str) {
+    use stowage_common::k8s::credentials::derive_repository_password;
+
+    const MASTER: &str = "master secret";
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("backups");
+    let base_s = base.to_str().unwrap().to_string();
+    for ns in [NS, "a", "b"] {
+        put::<Namespace>(api, json!({"metadata": {"name": ns}}));
+    }
+    put::<Secret>(
+        api,
+        json!({
+            "metadata": {"name": "stowage-credentials", "namespace": NS},
+            "stringData": {"master-password": MASTER, "mover-access-key-id": "AK",
+                           "mover-secret-access-key": "SK"}
+        }),
+    );
+    for (name, provisioner) in [
+        ("local", "local.csi.openebs.io"),
+        ("local-path", "rancher.io/local-path"),
+    ] {
+        put::<k8s_openapi::api::storage::v1::StorageClass>(
+            api,
+            json!({"metadata": {"name": name}, "provisioner": provisioner,
+                   "volumeBindingMode": "Immediate"}),
+        );
+    }
+    // Backups: a/restored under the base (derived password), b/own in a VolSync
+    // repository of its own.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f.txt"), "hello").unwrap();
+    let restored_url = format!("{base_s}/a/restored");
+    backup(
+        &restored_url,
+        &derive_repository_password(MASTER, &restored_url),
+        &data,
+        ("a", "restored"),
+    );
+    let own_url = format!("{}/volsync/own", dir.path().display());
+    backup(&own_url, "own password", &data, ("b", "own"));
+    put::<Secret>(
+        api,
+        json!({
+            "metadata": {"name": "restic-own", "namespace": "b"},
+            "stringData": {"RESTIC_REPOSITORY": own_url, "RESTIC_PASSWORD": "own password"}
+        }),
+    );
+    pending_pvc(api, "a", "restored", "local", json!({}));
+    pending_pvc(api, "a", "fresh", "local", json!({}));
+    pending_pvc(api, "a", "unsafe", "local-path", json!({}));
+    pending_pvc(
+        api,
+        "b",
+        "own",
+        "local",
+        json!({"stowage.io/secret": "restic-own"}),
+    );
+    let env = [
+        ("STOWAGE_REPOSITORY_BASE", base_s.as_str()),
+        ("STOWAGE_RESTORE_BACKOFF_SECONDS", "1"),
+        ("STOWAGE_POLL_SECONDS", "1"),
+        ("POD_NAME", "stowage-prewarm-1-abcde"),
+    ];
+    let once = |extra: &[&str]| {
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
+        run(api, program, &args, &env)
+    };
+    // 1. Lookups, prime PVCs, the unsafe class refused, the index created.
+    let log = once(&["--index-now"]);
+    assert_eq!(
+        api.store().list::<PersistentVolumeClaim>(Some(NS)).len(),
+        3,
+        "{log}"
+    );
+    assert!(
+        api.store().get::<ConfigMap>(NS, "stowage-index").is_some(),
+        "{log}"
+    );
+    // 2. Volumes bound: restores start, the fresh install is handed over.
+    bind_primes(api);
+    let log = once(&["--no-index"]);
+    let (restored_uid, own_uid) = (uid_of(api, "a", "restored"), uid_of(api, "b", "own"));
+    let ok_job = restore_jobs(api, NS, &restored_uid);
+    let failing = restore_jobs(api, NS, &own_uid);
+    assert_eq!((ok_job.len(), failing.len()), (1, 1), "{log}");
+    // 3. One restore succeeds (hand-over), one fails (retried after the backoff); the
+    //    index is updated.
+    finish(
+        api,
+        NS,
+        &ok_job[0],
+        true,
+        r#"{"operation":"restore","ok":true,"restored":true,"files":1,"bytes":5,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.1}"#,
+    );
+    finish(
+        api,
+        NS,
+        &failing[0],
+        false,
+        r#"{"ok":false,"error":"bucket gone"}"#,
+    );
+    let log = once(&["--index-now"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let log2 = once(&["--no-index"]);
+    assert_eq!(
+        restore_jobs(api, NS, &own_uid).len(),
+        2,
+        "retried\n{log}\n{log2}"
+    );
+    // 4. The app with its own Secret is deleted: its prime and restore Job go.
+    api.store()
+        .delete::<PersistentVolumeClaim>("b", "own")
+        .unwrap();
+    let log = once(&["--no-index"]);
+    assert!(restore_jobs(api, NS, &own_uid).is_empty(), "{log}");
+
+    // 5. Manual restore into an existing PVC: refused while its app runs, then served.
+    pvc(
+        api,
+        "a",
+        "manual",
+        json!({}),
+        json!({"stowage.io/restore-now": "latest"}),
+    );
+    let manual = |api: &FakeApi| run(api, program, &["restore-now", "--duration", "2"], &env);
+    let log = manual(api);
+    let p: PersistentVolumeClaim = api.store().get("a", "manual").unwrap();
+    let ann = p.metadata.annotations.unwrap();
+    assert!(
+        ann.get("stowage.io/restore-result")
+            .is_some_and(|r| r.contains("in use")),
+        "{ann:?}\n{log}"
+    );
+    api.store().delete::<Pod>("a", "app-manual").unwrap();
+    api.store()
+        .patch::<PersistentVolumeClaim>(
+            "a",
+            "manual",
+            &json!({"metadata": {"annotations": {"stowage.io/restore-now": "latest"}}}),
+        )
+        .unwrap();
+    let log = manual(api);
+    let job = restore_jobs(api, "a", &uid_of(api, "a", "manual"));
+    assert_eq!(job.len(), 1, "{log}");
+    finish(
+        api,
+        "a",
+        &job[0],
+        true,
+        r#"{"operation":"restore","ok":true,"restored":true,"files":1,"bytes":5,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.1}"#,
+    );
+    let log = manual(api);
+    let p: PersistentVolumeClaim = api.store().get("a", "manual").unwrap();
+    let ann = p.metadata.annotations.unwrap();
+    assert!(
+        ann.get("stowage.io/restore-result")
+            .is_some_and(|r| r.starts_with("restored")),
+        "{ann:?}\n{log}"
+    );
 }
 
 #[test]

@@ -326,7 +326,10 @@ async fn scheduled_backups_across_three_namespaces() {
     );
     assert!(haystack.len() > 1000, "the scan sees the logs");
     for s in &secrets {
-        assert!(!haystack.contains(s.as_str()), "a secret leaked into logs/Events");
+        assert!(
+            !haystack.contains(s.as_str()),
+            "a secret leaked into logs/Events"
+        );
     }
 }
 
