@@ -392,6 +392,10 @@ pub struct PrewarmEnv {
     /// Extra provisioners (comma separated) that provision PVCs with a foreign
     /// dataSourceRef at once; PVCs of their classes are refused.
     pub unsafe_provisioners: Option<String>,
+    /// How long a storage class probe PVC (a PVC with a dataSourceRef that is never
+    /// populated) is given to be provisioned, in seconds: provisioned within that time
+    /// → the class ignores populators (unsafe); still Pending → safe.
+    pub probe_seconds: u64,
 }
 
 impl Default for PrewarmEnv {
@@ -408,6 +412,7 @@ impl Default for PrewarmEnv {
             poll_seconds: 2,
             restore_backoff_seconds: 30,
             unsafe_provisioners: None,
+            probe_seconds: 60,
         }
     }
 }

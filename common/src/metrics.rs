@@ -20,6 +20,8 @@ pub mod names {
     pub const SCHEDULER_SKIPPED: &str = "stowage_scheduler_skipped";
     pub const SCHEDULER_MISSED: &str = "stowage_scheduler_missed_intervals";
     pub const SCHEDULER_ERRORS: &str = "stowage_scheduler_errors";
+    /// Hooks run by the scheduler outside a backup (post hooks of interrupted ones).
+    pub const SCHEDULER_HOOKS: &str = "stowage_scheduler_hooks_total";
     pub const BACKUP_RESULTS: &str = "stowage_backup_results";
     pub const BACKUP_LAST_SUCCESS: &str = "stowage_backup_last_success_timestamp_seconds";
     pub const BACKUP_LAST_FAILED: &str = "stowage_backup_last_failed";
@@ -161,6 +163,8 @@ pub mod prewarm_names {
     pub const RESTORE_FAILURES: &str = "stowage_prewarm_restore_failures";
     /// 1 for each PVC refused because its storage class ignores populators.
     pub const UNSAFE_CLASS: &str = "stowage_prewarm_unsafe_storage_class";
+    /// Probe verdict per storage class: 1 safe for populating, 0 unsafe.
+    pub const CLASS_SAFE: &str = "stowage_prewarm_storage_class_safe";
     /// 1 for each PVC whose backup source could not be read (retried).
     pub const SOURCE_UNAVAILABLE: &str = "stowage_prewarm_source_unavailable";
     /// Errors in this run.

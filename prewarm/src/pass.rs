@@ -9,7 +9,7 @@ use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    ConfigMap, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -27,7 +27,10 @@ use stowage_common::k8s::{describe_kube_error, is_status};
 use stowage_common::metrics::{Registry, prewarm_names as names};
 use stowage_common::result::RunResult;
 
-use crate::plan::{self, ClassFacts, JobFacts, JobState, PrimeFacts, PvFacts, Step, UserPvc};
+use crate::plan::{
+    self, ClassFacts, JobFacts, JobState, PrimeFacts, ProbeFacts, ProbeStep, PvFacts, Step,
+    UserPvc, Verdict,
+};
 use crate::source::{self, RepoCreds};
 
 /// The program's name as reporter of Events and metrics job.
@@ -51,6 +54,8 @@ pub struct Report {
     pub source_unavailable: BTreeSet<String>,
     pub errors: BTreeSet<String>,
     pub rounds: u64,
+    /// Storage class → (provisioner, safe) as the probe judged it.
+    pub class_verdicts: BTreeMap<String, (String, bool)>,
 }
 
 /// Everything one round needs.
@@ -69,6 +74,7 @@ impl Ctx {
             repository_base: p.repository_base.clone(),
             unsafe_provisioners: list(p.unsafe_provisioners.as_deref()),
             restore_backoff: SignedDuration::from_secs(p.restore_backoff_seconds as i64),
+            probe_wait: SignedDuration::from_secs(p.probe_seconds as i64),
         };
         Self {
             events: Events::new(client.clone(), PROGRAM, std::env::var("POD_NAME").ok()),
@@ -87,7 +93,11 @@ impl Ctx {
 pub fn user_pvc(p: &PersistentVolumeClaim) -> Option<UserPvc> {
     let spec = p.spec.as_ref()?;
     let r = spec.data_source_ref.as_ref()?;
+    // stowage's own probe PVCs name the kind too: never populated.
+    let probe = p.labels().get(app::COMPONENT).map(String::as_str) == Some(pc::probe::COMPONENT)
+        && p.labels().get(app::MANAGED_BY).map(String::as_str) == Some(app::STOWAGE);
     if !names_stowage_kind(r.api_group.as_deref(), &r.kind)
+        || probe
         || p.metadata.deletion_timestamp.is_some()
         || spec.volume_name.as_ref().is_some_and(|v| !v.is_empty())
         || p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
@@ -351,8 +361,17 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
                 && p.labels().get(app::MANAGED_BY).map(String::as_str) == Some(app::STOWAGE)
         })
         .collect();
+    let probes: Vec<&PersistentVolumeClaim> = all
+        .items
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ctx.ns())
+                && p.labels().get(app::COMPONENT).map(String::as_str) == Some(pc::probe::COMPONENT)
+                && p.labels().get(app::MANAGED_BY).map(String::as_str) == Some(app::STOWAGE)
+        })
+        .collect();
     report.waiting.clear();
-    if users.is_empty() && primes.is_empty() {
+    if users.is_empty() && primes.is_empty() && probes.is_empty() {
         return Ok(());
     }
     let pvs = Api::<PersistentVolume>::all(ctx.client.clone())
@@ -416,33 +435,41 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
     }
 
     let mut classes: BTreeMap<String, Option<ClassFacts>> = BTreeMap::new();
+    let wanted: BTreeSet<String> = users
+        .iter()
+        .filter_map(|u| u.storage_class.clone())
+        .chain(
+            probes
+                .iter()
+                .filter_map(|p| p.annotations().get(pc::probe::FOR_CLASS).cloned()),
+        )
+        .collect();
+    for c in wanted {
+        let got = Api::<StorageClass>::all(ctx.client.clone())
+            .get_opt(&c)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(describe_kube_error(&e, &format!("get storageclass {c}")))
+            })?;
+        classes.insert(
+            c.clone(),
+            got.map(|sc| ClassFacts {
+                name: c.clone(),
+                provisioner: sc.provisioner.clone(),
+                wait_for_first_consumer: sc.volume_binding_mode.as_deref()
+                    == Some("WaitForFirstConsumer"),
+            }),
+        );
+    }
+    let verdicts = probe_classes(ctx, now, &users, &classes, &probes, &pvs.items, report).await?;
     for u in &users {
-        let class = match &u.storage_class {
-            Some(c) => {
-                if !classes.contains_key(c) {
-                    let got = Api::<StorageClass>::all(ctx.client.clone())
-                        .get_opt(c)
-                        .await
-                        .map_err(|e| {
-                            anyhow::anyhow!(describe_kube_error(
-                                &e,
-                                &format!("get storageclass {c}")
-                            ))
-                        })?;
-                    classes.insert(
-                        c.clone(),
-                        got.map(|sc| ClassFacts {
-                            name: c.clone(),
-                            provisioner: sc.provisioner.clone(),
-                            wait_for_first_consumer: sc.volume_binding_mode.as_deref()
-                                == Some("WaitForFirstConsumer"),
-                        }),
-                    );
-                }
-                classes[c].clone()
-            }
-            None => None,
-        };
+        let class = u
+            .storage_class
+            .as_ref()
+            .and_then(|c| classes.get(c).cloned().flatten());
+        let verdict = class
+            .as_ref()
+            .and_then(|c| plan::verdict_for(c, verdicts.get(&c.name)));
         // The volume was already handed over; the binder has not caught up yet.
         if pvs.items.iter().any(|pv| {
             pv.spec
@@ -493,6 +520,7 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
             &ctx.settings,
             u,
             class.as_ref(),
+            verdict,
             &spec,
             prime.as_ref(),
             &my_jobs,
@@ -513,6 +541,335 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// The probe verdicts (ConfigMap `stowage-storage-classes`), probes started, judged,
+/// recorded and cleaned up for the classes of waiting PVCs (and of probes found).
+async fn probe_classes(
+    ctx: &Ctx,
+    now: Timestamp,
+    users: &[UserPvc],
+    classes: &BTreeMap<String, Option<ClassFacts>>,
+    probes: &[&PersistentVolumeClaim],
+    pvs: &[PersistentVolume],
+    report: &mut Report,
+) -> Result<BTreeMap<String, Verdict>> {
+    let cms = Api::<ConfigMap>::namespaced(ctx.client.clone(), ctx.ns());
+    let mut verdicts: BTreeMap<String, Verdict> = BTreeMap::new();
+    if !classes.is_empty() {
+        let cm = cms.get_opt(pc::probe::CONFIGMAP).await.map_err(|e| {
+            anyhow::anyhow!(describe_kube_error(
+                &e,
+                &format!("get configmap {}/{}", ctx.ns(), pc::probe::CONFIGMAP)
+            ))
+        })?;
+        for (k, v) in cm.and_then(|c| c.data).unwrap_or_default() {
+            match serde_json::from_str::<Verdict>(&v) {
+                Ok(v) => {
+                    verdicts.insert(k, v);
+                }
+                Err(e) => {
+                    tracing::warn!(class = %k, "unreadable probe verdict ({e}): probed again")
+                }
+            }
+        }
+    }
+    for (name, class) in classes {
+        let probe_name = plan::probe_name(name);
+        let probe = probes.iter().find(|p| p.name_any() == probe_name);
+        let facts = probe.map(|p| {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            let pv = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .filter(|v| !v.is_empty())
+                .or_else(|| {
+                    pvs.iter()
+                        .find(|pv| {
+                            pv.spec
+                                .as_ref()
+                                .and_then(|s| s.claim_ref.as_ref())
+                                .is_some_and(|c| {
+                                    c.uid.as_deref() == Some(uid.as_str())
+                                        || (c.namespace.as_deref() == Some(ctx.ns())
+                                            && c.name.as_deref() == Some(probe_name.as_str()))
+                                })
+                        })
+                        .map(|pv| pv.name_any())
+                });
+            ProbeFacts {
+                name: probe_name.clone(),
+                started: p
+                    .annotations()
+                    .get(pc::probe::STARTED_AT)
+                    .and_then(|t| t.parse().ok())
+                    .or(p.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+                pv,
+                terminating: p.metadata.deletion_timestamp.is_some(),
+            }
+        });
+        let Some(class) = class else {
+            // The class is gone: its probe has nothing to judge.
+            if let Some(f) = &facts {
+                delete_probe(ctx, f, pvs, report).await;
+            }
+            continue;
+        };
+        if let Some(v) = plan::verdict_for(class, verdicts.get(name)) {
+            report
+                .class_verdicts
+                .insert(name.clone(), (class.provisioner.clone(), v.safe()));
+            // Judged (by this run or an earlier one killed before its cleanup).
+            if let Some(f) = facts.as_ref().filter(|f| !f.terminating || f.pv.is_some()) {
+                delete_probe(ctx, f, pvs, report).await;
+            }
+            continue;
+        }
+        match plan::probe_step(now, &ctx.settings, class, facts.as_ref()) {
+            ProbeStep::Create => {
+                if let Err(e) = create_probe(ctx, now, class, users).await {
+                    report.errors.insert(e);
+                }
+            }
+            ProbeStep::Wait(why) => tracing::debug!(class = %name, "{why}"),
+            ProbeStep::Judge(v) => {
+                let value = serde_json::to_string(&v).unwrap_or_default();
+                let patch = json!({"data": {name.as_str(): value}});
+                let stored = match cms
+                    .patch(
+                        pc::probe::CONFIGMAP,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_status(&e, 404) => {
+                        let cm: ConfigMap = serde_json::from_value(json!({
+                            "metadata": {"name": pc::probe::CONFIGMAP, "namespace": ctx.ns(),
+                                         "labels": {app::MANAGED_BY: app::STOWAGE,
+                                                    app::PART_OF: app::STOWAGE}},
+                            "data": {name.as_str(): value},
+                        }))
+                        .expect("a ConfigMap");
+                        match cms.create(&PostParams::default(), &cm).await {
+                            Ok(_) => Ok(()),
+                            // Created by a second run meanwhile: the next round patches.
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = stored {
+                    report.errors.insert(describe_kube_error(
+                        &e,
+                        &format!(
+                            "record verdict in configmap {}/{}",
+                            ctx.ns(),
+                            pc::probe::CONFIGMAP
+                        ),
+                    ));
+                    continue;
+                }
+                let level_safe = v.safe();
+                if level_safe {
+                    tracing::info!(class = %name, provisioner = %class.provisioner, "storage class is safe for populating: {}", v.detail);
+                } else {
+                    tracing::warn!(class = %name, provisioner = %class.provisioner, "storage class is unsafe for populating: {}", v.detail);
+                }
+                report
+                    .class_verdicts
+                    .insert(name.clone(), (class.provisioner.clone(), level_safe));
+                if let Some(f) = &facts {
+                    delete_probe(ctx, f, pvs, report).await;
+                }
+                verdicts.insert(name.clone(), v);
+            }
+        }
+    }
+    sweep_probe_volumes(ctx, probes, pvs, report).await;
+    Ok(verdicts)
+}
+
+/// Volumes provisioned for probe PVCs that are gone (a run killed after deleting the
+/// probe, or a provisioner that did not reclaim it): deleted.
+async fn sweep_probe_volumes(
+    ctx: &Ctx,
+    probes: &[&PersistentVolumeClaim],
+    pvs: &[PersistentVolume],
+    report: &mut Report,
+) {
+    let live: BTreeSet<&str> = probes
+        .iter()
+        .filter_map(|p| p.metadata.uid.as_deref())
+        .collect();
+    for pv in pvs {
+        let Some(c) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+            continue;
+        };
+        if c.namespace.as_deref() != Some(ctx.ns())
+            || !c
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(pc::probe::NAME_PREFIX))
+            || c.uid.as_deref().is_some_and(|u| live.contains(u))
+            || pv.metadata.deletion_timestamp.is_some()
+            || reclaimed_by_provisioner(pv)
+        {
+            continue;
+        }
+        let name = pv.name_any();
+        match Api::<PersistentVolume>::all(ctx.client.clone())
+            .delete(&name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => tracing::info!(pv = %name, "volume of a deleted probe PVC deleted"),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => {
+                report.errors.insert(describe_kube_error(
+                    &e,
+                    &format!("delete persistentvolume {name}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Creates the probe PVC of a class: a small PVC whose dataSourceRef names a Restore
+/// object that is never populated. WaitForFirstConsumer classes provision only for a
+/// selected node: the node of a waiting PVC of the class, or a Ready node.
+async fn create_probe(
+    ctx: &Ctx,
+    now: Timestamp,
+    class: &ClassFacts,
+    users: &[UserPvc],
+) -> Result<(), String> {
+    let name = plan::probe_name(&class.name);
+    let mut annotations = BTreeMap::from([
+        (pc::probe::FOR_CLASS.to_string(), class.name.clone()),
+        (pc::probe::STARTED_AT.to_string(), now.to_string()),
+    ]);
+    if class.wait_for_first_consumer {
+        let node = match users
+            .iter()
+            .filter(|u| u.storage_class.as_deref() == Some(class.name.as_str()))
+            .find_map(|u| u.selected_node.clone())
+        {
+            Some(n) => Some(n),
+            None => {
+                let nodes = Api::<Node>::all(ctx.client.clone())
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| describe_kube_error(&e, "list nodes"))?;
+                let ready = |n: &&Node| {
+                    !n.spec
+                        .as_ref()
+                        .and_then(|s| s.unschedulable)
+                        .unwrap_or(false)
+                        && n.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_none_or(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                    || c.iter().all(|c| c.type_ != "Ready")
+                            })
+                };
+                nodes.items.iter().find(ready).map(|n| n.name_any())
+            }
+        };
+        let Some(node) = node else {
+            return Err(format!(
+                "cannot probe WaitForFirstConsumer storage class {}: no Ready node",
+                class.name
+            ));
+        };
+        annotations.insert(SELECTED_NODE.into(), node);
+    }
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ctx.ns(), "annotations": annotations, "labels": {
+            app::MANAGED_BY: app::STOWAGE, app::PART_OF: app::STOWAGE,
+            app::NAME: PROGRAM, app::COMPONENT: pc::probe::COMPONENT,
+        }},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": class.name,
+            "resources": {"requests": {"storage": "1Mi"}},
+            // Never populated: only a provisioner that ignores populators binds it.
+            "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore", "name": name},
+        },
+    }))
+    .map_err(|e| format!("cannot build the probe PVC of class {}: {e}", class.name))?;
+    match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ctx.ns())
+        .create(&PostParams::default(), &pvc)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(class = %class.name, provisioner = %class.provisioner, probe = %name,
+                "probing storage class: does it leave a PVC with a dataSourceRef to its populator?");
+            Ok(())
+        }
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) => Err(describe_kube_error(
+            &e,
+            &format!("create persistentvolumeclaim {}/{name}", ctx.ns()),
+        )),
+    }
+}
+
+/// Whether a PV is left to its provisioner to delete (reclaim policy Delete, not
+/// Failed): deleting the object first could leak the storage behind it.
+fn reclaimed_by_provisioner(pv: &PersistentVolume) -> bool {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        == Some("Delete")
+        && pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Failed")
+}
+
+/// Deletes a probe PVC and the PV provisioned for it: at once when its reclaim policy
+/// keeps it (Retain), else the provisioner deletes it with its storage once the claim
+/// is gone (and [`sweep_probe_volumes`] deletes it if it fails to).
+async fn delete_probe(
+    ctx: &Ctx,
+    probe: &ProbeFacts,
+    pvs: &[PersistentVolume],
+    report: &mut Report,
+) {
+    if !probe.terminating {
+        match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ctx.ns())
+            .delete(&probe.name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => tracing::info!(probe = %probe.name, "probe PVC deleted"),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => {
+                report.errors.insert(describe_kube_error(
+                    &e,
+                    &format!("delete persistentvolumeclaim {}/{}", ctx.ns(), probe.name),
+                ));
+            }
+        }
+    }
+    if let Some(pv) = &probe.pv
+        && !pvs
+            .iter()
+            .any(|x| x.name_any() == *pv && reclaimed_by_provisioner(x))
+    {
+        match Api::<PersistentVolume>::all(ctx.client.clone())
+            .delete(pv, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => tracing::info!(pv = %pv, "volume of the probe PVC deleted"),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => {
+                report.errors.insert(describe_kube_error(
+                    &e,
+                    &format!("delete persistentvolume {pv}"),
+                ));
+            }
+        }
+    }
 }
 
 fn prime_facts(p: &PersistentVolumeClaim, pvs: &BTreeMap<String, &PersistentVolume>) -> PrimeFacts {
@@ -601,7 +958,7 @@ async fn act(
                 if *r == pc::reason::SOURCE_UNAVAILABLE {
                     report.source_unavailable.insert(u.key());
                 }
-                note(ctx, u, r, m, true).await;
+                note(ctx, u, r, m, *r != pc::reason::PROBING_STORAGE_CLASS).await;
             }
             report.waiting.insert(u.key(), why);
             Ok(())
@@ -1125,6 +1482,14 @@ pub fn metrics(report: &Report, registry: &mut Registry) {
                 ("storageclass", class),
             ],
             1.0,
+        );
+    }
+    for (class, (provisioner, safe)) in &report.class_verdicts {
+        registry.gauge(
+            names::CLASS_SAFE,
+            "Probe verdict per storage class: 1 safe for populating, 0 unsafe (PVCs refused)",
+            &[("storageclass", class), ("provisioner", provisioner)],
+            if *safe { 1.0 } else { 0.0 },
         );
     }
     registry.gauge(

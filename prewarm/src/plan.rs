@@ -106,6 +106,133 @@ pub struct Settings {
     pub repository_base: Option<String>,
     pub unsafe_provisioners: Vec<String>,
     pub restore_backoff: SignedDuration,
+    /// How long a probe PVC is given to be provisioned before its class is judged safe.
+    pub probe_wait: SignedDuration,
+}
+
+/// What the probe found out about a storage class (recorded in the
+/// `stowage-storage-classes` ConfigMap).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdict {
+    /// `safe` or `unsafe`.
+    pub verdict: String,
+    /// The provisioner judged: a class re-created with another provisioner is probed
+    /// again.
+    pub provisioner: String,
+    pub judged_at: String,
+    pub detail: String,
+}
+
+impl Verdict {
+    pub fn safe(&self) -> bool {
+        self.verdict == pc::probe::SAFE
+    }
+}
+
+/// The probe PVC of a class, as found in the API.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProbeFacts {
+    pub name: String,
+    /// When the probe started (its annotation; creation time if missing).
+    pub started: Option<Timestamp>,
+    /// The PV provisioned for it (`spec.volumeName`, or a PV whose claimRef names it).
+    pub pv: Option<String>,
+    pub terminating: bool,
+}
+
+/// The next step of the probe of one class.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeStep {
+    /// No verdict and no probe: create one (on `node` for WaitForFirstConsumer).
+    Create,
+    /// Waiting (probe being deleted, or not judged yet).
+    Wait(String),
+    /// Judged: record the verdict, then delete the probe (and its PV).
+    Judge(Verdict),
+}
+
+/// Name of the probe PVC of a class (deterministic; DNS-1123, at most 63 characters).
+pub fn probe_name(class: &str) -> String {
+    let clean: String = class
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let full = format!("{}{clean}", pc::probe::NAME_PREFIX);
+    if full.len() <= 63 && clean == class {
+        return full;
+    }
+    // Shortened or changed: a hash of the real name keeps names of classes apart.
+    let mut h: u32 = 0x811c9dc5;
+    for b in class.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let keep = 63 - pc::probe::NAME_PREFIX.len() - 9;
+    let head: String = clean.chars().take(keep).collect();
+    format!(
+        "{}{}-{h:08x}",
+        pc::probe::NAME_PREFIX,
+        head.trim_end_matches('-')
+    )
+}
+
+/// Whether a stored verdict still applies to the class (same provisioner).
+pub fn verdict_for<'a>(class: &ClassFacts, v: Option<&'a Verdict>) -> Option<&'a Verdict> {
+    v.filter(|v| v.provisioner == class.provisioner)
+}
+
+/// The probe's next step for a class without a verdict. Provisioned (a PV exists for
+/// the probe) → unsafe, whenever seen; still Pending `probe_wait` after it started →
+/// safe.
+pub fn probe_step(
+    now: Timestamp,
+    s: &Settings,
+    class: &ClassFacts,
+    probe: Option<&ProbeFacts>,
+) -> ProbeStep {
+    let Some(probe) = probe else {
+        return ProbeStep::Create;
+    };
+    if let Some(pv) = &probe.pv {
+        return ProbeStep::Judge(Verdict {
+            verdict: pc::probe::UNSAFE.into(),
+            provisioner: class.provisioner.clone(),
+            judged_at: now.to_string(),
+            detail: format!(
+                "provisioner {} provisioned probe PVC {}/{} (volume {pv}) although its                  dataSourceRef names a kind it does not know: it ignores volume populators                  and would bind restored PVCs empty",
+                class.provisioner, s.system_namespace, probe.name
+            ),
+        });
+    }
+    if probe.terminating {
+        return ProbeStep::Wait(format!("probe PVC {} is being deleted", probe.name));
+    }
+    let started = probe.started.unwrap_or(now);
+    let until = started + s.probe_wait;
+    if now < until {
+        return ProbeStep::Wait(format!(
+            "probing storage class {} (provisioner {}): probe PVC {}/{} is judged at {until}",
+            class.name, class.provisioner, s.system_namespace, probe.name
+        ));
+    }
+    ProbeStep::Judge(Verdict {
+        verdict: pc::probe::SAFE.into(),
+        provisioner: class.provisioner.clone(),
+        judged_at: now.to_string(),
+        detail: format!(
+            "probe PVC {}/{} stayed Pending for {}s: provisioner {} leaves PVCs with a              foreign dataSourceRef to their populator",
+            s.system_namespace,
+            probe.name,
+            now.duration_since(started).as_secs(),
+            class.provisioner
+        ),
+    })
 }
 
 /// Where a PVC's data comes from.
@@ -364,12 +491,15 @@ pub fn after_source(source: &Source, answer: SourceAnswer) -> Result<PrimeDecisi
     }
 }
 
-/// The next step for `pvc`. `prime` is its prime PVC, `jobs` its restore Jobs.
+/// The next step for `pvc`. `verdict` is the probe's verdict on its class, `prime` its
+/// prime PVC, `jobs` its restore Jobs.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     now: Timestamp,
     s: &Settings,
     pvc: &UserPvc,
     class: Option<&ClassFacts>,
+    verdict: Option<&Verdict>,
     spec: &RestoreSpec,
     prime: Option<&PrimeFacts>,
     jobs: &[JobFacts],
@@ -395,17 +525,52 @@ pub fn decide(
             )),
         };
     };
-    if unsafe_provisioner(s, &class.provisioner) {
-        return Step::Refuse {
-            message: format!(
-                "storage class {} (provisioner {}) provisions PVCs with a dataSourceRef at once, \
-                 empty: it does not support volume populators, so stowage cannot restore into \
-                 it safely. Use a class whose provisioner supports populators (CSI drivers, \
-                 OpenEBS LocalPV), or remove spec.dataSourceRef and restore by hand (manual \
-                 restore CronJob in kustomize/app/restore-template.yaml)",
-                class.name, class.provisioner
-            ),
-        };
+    let refuse = |how: String| Step::Refuse {
+        message: format!(
+            "storage class {} (provisioner {}) {how}: it does not support volume populators, \
+             so stowage cannot restore into it safely. Use a class whose provisioner supports \
+             populators (CSI drivers, OpenEBS LocalPV), or remove spec.dataSourceRef and \
+             restore by hand (manual restore CronJob in kustomize/app/restore-template.yaml)",
+            class.name, class.provisioner
+        ),
+    };
+    match verdict_for(class, verdict) {
+        // The probe is the truth.
+        Some(v) if !v.safe() => {
+            return refuse(format!(
+                "provisioned stowage's probe PVC at once, empty ({})",
+                v.detail
+            ));
+        }
+        Some(_) => {}
+        // Until it answered, the known list decides for known-unsafe provisioners; any
+        // other class waits for the probe rather than risk an empty volume.
+        None if unsafe_provisioner(s, &class.provisioner) => {
+            return refuse("provisions PVCs with a dataSourceRef at once, empty".into());
+        }
+        None => {
+            // A prime already created (class judged safe earlier, verdict lost) goes on.
+            if prime.is_none() {
+                return Step::Wait {
+                    why: format!(
+                        "waiting for the probe of storage class {} (provisioner {})",
+                        class.name, class.provisioner
+                    ),
+                    note: Some((
+                        pc::reason::PROBING_STORAGE_CLASS,
+                        format!(
+                            "storage class {} (provisioner {}) is not known yet: stowage \
+                             checks with a probe PVC whether its provisioner leaves PVCs with \
+                             a dataSourceRef to their populator before restoring into it \
+                             (about {}s)",
+                            class.name,
+                            class.provisioner,
+                            s.probe_wait.as_secs()
+                        ),
+                    )),
+                };
+            }
+        }
     }
     let Some(prime) = prime else {
         if class.wait_for_first_consumer && pvc.selected_node.is_none() {
@@ -507,6 +672,21 @@ mod tests {
             repository_base: Some("s3:https://s3.lan/backups".into()),
             unsafe_provisioners: vec!["example.com/naive".into()],
             restore_backoff: SignedDuration::from_secs(30),
+            probe_wait: SignedDuration::from_secs(60),
+        }
+    }
+
+    fn verdict(safe: bool, provisioner: &str) -> Verdict {
+        Verdict {
+            verdict: if safe {
+                pc::probe::SAFE
+            } else {
+                pc::probe::UNSAFE
+            }
+            .into(),
+            provisioner: provisioner.into(),
+            judged_at: "2026-11-23T09:00:00Z".into(),
+            detail: "probe".into(),
         }
     }
 
@@ -553,11 +733,13 @@ mod tests {
         jobs: &[JobFacts],
         now: &str,
     ) -> Step {
+        let v = verdict(true, &class.provisioner);
         decide(
             t(now),
             &settings(),
             pvc,
             Some(class),
+            Some(&v),
             &RestoreSpec::default(),
             prime,
             jobs,
@@ -703,19 +885,126 @@ mod tests {
         assert_eq!(d.empty_reason, Some(pc::EMPTY_NO_BACKUP));
     }
 
+    fn decide_with(c: &ClassFacts, v: Option<&Verdict>, prime: Option<&PrimeFacts>) -> Step {
+        decide(
+            t("2026-11-23T10:00:00Z"),
+            &settings(),
+            &pvc(),
+            Some(c),
+            v,
+            &RestoreSpec::default(),
+            prime,
+            &[],
+        )
+    }
+
     #[test]
-    fn unsafe_classes_are_refused() {
+    fn known_unsafe_classes_are_refused_until_the_probe_answers() {
         let mut c = class(true);
         c.provisioner = "rancher.io/local-path".into();
-        assert!(matches!(
-            decide_now(&pvc(), &c, None, &[], "2026-11-23T10:00:00Z"),
-            Step::Refuse { .. }
-        ));
+        assert!(matches!(decide_with(&c, None, None), Step::Refuse { .. }));
+        // STOWAGE_UNSAFE_PROVISIONERS.
         c.provisioner = "example.com/naive".into();
+        assert!(matches!(decide_with(&c, None, None), Step::Refuse { .. }));
+        // The probe is the truth: found safe, the class is used.
+        let v = verdict(true, "example.com/naive");
         assert!(matches!(
-            decide_now(&pvc(), &c, None, &[], "2026-11-23T10:00:00Z"),
-            Step::Refuse { .. }
+            decide_with(&c, Some(&v), None),
+            Step::Wait { .. } // WaitForFirstConsumer, no node yet
         ));
+        let mut imm = c.clone();
+        imm.wait_for_first_consumer = false;
+        assert!(matches!(
+            decide_with(&imm, Some(&v), None),
+            Step::Resolve(_)
+        ));
+    }
+
+    #[test]
+    fn unknown_classes_wait_for_the_probe_and_follow_its_verdict() {
+        let c = class(false);
+        match decide_with(&c, None, None) {
+            Step::Wait { why, .. } => assert!(why.contains("probe"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let unsafe_v = verdict(false, "local.csi.openebs.io");
+        match decide_with(&c, Some(&unsafe_v), None) {
+            Step::Refuse { message } => {
+                assert!(message.contains("probe"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decide_with(&c, Some(&verdict(true, "local.csi.openebs.io")), None),
+            Step::Resolve(_)
+        ));
+        // A verdict about another provisioner (class re-created) does not count.
+        assert!(matches!(
+            decide_with(&c, Some(&verdict(true, "other.example.com")), None),
+            Step::Wait { .. }
+        ));
+        // A populate already under way goes on.
+        assert!(matches!(
+            decide_with(&c, None, Some(&prime(None, true))),
+            Step::HandOver { .. }
+        ));
+    }
+
+    #[test]
+    fn probe_verdict_provisioned_is_unsafe_pending_after_the_wait_is_safe() {
+        let s = settings();
+        let c = class(true);
+        let now = t("2026-11-23T10:00:00Z");
+        assert_eq!(probe_step(now, &s, &c, None), ProbeStep::Create);
+        let mut p = ProbeFacts {
+            name: probe_name("local"),
+            started: Some(t("2026-11-23T09:59:30Z")),
+            pv: None,
+            terminating: false,
+        };
+        assert!(matches!(
+            probe_step(now, &s, &c, Some(&p)),
+            ProbeStep::Wait(_)
+        ));
+        // Still Pending after the wait: safe.
+        match probe_step(t("2026-11-23T10:00:30Z"), &s, &c, Some(&p)) {
+            ProbeStep::Judge(v) => {
+                assert!(v.safe());
+                assert_eq!(v.provisioner, "local.csi.openebs.io");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Provisioned, however early: unsafe.
+        p.pv = Some("pvc-123".into());
+        match probe_step(now, &s, &c, Some(&p)) {
+            ProbeStep::Judge(v) => {
+                assert!(!v.safe());
+                assert!(v.detail.contains("pvc-123"), "{}", v.detail);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A probe being deleted is not judged Pending.
+        p.pv = None;
+        p.terminating = true;
+        assert!(matches!(
+            probe_step(t("2026-11-23T11:00:00Z"), &s, &c, Some(&p)),
+            ProbeStep::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn probe_names_are_deterministic_and_valid() {
+        assert_eq!(probe_name("local-path"), "stowage-probe-local-path");
+        let long = "a".repeat(80);
+        let n = probe_name(&long);
+        assert!(n.len() <= 63, "{n}");
+        assert_eq!(n, probe_name(&long));
+        assert_ne!(probe_name("Fast.SSD"), probe_name("fast-ssd"));
+        assert!(
+            probe_name("Fast.SSD")
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
     }
 
     #[test]

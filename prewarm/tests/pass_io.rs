@@ -49,6 +49,15 @@ impl World {
             json!({"metadata": {"name": "local"}, "provisioner": "local.csi.openebs.io",
                    "volumeBindingMode": "Immediate"}),
         );
+        // The probe found the class safe earlier (probing: plan.rs, prewarm_e2e).
+        put::<k8s_openapi::api::core::v1::ConfigMap>(
+            &api,
+            json!({"metadata": {"name": pc::probe::CONFIGMAP, "namespace": NS},
+                   "data": {"local": json!({"verdict": pc::probe::SAFE,
+                                            "provisioner": "local.csi.openebs.io",
+                                            "judgedAt": "2026-11-23T09:00:00Z",
+                                            "detail": "probe"}).to_string()}}),
+        );
         put::<Secret>(
             &api,
             json!({"metadata": {"name": "stowage-credentials", "namespace": NS},
@@ -406,4 +415,114 @@ async fn a_restore_that_restored_nothing_is_not_handed_over() {
     w.round(&ctx).await;
     assert!(!w.handed_over("db"));
     assert_eq!(w.events("db", pc::reason::RESTORE_FAILED), 1);
+}
+
+#[tokio::test]
+async fn probes_judge_unknown_classes_record_the_verdict_and_clean_up() {
+    let w = World::new();
+    for (name, provisioner) in [("odd", "example.com/naive"), ("careful", "example.com/csi")] {
+        put::<StorageClass>(
+            &w.api,
+            json!({"metadata": {"name": name}, "provisioner": provisioner,
+                   "volumeBindingMode": "Immediate"}),
+        );
+    }
+    for (name, class) in [("x", "odd"), ("y", "careful")] {
+        put::<PersistentVolumeClaim>(
+            &w.api,
+            json!({
+                "metadata": {"name": name, "namespace": "app"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                         "resources": {"requests": {"storage": "1Gi"}},
+                         "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore",
+                                           "name": name}}
+            }),
+        );
+    }
+    // A volume left by the probe of a run killed after deleting its PVC (Retain).
+    put::<PersistentVolume>(
+        &w.api,
+        json!({"metadata": {"name": "pv-old"},
+               "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"],
+                        "hostPath": {"path": "/tmp/x"}, "storageClassName": "odd",
+                        "claimRef": {"namespace": NS, "name": "stowage-probe-odd",
+                                     "uid": "gone"}}}),
+    );
+    let ctx = w.ctx(&w.base());
+    let t0 = Timestamp::now();
+    let mut r = Report::default();
+    pass::round(&ctx, t0, &mut r).await.unwrap();
+    let probes: Vec<String> = w
+        .api
+        .store()
+        .list::<PersistentVolumeClaim>(Some(NS))
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    // Only the probes: the PVCs of unknown classes wait for them (no prime PVC).
+    assert_eq!(probes, ["stowage-probe-careful", "stowage-probe-odd"]);
+    assert_eq!(w.events("x", pc::reason::PROBING_STORAGE_CLASS), 1);
+    assert_eq!(w.events("x", pc::reason::UNSAFE_STORAGE_CLASS), 0);
+    assert!(
+        w.api
+            .store()
+            .get::<PersistentVolume>("", "pv-old")
+            .is_none(),
+        "swept"
+    );
+    // The naive provisioner provisions its probe at once.
+    let probe: PersistentVolumeClaim = w.api.store().get(NS, "stowage-probe-odd").unwrap();
+    put::<PersistentVolume>(
+        &w.api,
+        json!({"metadata": {"name": "pv-probe"},
+               "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"],
+                        "hostPath": {"path": "/tmp/x"}, "storageClassName": "odd",
+                        "persistentVolumeReclaimPolicy": "Retain",
+                        "claimRef": {"namespace": NS, "name": "stowage-probe-odd",
+                                     "uid": probe.metadata.uid}}}),
+    );
+    // Before the wait is over: the provisioned one is judged, the other still waits.
+    let mut r = Report::default();
+    pass::round(&ctx, t0 + jiff::SignedDuration::from_secs(5), &mut r)
+        .await
+        .unwrap();
+    assert_eq!(r.class_verdicts["odd"], ("example.com/naive".into(), false));
+    assert!(!r.class_verdicts.contains_key("careful"));
+    assert!(
+        w.api
+            .store()
+            .get::<PersistentVolume>("", "pv-probe")
+            .is_none()
+    );
+    assert!(
+        w.api
+            .store()
+            .get::<PersistentVolumeClaim>(NS, "stowage-probe-odd")
+            .is_none()
+    );
+    assert_eq!(w.events("x", pc::reason::UNSAFE_STORAGE_CLASS), 1);
+    // Still Pending after the wait: safe, and its PVC goes on (no backup: a prime).
+    let mut r = Report::default();
+    pass::round(&ctx, t0 + jiff::SignedDuration::from_secs(61), &mut r)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.class_verdicts["careful"],
+        ("example.com/csi".into(), true)
+    );
+    let left: Vec<String> = w
+        .api
+        .store()
+        .list::<PersistentVolumeClaim>(Some(NS))
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(pc::prime::NAME_PREFIX), "{left:?}");
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        w.api.store().get(NS, pc::probe::CONFIGMAP).unwrap();
+    let data = cm.data.unwrap();
+    assert!(data["odd"].contains("\"unsafe\""), "{data:?}");
+    assert!(data["careful"].contains("\"safe\""), "{data:?}");
+    assert_eq!(w.events("x", pc::reason::UNSAFE_STORAGE_CLASS), 1, "once");
 }

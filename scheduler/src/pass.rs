@@ -230,6 +230,16 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
                     Ok(false) => {}
                     Err((why, e)) => {
                         count_skip(&mut report, &why);
+                        // A backup that hooks or the point-in-time copy stopped is a
+                        // failed backup for alerting, like a failed mover.
+                        if why == cons::RESULT_PRE_HOOK_FAILED || why == cons::RESULT_COPY_FAILED {
+                            report.metrics.add(
+                                names::BACKUP_RESULTS,
+                                "Backup results recorded in this pass",
+                                &[("result", "failed")],
+                                1.0,
+                            );
+                        }
                         report.errors.push(e);
                     }
                 }
@@ -1005,7 +1015,7 @@ async fn settle_hooks(
 }
 
 /// Metric of hook outcomes.
-const HOOK_METRIC: &str = "stowage_scheduler_hooks_total";
+const HOOK_METRIC: &str = names::SCHEDULER_HOOKS;
 
 /// Removes temporary VolumeSnapshots and PVCs of backups whose Job finished (a pass
 /// that died before removing them) or never came (a pass killed before creating it,

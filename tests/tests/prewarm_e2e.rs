@@ -42,14 +42,23 @@ fn bound(s: &stowage_testkit::fakeapi::Store, ns: &str, pvc: &str) -> bool {
 
 impl World {
     fn new() -> Self {
+        Self::with_classes(vec![])
+    }
+
+    /// The world with more storage classes.
+    fn with_classes(extra: Vec<StorageClassSpec>) -> Self {
         let g = garage::shared();
         let bucket = g.bucket("prewarm-e2e");
+        let mut options = ClusterOptions::new()
+            .node(NodeSpec::new("node-a"))
+            .node(NodeSpec::new("node-b"))
+            .storage_class(StorageClassSpec::local_csi("local").default_class())
+            .storage_class(StorageClassSpec::local_path("local-path"));
+        for c in extra {
+            options = options.storage_class(c);
+        }
         let cluster = Cluster::start(
-            ClusterOptions::new()
-                .node(NodeSpec::new("node-a"))
-                .node(NodeSpec::new("node-b"))
-                .storage_class(StorageClassSpec::local_csi("local").default_class())
-                .storage_class(StorageClassSpec::local_path("local-path"))
+            options
                 .namespace("stowage")
                 .binary("stowage-mover", bins::path("stowage-mover"))
                 // The manual restore template's Job runs stowage-prewarm as a pod.
@@ -145,6 +154,8 @@ impl World {
             ("STOWAGE_POLL_SECONDS", "1".into()),
             ("STOWAGE_RESTORE_BACKOFF_SECONDS", "1".into()),
             ("STOWAGE_MAX_CONCURRENT_JOBS", "10".into()),
+            // The simulated provisioners answer within a fraction of a second.
+            ("STOWAGE_PROBE_SECONDS", "3".into()),
         ]
     }
 
@@ -243,7 +254,11 @@ impl World {
 
     async fn scheduler(&self, now: &str) -> (bool, String) {
         let env = self.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|(k, _)| *k != "STOWAGE_PROBE_SECONDS")
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
         let out = self
             .cluster
             .run_program(
@@ -355,6 +370,32 @@ impl World {
         self.cluster
             .store()
             .list::<PersistentVolumeClaim>(Some("stowage"))
+            .into_iter()
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(pc::prime::NAME_PREFIX))
+            })
+            .collect()
+    }
+
+    /// A prewarm run until the probe judged `class` (a PVC of the class waits).
+    async fn judged(&self, class: &str) {
+        let class = class.to_string();
+        self.prewarm_until("storage class judged", move |s| {
+            let cm: ConfigMap = s.get("stowage", pc::probe::CONFIGMAP)?;
+            cm.data?.contains_key(&class).then_some(())
+        })
+        .await;
+    }
+
+    /// The probe verdict recorded for a storage class (`safe`/`unsafe`).
+    fn verdict(&self, class: &str) -> Option<String> {
+        let cm: ConfigMap = self.cluster.store().get("stowage", pc::probe::CONFIGMAP)?;
+        let v: serde_json::Value =
+            serde_json::from_str(cm.data?.get(class)?).expect("verdict JSON");
+        v["verdict"].as_str().map(str::to_string)
     }
 }
 
@@ -597,6 +638,8 @@ async fn missing_secret_keeps_the_pvc_pending_until_it_exists() {
         })
         .await
         .unwrap();
+    // The class is probed first (an unknown provisioner).
+    w.judged("local").await;
     let (_, log) = w.prewarm_once(&[]).await;
     let (_, log2) = w.prewarm_once(&[]).await;
     let missing = w.events("app", "data", reason::CREDENTIALS_MISSING);
@@ -1045,7 +1088,9 @@ async fn populate_with_the_pvcs_own_volsync_secret() {
     w.cluster.create_namespace("db", &[]).unwrap();
     let spec = World::pvc_spec("pg").annotation("stowage.io/secret", "restic-pg");
     w.apply_app("db", &spec, "node-a");
-    // The Secret is missing at first: a clear Event, the PVC waits.
+    // The Secret is missing at first: a clear Event, the PVC waits (once its class,
+    // an unknown provisioner, was probed).
+    w.judged("local").await;
     let (_, log) = w.prewarm_once(&[]).await;
     let missing = w.events("db", "pg", reason::CREDENTIALS_MISSING);
     assert_eq!(missing.len(), 1, "{log}");
@@ -1158,4 +1203,111 @@ async fn abandoned_prime_pvc_and_restore_job_are_cleaned_up() {
         w.cluster.store().list::<Secret>(Some("stowage")).len() == 1,
         "only stowage-credentials is left"
     );
+}
+
+/// Probe PVCs and the volumes provisioned for them.
+fn probe_leftovers(s: &stowage_testkit::fakeapi::Store) -> Vec<String> {
+    let pvcs = s
+        .list::<PersistentVolumeClaim>(Some("stowage"))
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .filter(|n| n.starts_with(pc::probe::NAME_PREFIX));
+    let pvs = s
+        .list::<k8s_openapi::api::core::v1::PersistentVolume>(None)
+        .into_iter()
+        .filter(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|c| c.name.as_deref())
+                .is_some_and(|n| n.starts_with(pc::probe::NAME_PREFIX))
+        })
+        .filter_map(|pv| pv.metadata.name);
+    pvcs.chain(pvs).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlisted_naive_class_is_found_unsafe_by_the_probe() {
+    // A provisioner no list knows, which provisions PVCs with a foreign dataSourceRef
+    // at once (WaitForFirstConsumer, as rancher.io/local-path).
+    let w = World::with_classes(vec![StorageClassSpec {
+        provisioner: "example.com/naive".into(),
+        ..StorageClassSpec::local_path("odd")
+    }]);
+    w.cluster.create_namespace("app", &[]).unwrap();
+    w.cluster
+        .create_pvc(
+            "app",
+            &PvcSpec::new("data")
+                .class("odd")
+                .data_source_ref("stowage.io", "Restore", "data"),
+        )
+        .unwrap();
+    // Not refused at once (unknown), never populated either: it waits for the probe.
+    let (ok, log) = w.prewarm_once(&[]).await;
+    assert!(ok, "{log}");
+    assert!(
+        w.events("app", "data", pc::reason::UNSAFE_STORAGE_CLASS)
+            .is_empty()
+    );
+    assert!(w.primes().is_empty(), "{log}");
+    assert!(!probe_leftovers(w.cluster.store()).is_empty(), "{log}");
+    w.prewarm_until("class judged unsafe, probe cleaned up", |s| {
+        let refused = s.list::<Event>(Some("app")).iter().any(|e| {
+            e.reason.as_deref() == Some(pc::reason::UNSAFE_STORAGE_CLASS)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("data")
+        });
+        (refused && probe_leftovers(s).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(w.verdict("odd").as_deref(), Some("unsafe"));
+    let refused = w.events("app", "data", pc::reason::UNSAFE_STORAGE_CLASS);
+    assert!(
+        refused
+            .iter()
+            .any(|m| m.contains("example.com/naive") && m.contains("probe")),
+        "{refused:?}"
+    );
+    assert!(!bound(w.cluster.store(), "app", "data"));
+    assert!(w.primes().is_empty(), "never populated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlisted_populator_respecting_class_is_found_safe_and_restored() {
+    let w = World::with_classes(vec![StorageClassSpec {
+        provisioner: "example.com/careful".into(),
+        ..StorageClassSpec::local_csi("careful")
+    }]);
+    let expected = backed_up(&w, 1 << 20).await;
+    w.apply_app("db", &World::pvc_spec("pg").class("careful"), "node-a");
+    w.populate(&[("db", "pg")]).await;
+    assert_eq!(w.verdict("careful").as_deref(), Some("safe"));
+    assert!(probe_leftovers(w.cluster.store()).is_empty());
+    assert!(w.ann("db", "pg", status::POPULATED_FROM).is_some());
+    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_created_after_the_backup_was_indexed() {
+    let w = World::new();
+    let expected = backed_up(&w, 1 << 20).await;
+    // The index runs on the rebuilt cluster, before the namespace exists.
+    let (ok, log) = w.prewarm_once(&["--index-now"]).await;
+    assert!(ok, "{log}");
+    let cm: ConfigMap = w.cluster.store().get("stowage", "stowage-index").unwrap();
+    assert!(
+        cm.data.as_ref().unwrap()[pc::INDEX_KEY].contains("\"pg\""),
+        "{cm:?}"
+    );
+    assert!(
+        w.cluster
+            .store()
+            .get::<k8s_openapi::api::core::v1::Namespace>("", "db")
+            .is_none()
+    );
+    // Then the namespace and its PVC appear.
+    w.apply_app("db", &World::pvc_spec("pg"), "node-b");
+    w.populate(&[("db", "pg")]).await;
+    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+    assert!(w.ann("db", "pg", status::POPULATED_FROM).is_some());
 }

@@ -761,16 +761,34 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
                            "mover-secret-access-key": "SK"}
         }),
     );
-    for (name, provisioner) in [
-        ("local", "local.csi.openebs.io"),
-        ("local-path", "rancher.io/local-path"),
+    for (name, provisioner, binding) in [
+        ("local", "local.csi.openebs.io", "Immediate"),
+        (
+            "local-path",
+            "rancher.io/local-path",
+            "WaitForFirstConsumer",
+        ),
     ] {
         put::<k8s_openapi::api::storage::v1::StorageClass>(
             api,
             json!({"metadata": {"name": name}, "provisioner": provisioner,
-                   "volumeBindingMode": "Immediate"}),
+                   "volumeBindingMode": binding}),
         );
     }
+    // The probe already found "local" safe; "local-path" is probed (on a Ready node,
+    // WaitForFirstConsumer), provisioned, judged unsafe, and its probe and PV deleted.
+    put::<ConfigMap>(
+        api,
+        json!({
+            "metadata": {"name": "stowage-storage-classes", "namespace": NS},
+            "data": {"local": r#"{"verdict":"safe","provisioner":"local.csi.openebs.io","judgedAt":"2026-11-23T09:00:00Z","detail":"probe"}"#}
+        }),
+    );
+    put::<k8s_openapi::api::core::v1::Node>(
+        api,
+        json!({"metadata": {"name": "node-a"},
+               "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+    );
     // Backups: a/restored under the base (derived password), b/own in a VolSync
     // repository of its own.
     let data = dir.path().join("data");
@@ -813,12 +831,12 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
         args.extend_from_slice(extra);
         run(api, program, &args, &env)
     };
-    // 1. Lookups, prime PVCs, the unsafe class refused, the index created.
+    // 1. Lookups, prime PVCs, the unsafe class refused (and probed), the index created.
     let log = once(&["--index-now"]);
     assert_eq!(
         api.store().list::<PersistentVolumeClaim>(Some(NS)).len(),
-        3,
-        "{log}"
+        4,
+        "3 primes and a probe\n{log}"
     );
     assert!(
         api.store().get::<ConfigMap>(NS, "stowage-index").is_some(),
@@ -827,6 +845,17 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
     // 2. Volumes bound: restores start, the fresh install is handed over.
     bind_primes(api);
     let log = once(&["--no-index"]);
+    assert!(
+        api.store()
+            .get::<PersistentVolumeClaim>(NS, "stowage-probe-local-path")
+            .is_none(),
+        "probe judged and deleted\n{log}"
+    );
+    let cm: ConfigMap = api.store().get(NS, "stowage-storage-classes").unwrap();
+    assert!(
+        cm.data.unwrap()["local-path"].contains("\"unsafe\""),
+        "{log}"
+    );
     let (restored_uid, own_uid) = (uid_of(api, "a", "restored"), uid_of(api, "b", "own"));
     let ok_job = restore_jobs(api, NS, &restored_uid);
     let failing = restore_jobs(api, NS, &own_uid);

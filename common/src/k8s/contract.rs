@@ -200,6 +200,8 @@ pub mod prewarm {
         pub const INVALID_RESTORE: &str = "InvalidRestore";
         /// The PVC's storage class provisions populated PVCs empty on its own: refused.
         pub const UNSAFE_STORAGE_CLASS: &str = "UnsafeStorageClass";
+        /// The PVC's storage class is being probed; the PVC waits for the verdict.
+        pub const PROBING_STORAGE_CLASS: &str = "ProbingStorageClass";
         /// WaitForFirstConsumer: waiting for a pod using the PVC to be scheduled.
         pub const WAITING_FOR_CONSUMER: &str = "WaitingForFirstConsumer";
     }
@@ -208,6 +210,27 @@ pub mod prewarm {
     pub const INDEX_KEY: &str = "index.json";
     /// Annotation on the index ConfigMap: RFC 3339 time of the last index run.
     pub const INDEXED_AT: &str = "stowage.io/indexed-at";
+
+    /// Storage class probes: a small PVC per class (stowage namespace) whose
+    /// `dataSourceRef` names a Restore object that is never populated. Provisioned →
+    /// the class ignores populators (unsafe); still Pending after the wait → safe.
+    pub mod probe {
+        /// Prefix of probe PVC names (`stowage-probe-<class>`, shortened and hashed
+        /// when needed).
+        pub const NAME_PREFIX: &str = "stowage-probe-";
+        /// `app.kubernetes.io/component` of probe PVCs.
+        pub const COMPONENT: &str = "probe";
+        /// On a probe PVC: the storage class it judges.
+        pub const FOR_CLASS: &str = "stowage.io/probe-class";
+        /// On a probe PVC: RFC 3339 time the probe started.
+        pub const STARTED_AT: &str = "stowage.io/probe-started-at";
+        /// ConfigMap (stowage namespace) holding one verdict per class (key: class
+        /// name, value: JSON `{verdict, provisioner, judgedAt, detail}`).
+        pub const CONFIGMAP: &str = "stowage-storage-classes";
+        /// Verdicts.
+        pub const SAFE: &str = "safe";
+        pub const UNSAFE: &str = "unsafe";
+    }
 
     /// Provisioners known to provision PVCs with a foreign `dataSourceRef` at once,
     /// empty (they do not implement the populator contract).
