@@ -324,10 +324,9 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
 fn unrecorded_job(pvc: &PersistentVolumeClaim, jobs: &[Job]) -> Option<(String, Timestamp)> {
     let uid = pvc.metadata.uid.as_deref()?;
     let a = pvc.annotations();
-    let recorded_attempt = a
-        .get(status::LAST_ATTEMPT)
-        .and_then(|v| v.parse::<Timestamp>().ok());
-    let newest = jobs
+    let last_job = a.get(status::LAST_JOB);
+    let created = |j: &Job| j.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let mine: Vec<&Job> = jobs
         .iter()
         .filter(|j| {
             let l = j.labels();
@@ -335,11 +334,27 @@ fn unrecorded_job(pvc: &PersistentVolumeClaim, jobs: &[Job]) -> Option<(String, 
                 && l.get(contract::label::OPERATION).map(String::as_str)
                     == Some(Operation::Backup.as_str())
         })
-        .filter_map(|j| Some((j.name_any(), j.metadata.creation_timestamp.as_ref()?.0)))
+        .collect();
+    let newest = mine
+        .iter()
+        .filter(|j| Some(&j.name_any()) != last_job)
+        .filter_map(|j| Some((j.name_any(), created(j)?)))
         .max_by_key(|(_, t)| *t)?;
-    let known = a.get(status::LAST_JOB) == Some(&newest.0);
-    let older = recorded_attempt.is_some_and(|t| newest.1 <= t);
-    (!known && !older).then_some(newest)
+    // Compare creation times on the API server's clock only, strictly: a Job created in
+    // the same second as the recorded one is not "newer" (timestamps have 1 s steps).
+    let recorded_created = last_job
+        .and_then(|n| mine.iter().find(|j| &j.name_any() == n))
+        .and_then(|j| created(j));
+    let newer = match (last_job, recorded_created) {
+        (None, _) => true,
+        (Some(_), Some(t0)) => newest.1 > t0,
+        // The recorded Job is gone (TTL): newer than the recorded attempt.
+        (Some(_), None) => a
+            .get(status::LAST_ATTEMPT)
+            .and_then(|v| v.parse::<Timestamp>().ok())
+            .is_none_or(|t| newest.1 > t),
+    };
+    newer.then_some(newest)
 }
 
 fn count_skip(report: &mut PassReport, reason: &str) {
@@ -1282,4 +1297,50 @@ async fn start_backup(
 /// `restic` CLI in incidents).
 pub fn repo_password(master: &str, repository: &str) -> String {
     credentials::derive_repository_password(master, repository)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, created: &str) -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "a", "creationTimestamp": created,
+                         "labels": {"stowage.io/pvc-uid": "u1", "stowage.io/operation": "backup"}}
+        }))
+        .unwrap()
+    }
+
+    fn pvc(annotations: serde_json::Value) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "a", "uid": "u1", "annotations": annotations}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn adopts_only_a_job_newer_than_the_recorded_one() {
+        let old = job("old", "2026-11-23T10:00:00Z");
+        let new = job("new", "2026-11-23T11:00:00Z");
+        let same_second = job("twin", "2026-11-23T11:00:00Z");
+        // Nothing recorded: the Job a killed pass created is adopted.
+        let none = pvc(json!({}));
+        assert_eq!(
+            unrecorded_job(&none, &[old.clone(), new.clone()]).map(|j| j.0),
+            Some("new".into())
+        );
+        // The newest is recorded: an older Job (or one of the same second) is not
+        // adopted, whatever the list order.
+        let recorded =
+            pvc(json!({status::LAST_JOB: "new", status::LAST_ATTEMPT: "2026-11-23T09:00:00Z"}));
+        assert_eq!(unrecorded_job(&recorded, &[new.clone(), old.clone()]), None);
+        assert_eq!(unrecorded_job(&recorded, &[old.clone(), new.clone()]), None);
+        assert_eq!(unrecorded_job(&recorded, &[same_second, new.clone()]), None);
+        // A newer Job than the recorded one: adopted.
+        let behind = pvc(json!({status::LAST_JOB: "old"}));
+        assert_eq!(
+            unrecorded_job(&behind, &[new, old]).map(|j| j.0),
+            Some("new".into())
+        );
+    }
 }
