@@ -205,7 +205,7 @@ impl World {
     /// pushing its metrics to a one-request Pushgateway. Returns (exit code, stderr,
     /// the request the Pushgateway received).
     fn run_binary(&self) -> (i32, String, String) {
-        let (port, server) = capture_one_request();
+        let (port, server) = stowage_testkit::pushgateway::capture_one_request();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-gc"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -429,34 +429,4 @@ async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
         req.contains(&format!("stowage_gc_check_ok{{repository=\"{repo}\"}} 0")),
         "a repository that cannot be opened reads as not ok: {req}"
     );
-}
-
-/// A one-request HTTP server standing in for the Pushgateway: returns what it received.
-fn capture_one_request() -> (u16, std::thread::JoinHandle<String>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let h = std::thread::spawn(move || {
-        let (mut sock, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(sock.try_clone().unwrap());
-        let mut head = String::new();
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .unwrap();
-        format!("{head}{}", String::from_utf8(body).unwrap())
-    });
-    (port, h)
 }

@@ -26,7 +26,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -543,34 +542,8 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
         Err(e) => return Err(describe_kube_error(&e, &format!("create job {ns}/{name}"))),
     };
     if let Some(creds) = creds {
-        let owner = OwnerReference {
-            api_version: "batch/v1".into(),
-            kind: "Job".into(),
-            name: job.name_any(),
-            uid: job.metadata.uid.clone().unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        };
-        let secret = credentials::run_secret(
-            &ns,
-            name,
-            mover_job::mover_labels(Operation::Restore, &r.uid),
-            Some(owner),
-            &creds,
-        );
-        match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-            .create(&PostParams::default(), &secret)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 409) => {}
-            Err(e) => {
-                return Err(describe_kube_error(
-                    &e,
-                    &format!("create secret {ns}/{name}"),
-                ));
-            }
-        }
+        credentials::create_run_secret(&ctx.client, &job, Operation::Restore, &r.uid, &creds)
+            .await?;
     }
     if fresh {
         let msg = format!(

@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -1181,34 +1180,7 @@ async fn start_job(
         ),
         Err(e) => return Err(describe_kube_error(&e, &format!("create job {ns}/{name}"))),
     };
-    let owner = OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "Job".into(),
-        name: job.name_any(),
-        uid: job.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
-    let secret = credentials::run_secret(
-        &ns,
-        name,
-        mover_job::mover_labels(Operation::Restore, &u.uid),
-        Some(owner),
-        &creds,
-    );
-    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if is_status(&e, 409) => {}
-        Err(e) => {
-            return Err(describe_kube_error(
-                &e,
-                &format!("create secret {ns}/{name}"),
-            ));
-        }
-    }
+    credentials::create_run_secret(&ctx.client, &job, Operation::Restore, &u.uid, &creds).await?;
     if fresh {
         report.jobs_started.push(format!("{ns}/{name}"));
         let msg = format!(

@@ -11,7 +11,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -1232,34 +1231,9 @@ async fn start_backup(
         }
     };
     if let Some(creds) = &creds {
-        let owner = OwnerReference {
-            api_version: "batch/v1".into(),
-            kind: "Job".into(),
-            name: job.name_any(),
-            uid: job.metadata.uid.clone().unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        };
-        let secret = credentials::run_secret(
-            &ns,
-            &start.job_name,
-            mover_job::mover_labels(Operation::Backup, &f.uid),
-            Some(owner),
-            creds,
-        );
-        match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-            .create(&PostParams::default(), &secret)
+        credentials::create_run_secret(&ctx.client, &job, Operation::Backup, &f.uid, creds)
             .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 409) => {}
-            Err(e) => {
-                return Err(fail(describe_kube_error(
-                    &e,
-                    &format!("create secret {ns}/{}", start.job_name),
-                )));
-            }
-        }
+            .map_err(fail)?;
     }
     let mut ann = json!({
         status::LAST_ATTEMPT: ctx.now.to_string(),

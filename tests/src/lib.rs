@@ -6,6 +6,7 @@ pub mod bins;
 pub mod fakeapi;
 pub mod garage;
 pub mod proxy;
+pub mod pushgateway;
 pub mod sim;
 pub mod trees;
 

@@ -87,6 +87,47 @@ pub fn run_secret(
     }
 }
 
+/// Creates the per-run Secret of a mover Job, owned by it (deleted with it): the
+/// scheduler's backups and prewarm's restores start their Jobs this way. A Secret that
+/// exists already (an earlier run of the same pass) is kept.
+pub async fn create_run_secret(
+    client: &kube::Client,
+    job: &k8s_openapi::api::batch::v1::Job,
+    op: super::naming::Operation,
+    pvc_uid: &str,
+    creds: &RunCredentials,
+) -> Result<(), String> {
+    use kube::ResourceExt;
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let owner = OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        name: name.clone(),
+        uid: job.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let secret = run_secret(
+        &ns,
+        &name,
+        super::mover_job::mover_labels(op, pvc_uid),
+        Some(owner),
+        creds,
+    );
+    match kube::Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if super::is_status(&e, 409) => Ok(()),
+        Err(e) => Err(super::describe_kube_error(
+            &e,
+            &format!("create secret {ns}/{name}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
