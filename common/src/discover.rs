@@ -5,7 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_sdk_s3::Client;
+/// The S3 client type, for programs that list many repositories with one client.
+pub use aws_sdk_s3::Client;
 
 use crate::Error;
 use crate::location::S3Location;
@@ -29,34 +30,98 @@ pub async fn repositories(
     let client = settings.client()?;
     let base = &settings.location;
     let root = dir_prefix(&base.prefix);
-    let mut out = Vec::new();
+    let mut candidates = Vec::new();
     for ns in common_prefixes(&client, settings, &root, requests).await? {
         let ns_prefix = format!("{root}{ns}/");
         for pvc in common_prefixes(&client, settings, &ns_prefix, requests).await? {
-            let prefix = format!("{ns_prefix}{pvc}");
+            candidates.push((ns.clone(), pvc));
+        }
+    }
+    // One HEAD per candidate, [`HEAD_CONCURRENCY`] at once: latency, not work.
+    let mut out = Vec::new();
+    let mut heads = tokio::task::JoinSet::new();
+    let mut pending = candidates.into_iter();
+    loop {
+        while heads.len() < HEAD_CONCURRENCY {
+            let Some((ns, pvc)) = pending.next() else {
+                break;
+            };
             requests.fetch_add(1, Ordering::Relaxed);
-            let key = format!("{prefix}/config");
-            match client
-                .head_object()
-                .bucket(&base.bucket)
-                .key(&key)
-                .send()
-                .await
-            {
-                Ok(_) => out.push(Found {
-                    namespace: ns.clone(),
-                    pvc,
-                    location: S3Location {
-                        endpoint: base.endpoint.clone(),
-                        bucket: base.bucket.clone(),
-                        prefix,
-                    },
-                }),
-                Err(e) if classify(&e) == Failure::NotFound => {
-                    tracing::debug!(prefix = %prefix, "no repository config here; skipped");
+            let (client, settings) = (client.clone(), settings.clone());
+            heads.spawn(async move {
+                let base = &settings.location;
+                let prefix = format!("{}{ns}/{pvc}", dir_prefix(&base.prefix));
+                let key = format!("{prefix}/config");
+                match client
+                    .head_object()
+                    .bucket(&base.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(Some(Found {
+                        namespace: ns,
+                        pvc,
+                        location: S3Location {
+                            endpoint: base.endpoint.clone(),
+                            bucket: base.bucket.clone(),
+                            prefix,
+                        },
+                    })),
+                    Err(e) if classify(&e) == Failure::NotFound => {
+                        tracing::debug!(prefix = %prefix, "no repository config here; skipped");
+                        Ok(None)
+                    }
+                    Err(e) => Err(Error::Storage(describe(&e, "read", &key, &settings))),
                 }
-                Err(e) => return Err(Error::Storage(describe(&e, "read", &key, settings))),
+            });
+        }
+        let Some(done) = heads.join_next().await else {
+            break;
+        };
+        match done {
+            Ok(Ok(Some(f))) => out.push(f),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(Error::Storage(format!("repository discovery failed: {e}"))),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Candidates checked for a `config` at once in [`repositories`].
+const HEAD_CONCURRENCY: usize = 16;
+
+/// Names (last path component, sorted) of the objects under `prefix` in the bucket of
+/// `settings`, e.g. a repository's `snapshots/` or `locks/`: one request per thousand.
+/// `client` may be shared by every repository reached with the same keys.
+pub async fn names(
+    client: &Client,
+    settings: &S3Settings,
+    prefix: &str,
+    requests: &AtomicU64,
+) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        requests.fetch_add(1, Ordering::Relaxed);
+        let resp = client
+            .list_objects_v2()
+            .bucket(&settings.location.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .map_err(|e| Error::Storage(describe(&e, "list", prefix, settings)))?;
+        for o in resp.contents() {
+            if let Some(k) = o.key() {
+                out.push(k.rsplit('/').next().unwrap_or(k).to_string());
             }
+        }
+        match resp.next_continuation_token() {
+            Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_string()),
+            _ => break,
         }
     }
     out.sort();

@@ -88,6 +88,11 @@ pub struct CommonEnv {
     pub read_budget_mib: u32,
     /// Seconds one Kubernetes API request may take (scheduler, gc, prewarm).
     pub api_timeout_secs: u64,
+    /// Seconds after which a pass starts no new work on repositories (gc's maintenance,
+    /// the prewarm index, the storage lookups of one populator round): what is left
+    /// waits for the next pass, most overdue first, so that passes stay short however
+    /// many repositories there are. Work already started is finished. 0: no limit.
+    pub pass_budget_secs: u64,
 }
 
 impl CommonEnv {
@@ -95,6 +100,17 @@ impl CommonEnv {
     pub fn progress_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.progress_interval_secs.max(1))
     }
+
+    /// How long a pass may start new repository work (`None`: no limit).
+    pub fn pass_budget(&self) -> Option<std::time::Duration> {
+        (self.pass_budget_secs > 0).then(|| std::time::Duration::from_secs(self.pass_budget_secs))
+    }
+}
+
+/// Whether a pass that has run for `elapsed` may still start work on one more
+/// repository under `budget` (see [`CommonEnv::pass_budget`]).
+pub fn may_start(elapsed: std::time::Duration, budget: Option<std::time::Duration>) -> bool {
+    budget.is_none_or(|b| elapsed < b)
 }
 
 impl Default for CommonEnv {
@@ -117,6 +133,7 @@ impl Default for CommonEnv {
             progress_interval_secs: 10,
             read_budget_mib: 64,
             api_timeout_secs: 30,
+            pass_budget_secs: 20,
         }
     }
 }
@@ -689,6 +706,19 @@ mod tests {
     fn empty_values_count_as_unset() {
         let c = MoverConfig::from_vars(&vars(&[("STOWAGE_S3_CONCURRENCY", "")])).unwrap();
         assert_eq!(c.common.s3_concurrency, 2);
+    }
+
+    #[test]
+    fn pass_budget_stops_new_work_once_used() {
+        use std::time::Duration;
+        let c = GcConfig::from_vars(&vars(&[])).unwrap();
+        let budget = c.common.pass_budget();
+        assert_eq!(budget, Some(Duration::from_secs(20)));
+        assert!(may_start(Duration::from_secs(19), budget));
+        assert!(!may_start(Duration::from_secs(20), budget));
+        let off = GcConfig::from_vars(&vars(&[("STOWAGE_PASS_BUDGET_SECS", "0")])).unwrap();
+        assert_eq!(off.common.pass_budget(), None);
+        assert!(may_start(Duration::from_secs(86_400), None));
     }
 
     #[test]

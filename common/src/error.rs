@@ -34,14 +34,18 @@ impl Error {
                     .into(),
             );
         }
-        let line = e.display_log();
-        let backend = line.contains("(kind: related to the backend");
-        let line = one_line(&line);
-        if backend {
-            Error::Storage(line)
-        } else {
-            Error::Repository(line)
+        match Self::storage_failure(&e) {
+            Some(line) => Error::Storage(line),
+            None => Error::Repository(one_line(&e.display_log())),
         }
+    }
+
+    /// The storage's failure (a request failed or was refused, after the retries) that
+    /// a rustic_core error reports, in one line; `None` for errors of the repository.
+    pub fn storage_failure(e: &rustic_core::RusticError) -> Option<String> {
+        let line = e.display_log();
+        line.contains("(kind: related to the backend")
+            .then(|| one_line(&line))
     }
 }
 

@@ -179,6 +179,8 @@ pub mod prewarm_names {
     pub const INDEX_SNAPSHOTS: &str = "stowage_index_snapshots";
     /// Repositories the index could not read.
     pub const INDEX_ERRORS: &str = "stowage_index_errors";
+    /// Repositories whose change the index has not read yet (pass budget used).
+    pub const INDEX_PENDING: &str = "stowage_index_pending_repositories";
     /// Duration of the last index run.
     pub const INDEX_DURATION: &str = "stowage_index_duration_seconds";
     /// S3 requests of the last index run.

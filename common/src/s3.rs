@@ -69,10 +69,18 @@ impl S3Settings {
             )));
         }
         let access_key_id = restic.aws_access_key_id.clone().ok_or_else(|| {
-            Error::Config("AWS_ACCESS_KEY_ID is not set: the S3 repository needs keys".into())
+            Error::Config(
+                "AWS_ACCESS_KEY_ID is not set: the S3 repository needs keys. Set it (for a \
+                 Job: add the key AWS_ACCESS_KEY_ID to the Secret it reads)"
+                    .into(),
+            )
         })?;
         let secret_access_key = restic.aws_secret_access_key.clone().ok_or_else(|| {
-            Error::Config("AWS_SECRET_ACCESS_KEY is not set: the S3 repository needs keys".into())
+            Error::Config(
+                "AWS_SECRET_ACCESS_KEY is not set: the S3 repository needs keys. Set it (for a \
+                 Job: add the key AWS_SECRET_ACCESS_KEY to the Secret it reads)"
+                    .into(),
+            )
         })?;
         if common.s3_concurrency == 0 {
             return Err(Error::Config(
@@ -199,17 +207,39 @@ pub enum Failure {
     NoSuchBucket,
     NotFound,
     Unreachable,
+    /// The TLS handshake failed on the server's certificate (untrusted CA, wrong name).
+    Certificate,
     Other,
 }
 
 /// Classifies an SDK error from its code, HTTP status and kind.
 pub fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Failure {
     match err {
+        // The connector reports TLS failures only as text in its error chain.
+        SdkError::DispatchFailure(df)
+            if df
+                .as_connector_error()
+                .is_some_and(|e| error_chain(e).contains("certificate")) =>
+        {
+            Failure::Certificate
+        }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Failure::Unreachable,
         SdkError::ServiceError(se) => classify_code(se.err().code(), status_of(err)),
         SdkError::ResponseError(_) => Failure::Other,
         _ => classify_code(err.code(), status_of(err)),
     }
+}
+
+/// An error and all its sources, as one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
@@ -266,6 +296,13 @@ where
              network policy; the request was retried {} times",
             aws_sdk_s3::error::DisplayErrorContext(err),
             settings.max_attempts
+        ),
+        Failure::Certificate => format!(
+            "S3 {op} {what}: the TLS certificate of {endpoint} is not accepted ({}). If the \
+             server's certificate comes from your own CA, give that CA's certificate (PEM) in \
+             STOWAGE_CA_BUNDLE or RESTIC_CACERT; check that the endpoint's host name is in \
+             the certificate",
+            aws_sdk_s3::error::DisplayErrorContext(err)
         ),
         Failure::NotFound => format!("S3 {op} {what}: not found in bucket {bucket}"),
         Failure::Other => format!(

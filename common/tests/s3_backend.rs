@@ -41,8 +41,15 @@ fn proxied(hint: &str, common: CommonEnv) -> (FaultProxy, String, S3Backend) {
     (proxy, bucket, be)
 }
 
-fn ids(n: usize) -> Vec<Id> {
-    (0..n).map(|_| Id::random()).collect()
+/// A pack's id is the SHA-256 of its content (and the S3 backend signs its upload
+/// with it, so the server refuses a pack whose content does not match its name).
+fn pack_id(data: &[u8]) -> Id {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex.parse::<Id>().unwrap()
 }
 
 #[test]
@@ -60,15 +67,13 @@ fn index_is_written_only_after_every_pack_is_stored() {
             ..Default::default()
         },
     );
-    let packs = ids(6);
-    for id in &packs {
-        be.write_bytes(
-            FileType::Pack,
-            id,
-            false,
-            Bytes::from(vec![7u8; 1000]).into(),
-        )
-        .unwrap();
+    let mut packs = Vec::new();
+    for i in 0..6u8 {
+        let data = vec![i; 1000];
+        let id = pack_id(&data);
+        be.write_bytes(FileType::Pack, &id, false, Bytes::from(data).into())
+            .unwrap();
+        packs.push(id);
     }
     let index = Id::random();
     be.write_bytes(
@@ -89,8 +94,8 @@ fn index_is_written_only_after_every_pack_is_stored() {
     }
     assert_eq!(direct.list(FileType::Index).unwrap(), vec![index]);
     assert_eq!(
-        direct.read_full(FileType::Pack, &packs[0]).unwrap(),
-        Bytes::from(vec![7u8; 1000])
+        direct.read_full(FileType::Pack, &packs[3]).unwrap(),
+        Bytes::from(vec![3u8; 1000])
     );
 }
 
@@ -109,7 +114,7 @@ fn failed_pack_upload_fails_the_index_write_and_no_index_is_stored() {
     let before = proxy.requests();
     be.write_bytes(
         FileType::Pack,
-        &Id::random(),
+        &pack_id(b"pack"),
         false,
         Bytes::from_static(b"pack").into(),
     )
@@ -174,11 +179,12 @@ fn large_objects_use_multipart_and_read_back_whole_and_in_ranges() {
         vec![(id, data.len() as u32)]
     );
     // Small objects do not.
+    let small = vec![1u8; 1024];
     be.write_bytes(
         FileType::Pack,
-        &Id::random(),
+        &pack_id(&small),
         false,
-        Bytes::from(vec![1u8; 1024]).into(),
+        Bytes::from(small).into(),
     )
     .unwrap();
     be.flush().unwrap();
@@ -253,4 +259,54 @@ fn dropped_connections_during_reads_are_retried() {
         );
     }
     assert!(proxy.faults() >= 5);
+}
+
+/// Over plain http a pack is signed with its name (the SHA-256 of its content), so
+/// the server checks every byte it receives: a pack whose content does not match its
+/// name is refused and nothing is stored. Sent as rustic_core's list of buffers, the
+/// pack arrives whole.
+#[test]
+fn packs_are_signed_with_their_id_and_sent_from_their_parts() {
+    let g = garage::shared();
+    let bucket = g.bucket("packsig");
+    let be = backend(
+        &g.endpoint,
+        &bucket,
+        CommonEnv {
+            s3_max_attempts: 1,
+            ..Default::default()
+        },
+    );
+    let parts = [
+        Bytes::from(vec![3u8; 4096]),
+        Bytes::from_static(b"middle"),
+        Bytes::from(vec![9u8; 70_000]),
+    ];
+    let whole: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+    let id = pack_id(&whole);
+    let mut list = rustic_core::BytesList::default();
+    for p in &parts {
+        list.add(p.clone());
+    }
+    be.write_bytes(FileType::Pack, &id, false, list).unwrap();
+    be.flush().unwrap();
+    assert_eq!(
+        be.read_full(FileType::Pack, &id).unwrap(),
+        Bytes::from(whole)
+    );
+
+    let wrong = Id::random();
+    be.write_bytes(
+        FileType::Pack,
+        &wrong,
+        false,
+        Bytes::from_static(b"x").into(),
+    )
+    .unwrap();
+    let err = be.flush().unwrap_err().display_log();
+    assert!(
+        err.contains("InvalidDigest") || err.contains("SHA256"),
+        "{err}"
+    );
+    assert_eq!(be.list(FileType::Pack).unwrap(), vec![id]);
 }

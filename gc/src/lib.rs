@@ -10,6 +10,7 @@ pub mod plan;
 pub mod progress;
 pub mod retention;
 pub mod state;
+pub mod triage;
 
 use std::process::ExitCode;
 
@@ -154,7 +155,9 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, cfg: GcConfig) -> ExitCode {
-    let client = match stowage_common::k8s::client().await {
+    // STOWAGE_API_TIMEOUT_SECS, as for the scheduler: a hung API server fails the run.
+    let timeout = std::time::Duration::from_secs(cfg.common.api_timeout_secs.max(1));
+    let client = match stowage_common::k8s::client_with_timeout(timeout).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -265,6 +268,8 @@ fn repo_command(
         dry_run,
         progress_interval: cfg.common.progress_interval(),
         now: now.unwrap_or_else(jiff::Timestamp::now),
+        // One repository by hand: no budget.
+        deadline: None,
     };
     match maintain::run(&access, &work) {
         Ok(o) => {

@@ -41,6 +41,9 @@ pub struct Work {
     pub progress_interval: Duration,
     /// The pass's clock (`--now`): the age of locks is measured against it.
     pub now: Timestamp,
+    /// The end of the pass budget: a prune or check not started by then waits for the
+    /// next pass (it stays due). `None`: no limit.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// A lock that was (or in a dry run would be) removed.
@@ -74,6 +77,13 @@ pub struct Outcome {
     /// `Some(findings)` when a check ran; empty findings: clean.
     pub check: Option<Vec<String>>,
     pub checked_read_data: bool,
+    /// The snapshot file names after retention, when it was applied in full (not busy,
+    /// not a dry run): the listing a later pass compares with.
+    pub snapshot_names: Option<Vec<String>>,
+    /// When retention forgets more without a new snapshot (manual-backup TTL).
+    pub recheck_at: Option<Timestamp>,
+    /// A due prune or check was left for the next pass (pass budget used).
+    pub deferred: bool,
 }
 
 impl Outcome {
@@ -151,7 +161,8 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
     let snaps: Vec<Snap> = snapshots
         .iter()
         .map(|sn| Snap {
-            id: sn.id.to_string(),
+            // The whole id: the short form of Display could match two snapshots.
+            id: sn.id.to_hex().to_string(),
             time: sn.time.timestamp(),
             group: group_of(sn),
         })
@@ -164,6 +175,12 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
         .collect();
     out.forgotten = forget.iter().map(|(i, t)| (i.clone(), *t)).collect();
     out.snapshots_after = out.snapshots_before - forget.len();
+    out.recheck_at = retention::next_expiry(&verdicts, &work.rules, work.now);
+    let kept_names: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.keep)
+        .map(|v| v.id.clone())
+        .collect();
 
     let infos = repo.infos_files().map_err(rustic)?;
     out.bytes_before = total_size(&infos);
@@ -210,12 +227,18 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
                 )?;
                 out.locks_removed = removable;
                 guard.release()?;
+                out.snapshot_names = Some(kept_names);
             }
         }
+    } else {
+        out.snapshot_names = Some(kept_names);
     }
 
     // 3. Check.
-    if let Some(subset) = work.check {
+    if work.check.is_some() && !in_time(work) {
+        out.deferred = true;
+        tracing::info!(repository = %work.name, "pass budget used: the check waits for the next pass");
+    } else if let Some(subset) = work.check {
         match locks::acquire(&access.storage, &key, false) {
             Err(Error::Locked(msg)) => {
                 tracing::info!(repository = %work.name, "busy, check waits for the next pass: {msg}");
@@ -229,6 +252,11 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
         }
     }
     Ok(out)
+}
+
+/// Whether a prune or check may still start (before the pass's deadline).
+fn in_time(work: &Work) -> bool {
+    work.deadline.is_none_or(|d| std::time::Instant::now() < d)
 }
 
 fn prune_options() -> PruneOptions {
@@ -256,13 +284,16 @@ fn exclusive(
     if !forget.is_empty() {
         let ids: Vec<_> = snapshots
             .iter()
-            .filter(|s| forget.contains_key(&s.id.to_string()))
+            .filter(|s| forget.contains_key(&s.id.to_hex().to_string()))
             .map(|s| s.id)
             .collect();
         tracing::info!(repository = %work.name, count = ids.len(), "forgetting snapshots");
         repo.delete_snapshots(&ids).map_err(rustic)?;
     }
-    if work.prune {
+    if work.prune && !in_time(work) {
+        out.deferred = true;
+        tracing::info!(repository = %work.name, "pass budget used: the prune waits for the next pass");
+    } else if work.prune {
         let opts = prune_options();
         let plan = repo.prune_plan(&opts).map_err(rustic)?;
         let st = &plan.stats;
@@ -290,6 +321,23 @@ fn exclusive(
     Ok(())
 }
 
+/// The storage failure behind a check finding (its source chain holds a rustic_core
+/// error of the backend), if that is what it is.
+fn storage_failure(finding: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = finding.source();
+    while let Some(s) = source {
+        let inner = s.downcast_ref::<rustic_core::RusticError>().or_else(|| {
+            s.downcast_ref::<Box<rustic_core::RusticError>>()
+                .map(|b| &**b)
+        });
+        if let Some(r) = inner {
+            return Error::storage_failure(r);
+        }
+        source = s.source();
+    }
+    None
+}
+
 fn check(
     repo: &OpenRepo,
     work: &Work,
@@ -304,15 +352,49 @@ fn check(
         out.checked_read_data = true;
     }
     tracing::info!(repository = %work.name, read_data = ?subset, "checking");
-    let findings = match repo.check(opts) {
-        Ok(results) => results
-            .0
-            .iter()
-            // rustic_core does not export the level's type; its Debug name is stable.
-            .filter(|(level, _)| format!("{level:?}") == "Error")
-            .map(|(_, e)| e.to_string())
-            .collect(),
-        Err(e) => vec![rustic(e).to_string()],
+    // A read of the storage that failed beyond the retries says nothing about the
+    // repository: when that is all the check found, the pass fails with the storage's
+    // error instead of calling the repository damaged (which blocks its prunes).
+    let unreadable = |what: &str| {
+        Error::Storage(format!(
+            "the check could not read the repository: {what}. Nothing was found damaged; \
+             the next pass checks again"
+        ))
+    };
+    // rustic_core's check can panic after a failed read ("index still in use" while its
+    // workers wind down): an error of this pass, not a crash and not damage.
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| repo.check(opts)))
+        .map_err(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Error::Repository(format!(
+                "the check did not finish: rustic_core failed internally ({what}), as it may \
+                 after a failed read of the storage. Nothing was marked damaged; the next pass \
+                 checks again"
+            ))
+        })?;
+    let findings: Vec<String> = match checked {
+        Ok(results) => {
+            let errors: Vec<_> = results
+                .0
+                .iter()
+                // rustic_core does not export the level's type; its Debug name is stable.
+                .filter(|(level, _)| format!("{level:?}") == "Error")
+                .map(|(_, e)| e)
+                .collect();
+            let failures: Vec<String> = errors.iter().filter_map(|e| storage_failure(*e)).collect();
+            if !errors.is_empty() && failures.len() == errors.len() {
+                return Err(unreadable(&failures[0]));
+            }
+            errors.iter().map(|e| e.to_string()).collect()
+        }
+        Err(e) => match rustic(e) {
+            Error::Storage(m) => return Err(unreadable(&m)),
+            other => vec![other.to_string()],
+        },
     };
     if findings.is_empty() {
         tracing::info!(repository = %work.name, "check: no errors");

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use stowage_common::backend::{BackendOptions, Storage};
-use stowage_common::env::{GcConfig, ResticEnv};
+use stowage_common::env::{GcConfig, ResticEnv, may_start};
 use stowage_common::k8s::contract::{self, app, reason, run_secret_keys, secret_keys};
 use stowage_common::k8s::credentials::derive_repository_password;
 use stowage_common::k8s::events::Events;
@@ -33,6 +33,7 @@ use crate::maintain::{self, Outcome, Work};
 use crate::plan::{self, Creds, JobFacts, LocksContext, Pvc, SecretFacts, Target};
 use crate::retention::Rules;
 use crate::state::{self, Stored};
+use crate::triage;
 
 /// The program's name as reporter of Events and metrics job.
 pub const PROGRAM: &str = "stowage-gc";
@@ -53,6 +54,48 @@ pub struct PassOptions {
 pub struct RepoReport {
     pub target: Target,
     pub outcome: Result<Outcome, String>,
+    /// Not opened in this pass (its last visit's results stand).
+    pub skipped: Option<Skipped>,
+    /// Rules fingerprint of the visit (`triage::rules_fingerprint`).
+    pub fingerprint: Option<String>,
+}
+
+/// Why a repository was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// Nothing changed and nothing is due.
+    Unchanged,
+    /// It has work, but the pass budget was used: the next pass takes it first.
+    Deferred,
+}
+
+impl RepoReport {
+    fn done(target: Target, outcome: Result<Outcome, String>) -> Self {
+        Self {
+            target,
+            outcome,
+            skipped: None,
+            fingerprint: None,
+        }
+    }
+
+    fn skipped(target: Target, why: Skipped) -> Self {
+        Self {
+            target,
+            outcome: Ok(Outcome::default()),
+            skipped: Some(why),
+            fingerprint: None,
+        }
+    }
+}
+
+/// A repository with its work for this pass, before triage.
+struct Planned {
+    target: Target,
+    creds: RepoCreds,
+    work: Work,
+    fingerprint: String,
+    due: triage::Due,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +110,9 @@ pub struct PassReport {
     pub secrets_deleted: Vec<String>,
     /// S3 requests sent (discovery and repositories).
     pub s3_requests: u64,
+    /// Repositories not opened: nothing to do / work left for the next pass.
+    pub unchanged: usize,
+    pub deferred: usize,
     pub metrics: Registry,
 }
 
@@ -139,22 +185,26 @@ struct Facts {
 async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Result<Facts> {
     let g = &cfg.gc;
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &g.system_namespace);
-    let doc = match cms.get_opt(&g.policies_configmap).await {
-        Ok(cm) => cm
-            .and_then(|c| c.data)
-            .and_then(|d| d.get(contract::POLICIES_KEY).cloned())
-            .unwrap_or_default(),
-        Err(e) => {
-            report.errors.push(describe_kube_error(
-                &e,
-                &format!(
-                    "get configmap {}/{}",
-                    g.system_namespace, g.policies_configmap
-                ),
-            ));
-            String::new()
-        }
-    };
+    // Policies that cannot be read are not "no policies": the default retention would
+    // forget what a PVC's own policy keeps. The pass stops before it touches anything.
+    let doc = cms
+        .get_opt(&g.policies_configmap)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}. Nothing was forgotten or pruned in this pass",
+                describe_kube_error(
+                    &e,
+                    &format!(
+                        "get configmap {}/{}",
+                        g.system_namespace, g.policies_configmap
+                    ),
+                )
+            )
+        })?
+        .and_then(|c| c.data)
+        .and_then(|d| d.get(contract::POLICIES_KEY).cloned())
+        .unwrap_or_default();
     let policies = Policies::parse(&doc).unwrap_or_else(|e| {
         report.errors.push(format!(
             "ConfigMap {}/{} key {}: {e}; the default retention applies to every repository",
@@ -381,28 +431,28 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
     };
     let state = &mut stored.repos;
 
-    // Repositories, a few at a time, each on a blocking thread.
+    // Repositories: listed without opening them, opened only for work, most urgent
+    // first, a few at a time on blocking threads, none started once the pass budget is
+    // used (triage.rs).
     let ctx = LocksContext {
         stale_after: SignedDuration::from_mins(g.stale_lock_minutes as i64),
         live_pods: facts.live_pods.clone(),
         this_host: locks::this_hostname(),
     };
-    let sem = Arc::new(Semaphore::new(REPO_CONCURRENCY));
-    let mut tasks = Vec::new();
-    let total = targets.len();
-    for (i, target) in targets.into_iter().enumerate() {
+    let budget = cfg.common.pass_budget();
+    let deadline = budget.map(|b| started + b);
+    let mut planned: Vec<Planned> = Vec::new();
+    for target in targets {
         let creds = match resolve_creds(&target, &facts, cfg) {
             Ok(c) => c,
             Err(e) => {
-                report.repositories.push(RepoReport {
-                    target,
-                    outcome: Err(e),
-                });
+                report.repositories.push(RepoReport::done(target, Err(e)));
                 continue;
             }
         };
         let st = state.get(&target.identity).cloned().unwrap_or_default();
-        let rules = match manual_ttl.filter(|_| target.manual) {
+        let ttl = manual_ttl.filter(|_| target.manual);
+        let rules = match ttl {
             Some(ttl) => Rules::manual_ttl(ttl, opts.now)
                 .map_err(|e| format!("STOWAGE_MANUAL_BACKUP_TTL: {e}")),
             None => Rules::from_policy(&target.retention),
@@ -410,57 +460,166 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
         let rules = match rules {
             Ok(r) => r,
             Err(e) => {
-                report.repositories.push(RepoReport {
-                    target,
-                    outcome: Err(e),
-                });
+                report.repositories.push(RepoReport::done(target, Err(e)));
                 continue;
             }
         };
+        let fingerprint = triage::rules_fingerprint(&rules, ttl);
         // A repository found damaged is checked at every pass (the alert clears as soon
         // as it is repaired) and never pruned meanwhile (a repair may need its data).
         let check_due =
             st.damaged.is_some() || plan::due(st.last_check, opts.now, g.check_interval_hours);
+        let prune_due = st.damaged.is_none()
+            && (st.prune_wanted || plan::due(st.last_prune, opts.now, g.prune_interval_hours));
+        let due = triage::Due {
+            check: check_due,
+            prune: prune_due,
+            since: triage::due_since(
+                &st,
+                check_due,
+                prune_due,
+                g.check_interval_hours,
+                g.prune_interval_hours,
+            ),
+        };
         let work = Work {
             name: target.repository.clone(),
             rules,
-            prune: st.damaged.is_none()
-                && (st.prune_wanted || plan::due(st.last_prune, opts.now, g.prune_interval_hours)),
+            prune: prune_due,
             check: check_due.then(|| plan::read_subset(g.check_read_data_percent, st.checks)),
             unused_threshold_percent: g.prune_unused_percent,
             locks: ctx.clone(),
             dry_run: opts.dry_run,
             progress_interval: cfg.common.progress_interval(),
             now: opts.now,
+            deadline,
         };
-        let (sem, cfg2, requests) = (sem.clone(), cfg.clone(), requests.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let url = target.repository.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
-                tracing::info!(repository = %url, "[{}/{total}] maintaining", i + 1);
-                let access = access_for(&url, &creds, &cfg2)?;
-                let r = maintain::run(&access, &work);
-                if let Some(s) = access.storage.stats() {
-                    requests.fetch_add(s.requests.load(Ordering::Relaxed), Ordering::Relaxed);
+        planned.push(Planned {
+            target,
+            creds,
+            work,
+            fingerprint,
+            due,
+        });
+    }
+    let listings = list_all(&planned, cfg, &requests).await;
+    let mut visits = Vec::with_capacity(planned.len());
+    for (p, l) in planned.iter().zip(&listings) {
+        let st = state.get(&p.target.identity).cloned().unwrap_or_default();
+        let l = match l {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(repository = %p.target.repository, "cannot list the repository ({e}): opened to report it");
+                None
+            }
+        };
+        visits.push(triage::visit(&st, l, &p.fingerprint, p.due, opts.now));
+    }
+    let names: Vec<(&str, &triage::Visit)> = planned
+        .iter()
+        .zip(&visits)
+        .map(|(p, v)| (p.target.identity.as_str(), v))
+        .collect();
+    let order: BTreeMap<String, usize> = triage::order(&names)
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), i))
+        .collect();
+    let mut queue: Vec<(usize, Planned)> = Vec::new();
+    for (p, v) in planned.into_iter().zip(visits) {
+        match (v, order.get(&p.target.identity)) {
+            (triage::Visit::Open { why, .. }, Some(&rank)) => {
+                tracing::debug!(repository = %p.target.repository, "opened: {why}");
+                queue.push((rank, p));
+            }
+            _ => report
+                .repositories
+                .push(RepoReport::skipped(p.target, Skipped::Unchanged)),
+        }
+    }
+    queue.sort_by_key(|(rank, _)| *rank);
+    let total = queue.len();
+    tracing::info!(
+        repositories = total + report.repositories.len(),
+        to_open = total,
+        "repositories listed"
+    );
+    let queue = Arc::new(std::sync::Mutex::new(
+        queue
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect::<std::collections::VecDeque<_>>(),
+    ));
+    let mut workers = Vec::new();
+    let opened = Arc::new(AtomicU64::new(0));
+    for _ in 0..REPO_CONCURRENCY {
+        let (queue, cfg2, requests, opened) =
+            (queue.clone(), cfg.clone(), requests.clone(), opened.clone());
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let Some(p) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
+                    break;
+                };
+                if !may_start(started.elapsed(), budget) {
+                    done.push(RepoReport::skipped(p.target, Skipped::Deferred));
+                    continue;
                 }
-                r
-            })
-            .await
-            .map_err(|e| format!("repository task failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
-            RepoReport { target, outcome }
+                let i = opened.fetch_add(1, Ordering::Relaxed) + 1;
+                let Planned {
+                    target,
+                    creds,
+                    work,
+                    fingerprint,
+                    ..
+                } = p;
+                let url = target.repository.clone();
+                let cfg3 = cfg2.clone();
+                let requests = requests.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    tracing::info!(repository = %url, "[{i}/{total}] maintaining");
+                    let access = access_for(&url, &creds, &cfg3)?;
+                    let r = maintain::run(&access, &work);
+                    if let Some(s) = access.storage.stats() {
+                        requests.fetch_add(s.requests.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
+                    r
+                })
+                .await
+                .map_err(|e| format!("repository task failed: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+                let mut r = RepoReport::done(target, outcome);
+                r.fingerprint = Some(fingerprint);
+                done.push(r);
+            }
+            done
         }));
     }
-    for t in tasks {
-        match t.await {
-            Ok(r) => report.repositories.push(r),
+    for w in workers {
+        match w.await {
+            Ok(r) => report.repositories.extend(r),
             Err(e) => report.errors.push(format!("repository task failed: {e}")),
         }
     }
     report
         .repositories
         .sort_by(|a, b| a.target.identity.cmp(&b.target.identity));
+    let count = |k: Skipped| {
+        report
+            .repositories
+            .iter()
+            .filter(|r| r.skipped == Some(k))
+            .count()
+    };
+    (report.unchanged, report.deferred) = (count(Skipped::Unchanged), count(Skipped::Deferred));
+    if report.deferred > 0 {
+        tracing::info!(
+            deferred = report.deferred,
+            "pass budget used (STOWAGE_PASS_BUDGET_SECS): {} repositories with work wait for the \
+             next pass, which takes them first (most overdue first)",
+            report.deferred
+        );
+    }
 
     // Results: state, logs, Events, metrics.
     for r in &report.repositories {
@@ -495,8 +654,32 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
                     .cloned()
             })
             .unwrap_or_else(|| state_ref(cfg));
+        if let Some(why) = r.skipped {
+            // Not opened: what its last visit found still holds, and is pushed again
+            // (every push replaces the whole group on the Pushgateway).
+            if let Some(st) = state.get(&t.identity) {
+                skipped_metrics(&mut report.metrics, st, &t.identity, &labels);
+            }
+            report.metrics.add(
+                names::GC_REPOSITORIES,
+                "Repositories maintained in this pass, by result",
+                &[(
+                    "result",
+                    match why {
+                        Skipped::Unchanged => "unchanged",
+                        Skipped::Deferred => "deferred",
+                    },
+                )],
+                1.0,
+            );
+            continue;
+        }
         match &r.outcome {
             Err(e) => {
+                // Opened again next pass, so the error is reported until it is gone.
+                if let Some(st) = state.get_mut(&t.identity) {
+                    st.listing = None;
+                }
                 let msg = format!("repository {}: {e}", t.repository);
                 tracing::error!("{msg}");
                 report.errors.push(msg.clone());
@@ -514,6 +697,16 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
             }
             Ok(o) => {
                 let st = state.entry(t.identity.clone()).or_default();
+                if !opts.dry_run {
+                    st.visited = Some(opts.now);
+                    st.snapshots = Some(o.snapshots_after);
+                    st.bytes = Some(o.bytes_after);
+                    // Retention applied in full: the same listing and rules next time
+                    // need no visit. Otherwise (busy) the next pass opens it again.
+                    st.listing = o.snapshot_names.as_deref().map(triage::listing_hash);
+                    st.rules = r.fingerprint.clone().filter(|_| st.listing.is_some());
+                    st.recheck_at = o.recheck_at;
+                }
                 if o.pruned {
                     st.last_prune = Some(opts.now);
                     st.prune_wanted = false;
@@ -686,6 +879,167 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
         );
     }
     Ok(report)
+}
+
+/// Listings at once (S3 latency only; two requests each).
+const LIST_CONCURRENCY: usize = 16;
+
+/// What lists one repository: a task on S3, or the answer at once.
+enum Listed {
+    Now(Result<triage::Listing, String>),
+    Task(tokio::task::JoinHandle<Result<triage::Listing, String>>),
+}
+
+/// The `snapshots/` and `locks/` listings of every planned repository, in order: two
+/// LIST requests each, [`LIST_CONCURRENCY`] repositories at once, one S3 client per
+/// set of keys and endpoint.
+async fn list_all(
+    planned: &[Planned],
+    cfg: &GcConfig,
+    requests: &Arc<AtomicU64>,
+) -> Vec<Result<triage::Listing, String>> {
+    let endpoint = cfg
+        .restic
+        .aws_endpoint_url_s3
+        .as_deref()
+        .or(cfg.restic.aws_endpoint_url.as_deref());
+    let sem = Arc::new(Semaphore::new(LIST_CONCURRENCY));
+    let mut clients: BTreeMap<String, discover::Client> = BTreeMap::new();
+    let mut listed = Vec::with_capacity(planned.len());
+    for p in planned {
+        let settings = match Location::parse(&p.target.repository, endpoint) {
+            Err(e) => {
+                listed.push(Listed::Now(Err(e.to_string())));
+                continue;
+            }
+            Ok(Location::Local(dir)) => {
+                let names = |d: &str| -> Result<Vec<String>, String> {
+                    Storage::Local(dir.clone())
+                        .list(d)
+                        .map(|v| v.into_iter().map(|(n, _)| n).collect())
+                        .map_err(|e| e.to_string())
+                };
+                listed.push(Listed::Now(names("snapshots").and_then(|s| {
+                    Ok(triage::Listing {
+                        snapshots: triage::listing_hash(&s),
+                        locks: names("locks")?.len(),
+                    })
+                })));
+                continue;
+            }
+            Ok(Location::S3(loc)) => {
+                let restic = ResticEnv {
+                    aws_access_key_id: p.creds.access_key_id.clone(),
+                    aws_secret_access_key: p.creds.secret_access_key.clone(),
+                    aws_default_region: p
+                        .creds
+                        .region
+                        .clone()
+                        .or(cfg.restic.aws_default_region.clone()),
+                    ..cfg.restic.clone()
+                };
+                match stowage_common::s3::S3Settings::from_env(loc, &restic, &cfg.common) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        listed.push(Listed::Now(Err(e.to_string())));
+                        continue;
+                    }
+                }
+            }
+        };
+        // Keyed by what the client is made of (the secret only as a hash).
+        let key = format!(
+            "{:?}|{}|{}|{:?}|{}|{}",
+            settings.location.endpoint,
+            settings.region,
+            settings.path_style,
+            settings.ca_bundle,
+            settings.access_key_id,
+            stowage_common::k8s::naming::short_hash(&[&settings.secret_access_key])
+        );
+        let client = match clients.get(&key) {
+            Some(c) => c.clone(),
+            None => match settings.client() {
+                Ok(c) => {
+                    clients.insert(key, c.clone());
+                    c
+                }
+                Err(e) => {
+                    listed.push(Listed::Now(Err(e.to_string())));
+                    continue;
+                }
+            },
+        };
+        let (sem, requests) = (sem.clone(), requests.clone());
+        listed.push(Listed::Task(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let list = |dir: &str| {
+                let prefix = settings.location.key(dir);
+                let (client, settings, requests) = (&client, &settings, &requests);
+                async move {
+                    discover::names(client, settings, &prefix, requests)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+            let snapshots = list("snapshots/").await?;
+            let locks = list("locks/").await?;
+            Ok(triage::Listing {
+                snapshots: triage::listing_hash(&snapshots),
+                locks: locks.len(),
+            })
+        })));
+    }
+    let mut out = Vec::with_capacity(listed.len());
+    for l in listed {
+        out.push(match l {
+            Listed::Now(r) => r,
+            Listed::Task(t) => t
+                .await
+                .unwrap_or_else(|e| Err(format!("listing failed: {e}"))),
+        });
+    }
+    out
+}
+
+/// The per-repository metrics of a repository this pass did not open, from the state
+/// its last visit left.
+fn skipped_metrics(
+    metrics: &mut Registry,
+    st: &state::RepoState,
+    identity: &str,
+    labels: &[(&str, &str)],
+) {
+    if let Some(last) = st.last_check {
+        metrics.gauge(
+            names::GC_CHECK_OK,
+            "1 if the last check of the repository found no error",
+            &[("repository", identity)],
+            if st.damaged.is_some() { 0.0 } else { 1.0 },
+        );
+        metrics.gauge(
+            names::GC_CHECK_LAST,
+            "Time of the last check of the repository",
+            &[("repository", identity)],
+            last.as_second() as f64,
+        );
+    }
+    if let Some(n) = st.snapshots {
+        metrics.gauge(
+            names::GC_SNAPSHOTS,
+            "Snapshots in the repository after this pass",
+            labels,
+            n as f64,
+        );
+    }
+    if let Some(b) = st.bytes {
+        metrics.gauge(
+            names::GC_REPOSITORY_BYTES,
+            "Size of the repository in bytes",
+            labels,
+            b as f64,
+        );
+    }
 }
 
 fn read_dirs(p: &std::path::Path) -> Vec<String> {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 use stowage_common::k8s::contract::{self, user};
 use stowage_common::k8s::credentials::repository_identity;
-use stowage_common::k8s::policy::{Policies, Retention};
+use stowage_common::k8s::policy::{Policies, PolicyProblem, Retention};
 use stowage_common::locks::LockInfo;
 
 /// A PVC as gc sees it.
@@ -56,12 +56,22 @@ impl Target {
     }
 }
 
-/// Name of the policy that gives repositories without a PVC (or with an unknown
-/// policy) their retention, if the ConfigMap has one.
+/// Name of the policy that gives repositories without a PVC their retention, if the
+/// ConfigMap has one.
 pub const DEFAULT_POLICY: &str = "default";
 
-/// The retention for a PVC's policy label value; unknown or absent: the `default`
-/// policy, else the built-in default. Returns (policy used, retention, warning).
+/// Retention without a single rule: nothing is forgotten.
+pub fn keep_everything() -> Retention {
+    Retention {
+        keep_within: None,
+        ..Retention::default()
+    }
+}
+
+/// The retention for a PVC's policy label value; absent: the `default` policy, else
+/// the built-in default. A policy that is unknown or does not parse keeps everything:
+/// its own rules are the user's intent, and a typo must not cut its history down to
+/// the default's. Returns (policy used, retention, warning).
 pub fn retention_for(
     policy: Option<&str>,
     policies: &Policies,
@@ -73,16 +83,24 @@ pub fn retention_for(
     match policy {
         Some(name) => match policies.get(name) {
             Ok(p) => (Some(name.to_string()), p.retention.clone(), None),
-            Err(problem) => {
-                let (n, r) = fallback();
-                (
-                    n,
-                    r,
-                    Some(format!(
-                        "policy {name:?} cannot be used ({problem:?}); the default retention applies"
-                    )),
-                )
-            }
+            Err(PolicyProblem::Invalid(e)) => (
+                Some(name.to_string()),
+                keep_everything(),
+                Some(format!(
+                    "policy {name:?} is invalid ({e}): nothing is forgotten in this repository \
+                     until the policy is fixed"
+                )),
+            ),
+            // The scheduler does not back up a PVC whose policy is unknown (an Event
+            // says so); its history is not cut down to another policy's either.
+            Err(PolicyProblem::Unknown { .. }) => (
+                Some(name.to_string()),
+                keep_everything(),
+                Some(format!(
+                    "policy {name:?} does not exist in the policies ConfigMap: nothing is \
+                     forgotten in this repository until the PVC names a known policy"
+                )),
+            ),
         },
         None => {
             let (n, r) = fallback();
@@ -386,8 +404,9 @@ mod tests {
         let gone = get("bk/a/gone");
         assert!(gone.is_orphan());
         assert_eq!(gone.retention, Retention::default());
+        // Its policy "nope" does not exist: nothing is forgotten.
         let other = get("other/x");
-        assert_eq!(other.retention, Retention::default());
+        assert_eq!(other.retention, keep_everything());
         assert!(
             warnings
                 .iter()
@@ -442,6 +461,39 @@ mod tests {
         assert!(gone.is_orphan() && !gone.manual);
         assert_eq!(gone.retention.keep_last, Some(9));
         assert_eq!(policy_of(&BTreeMap::new(), None, "backup"), None);
+    }
+
+    #[test]
+    fn an_unknown_policy_forgets_nothing() {
+        let policies =
+            Policies::parse("default: {schedule: \"@daily\", retention: {keepLast: 1}}\n").unwrap();
+        let (p, r, warn) = retention_for(Some("hourlly"), &policies);
+        assert_eq!(p.as_deref(), Some("hourlly"));
+        assert!(
+            crate::retention::Rules::from_policy(&r).unwrap().is_empty(),
+            "{r:?}"
+        );
+        assert!(warn.unwrap().contains("nothing is forgotten"));
+    }
+
+    #[test]
+    fn an_invalid_policy_forgets_nothing() {
+        let policies = Policies::parse(
+            "broken: {schedule: \"0 3 * * 8\", retention: {keepLast: 1}}\n\
+             default: {schedule: \"@daily\", retention: {keepLast: 9}}\n",
+        )
+        .unwrap();
+        let (p, r, warn) = retention_for(Some("broken"), &policies);
+        assert_eq!(p.as_deref(), Some("broken"));
+        assert!(
+            crate::retention::Rules::from_policy(&r).unwrap().is_empty(),
+            "{r:?}"
+        );
+        let warn = warn.unwrap();
+        assert!(
+            warn.contains("day-of-week") && warn.contains("nothing is forgotten"),
+            "{warn}"
+        );
     }
 
     #[test]

@@ -190,6 +190,21 @@ pub fn decide(snaps: &[Snap], rules: &Rules) -> Vec<Verdict> {
     out
 }
 
+/// When `rules` forget more of these snapshots without a new one arriving: only the
+/// manual-backup TTL counts from now (every other rule counts from the snapshots), so
+/// the first snapshot kept by nothing but the TTL is due then. `None`: never (until
+/// the listing changes).
+pub fn next_expiry(verdicts: &[Verdict], rules: &Rules, now: Timestamp) -> Option<Timestamp> {
+    let cutoff = rules.taken_after?;
+    let ttl = now.duration_since(cutoff);
+    verdicts
+        .iter()
+        .filter(|v| v.keep && v.reasons == ["ttl"])
+        .map(|v| v.time)
+        .min()
+        .and_then(|t| t.checked_add(ttl).ok())
+}
+
 /// Ids of the snapshots to forget.
 pub fn to_forget(verdicts: &[Verdict]) -> Vec<String> {
     verdicts
@@ -421,6 +436,26 @@ mod tests {
         // A TTL is a rule: it never reads as "no rules, keep everything".
         assert!(!Rules::manual_ttl("1h", now).unwrap().is_empty());
         assert!(Rules::manual_ttl("soon", now).is_err());
+    }
+
+    #[test]
+    fn the_manual_ttl_says_when_retention_forgets_more() {
+        let now = t("2026-06-30T12:00:00Z");
+        let r = Rules::manual_ttl("720h", now).unwrap();
+        let s = snaps(&[
+            "2026-06-29T00:00:00Z", // newest: never expires by time
+            "2026-06-22T00:00:00Z", // kept by the TTL only: expires 720h after it
+            "2026-06-01T00:00:00Z", // kept by the TTL only: expires first
+            "2026-04-01T00:00:00Z", // forgotten now
+        ]);
+        let v = decide(&s, &r);
+        assert_eq!(next_expiry(&v, &r, now), Some(t("2026-07-01T00:00:00Z")));
+        // Rules that count from the snapshots change only with a new snapshot.
+        let within = rules(Retention::default());
+        assert_eq!(next_expiry(&decide(&s, &within), &within, now), None);
+        // Only the newest left: nothing more to forget by time.
+        let one = snaps(&["2026-06-29T00:00:00Z"]);
+        assert_eq!(next_expiry(&decide(&one, &r), &r, now), None);
     }
 
     #[test]

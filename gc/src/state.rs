@@ -31,6 +31,26 @@ pub struct RepoState {
     /// again at every pass and never pruned until a check finds it clean.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damaged: Option<String>,
+    /// Hash of the snapshot file names after retention was last applied in full (no
+    /// lock in the way). The same listing and rules again: nothing to forget, the
+    /// repository need not be opened (`triage`). `None`: open it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<String>,
+    /// Fingerprint of the retention rules applied then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
+    /// When retention forgets more without a new snapshot (the manual-backup TTL,
+    /// which counts from now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck_at: Option<Timestamp>,
+    /// When the repository was last opened and maintained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visited: Option<Timestamp>,
+    /// Snapshots and bytes then: the metrics of a pass that does not open it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// By repository identity.

@@ -430,3 +430,117 @@ async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
         "a repository that cannot be opened reads as not ok: {req}"
     );
 }
+
+/// At scale a pass opens only the repositories with work (two LIST requests show that
+/// the others did not change), and starts none once its budget is used: those keep
+/// their state, stay due, and are done by the next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
+    let w = world();
+    let mut repos = Vec::new();
+    for (i, pvc) in ["p1", "p2", "p3"].into_iter().enumerate() {
+        put::<PersistentVolumeClaim>(
+            &w.api,
+            json!({
+                "metadata": {"name": pvc, "namespace": "a", "labels": {"backup": "hourly"}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+            }),
+        );
+        repos.push(w.repository("a", pvc, 500 + i as u64 * 10));
+    }
+    let first = w.pass(false).await;
+    assert!(!first.failed(), "{:?}", first.errors);
+    assert_eq!((first.unchanged, first.deferred), (0, 0));
+    assert!(repos.iter().all(|r| snapshot_count(r) == 1));
+
+    // Nothing changed, nothing due: not one repository opened, their metrics still
+    // pushed from the state.
+    let again = w.pass(false).await;
+    assert!(!again.failed(), "{:?}", again.errors);
+    assert_eq!(again.unchanged, 3);
+    // Discovery (a few LISTs and a HEAD per repository) and two LISTs per repository.
+    assert!(again.s3_requests <= 3 + 3 * 3, "{}", again.s3_requests);
+    let text = again.metrics.render();
+    assert!(
+        text.contains("stowage_gc_repositories{result=\"unchanged\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("stowage_gc_snapshots{"), "{text}");
+    assert!(text.contains("stowage_gc_check_ok{"), "{text}");
+
+    // A new backup of p2: only p2 is opened, and its retention runs (the new snapshot
+    // has other paths, so it starts a group of its own and nothing is forgotten).
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("new"), "new data").unwrap();
+    restic(
+        &repos[1],
+        &["backup", "--host", "volsync", "."],
+        Some(d.path()),
+    )
+    .ok();
+    assert_eq!(snapshot_count(&repos[1]), 2);
+    let third = w.pass(false).await;
+    assert!(!third.failed(), "{:?}", third.errors);
+    assert_eq!(third.unchanged, 2);
+    let p2 = third
+        .repositories
+        .iter()
+        .find(|r| r.target.repository.ends_with("/a/p2"))
+        .unwrap();
+    assert_eq!(p2.skipped, None);
+    assert_eq!(p2.outcome.as_ref().unwrap().snapshots_before, 2);
+    // Its new listing is recorded: the pass after opens nothing again.
+    assert_eq!(w.pass(false).await.unchanged, 3);
+
+    // A day later every check is due, but the pass has used its one-second budget
+    // before it gets to the repositories (its state read answers late): nothing is
+    // started, nothing fails, the checks stay due...
+    let state = |w: &World| {
+        w.api
+            .store()
+            .get::<ConfigMap>("stowage", "stowage-gc-state")
+            .unwrap()
+            .data
+            .unwrap()["state.json"]
+            .clone()
+    };
+    let before = state(&w);
+    let usual = w.cfg.clone();
+    let mut cfg = w.cfg.clone();
+    cfg.common.pass_budget_secs = 1;
+    let later = World {
+        now: w.now + SignedDuration::from_hours(25),
+        cfg,
+        ..w
+    };
+    later.api.inject(
+        stowage_testkit::fakeapi::Fault::delay(std::time::Duration::from_millis(1500))
+            .verb("get")
+            .resource("configmaps")
+            .name("stowage-gc-state")
+            .times(1),
+    );
+    let budgeted = later.pass(false).await;
+    assert!(!budgeted.failed(), "{:?}", budgeted.errors);
+    assert_eq!((budgeted.deferred, budgeted.unchanged), (3, 0));
+    let text = budgeted.metrics.render();
+    assert!(
+        text.contains("stowage_gc_repositories{result=\"deferred\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("stowage_gc_check_ok{"), "{text}");
+    let after: Value = serde_json::from_str(&state(&later)).unwrap();
+    let before: Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(after, before, "deferred work leaves the state as it was");
+    // ...and the next pass (with the usual budget) does them.
+    let later = World {
+        cfg: usual,
+        ..later
+    };
+    let next = later.pass(false).await;
+    assert!(!next.failed(), "{:?}", next.errors);
+    assert_eq!((next.deferred, next.unchanged), (0, 0));
+    for r in &next.repositories {
+        assert_eq!(r.outcome.as_ref().unwrap().check, Some(vec![]), "{r:?}");
+    }
+}

@@ -70,7 +70,9 @@ pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
 
     let snaps = repo.get_all_snapshots().map_err(Error::from_rustic)?;
     let infos: Vec<_> = snaps.iter().map(snap_info).collect();
-    let Some(picked) = select::select(&infos, &plan.host, &plan.selector)? else {
+    let Some(picked) = select::select(&infos, &plan.host, &plan.selector)
+        .with_context(|| format!("repository {}", access.location))?
+    else {
         tracing::info!(repository = %access.location, "the repository holds no snapshot: nothing to restore");
         lock.release()?;
         result.duration_secs = started.elapsed().as_secs_f64();

@@ -34,7 +34,10 @@ pub enum SelectError {
         "snapshot id prefix {0} is ambiguous ({1} snapshots start with it): give more characters"
     )]
     Ambiguous(String, usize),
-    #[error("no snapshot at or before {0}; the oldest is from {1}")]
+    #[error(
+        "no snapshot at or before {0}; the oldest is from {1}: give a later --as-of, or a \
+         snapshot id with --snapshot (`stowage-mover snapshots` lists them)"
+    )]
     NothingBefore(Timestamp, Timestamp),
 }
 

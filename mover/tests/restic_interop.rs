@@ -104,3 +104,55 @@ fn ours_reads_restic_s3() {
     let b = garage::shared().bucket("interop2");
     restic_then_ours(s3_env(&format!("{b}/db/pg")));
 }
+
+/// restic's `data_added` for one `restic backup --json` run.
+fn restic_added(env: &[(String, String)], src: &std::path::Path) -> u64 {
+    let out = restic(
+        env,
+        &["backup", "--json", "--host", "volsync", "."],
+        Some(src),
+    )
+    .ok();
+    let summary = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary from restic:\n{}", out.stdout));
+    summary["data_added"].as_u64().unwrap()
+}
+
+/// Our chunks are restic's chunks (stowage carries its own, faster chunker loop in
+/// its rustic_core patch): after our backup, restic backing up the same files stores
+/// no new file data, and the other way round. Any difference in a chunk boundary
+/// would make the other tool store the file again.
+#[test]
+fn restic_and_ours_cut_the_same_chunks() {
+    let d = tmp();
+    let (src, repo) = (join(&d, "src"), join(&d, "repo"));
+    // Large files are cut into many chunks (1 MiB on average, 512 KiB to 8 MiB); one
+    // of only zeros cuts at the minimum size, a run of 0xff at the maximum.
+    trees::write_random(&src.join("a.bin"), 40 * 1024 * 1024 + 17, 1);
+    trees::write_random(&src.join("b/c.bin"), 3 * 1024 * 1024 + 5, 2);
+    fs::write(src.join("zeros"), vec![0u8; 5 * 1024 * 1024]).unwrap();
+    fs::write(src.join("ones"), vec![0xffu8; 20 * 1024 * 1024]).unwrap();
+    let env = local_env(&repo);
+    run(&env, &["backup", path(&src)]).ok();
+    let added = restic_added(&env, &src);
+    // Only restic's own tree blobs are new (a few hundred bytes).
+    assert!(
+        added < 16 * 1024,
+        "restic stored {added} bytes of ours again"
+    );
+
+    // The other way: files restic chunked first, backed up by us.
+    let src2 = join(&d, "src2");
+    trees::write_random(&src2.join("d.bin"), 30 * 1024 * 1024 + 3, 3);
+    restic_added(&env, &src2);
+    let ours = run(&env, &["backup", path(&src2)]).ok().result();
+    assert!(
+        ours.added_bytes < 16 * 1024,
+        "we stored {} bytes of restic's again",
+        ours.added_bytes
+    );
+}

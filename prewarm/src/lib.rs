@@ -67,6 +67,18 @@ pub enum Command {
     RestoreNow,
 }
 
+/// Repositories opened at once by the whole program (index and populator lookups run
+/// side by side). Each open derives the repository's key with scrypt: 128 MiB and a
+/// third of a CPU second, so two use the cores prewarm may get and keep it well inside
+/// its 512 MiB limit.
+pub const OPEN_CONCURRENCY: usize = 2;
+pub(crate) static OPENS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(OPEN_CONCURRENCY);
+/// Storage lookups of Pending PVCs queued and not started yet: the index opens no new
+/// repository meanwhile (an app waiting for its volume goes before the index).
+pub(crate) static LOOKUPS_QUEUED: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
 /// How long `restore-now` waits for its restores (the template's Job deadline is longer).
@@ -102,7 +114,9 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, cfg: PrewarmConfig) -> ExitCode {
-    let client = match stowage_common::k8s::client().await {
+    // STOWAGE_API_TIMEOUT_SECS, as for the scheduler: a hung API server fails the run.
+    let timeout = std::time::Duration::from_secs(cfg.common.api_timeout_secs.max(1));
+    let client = match stowage_common::k8s::client_with_timeout(timeout).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -145,7 +159,8 @@ async fn run(cli: Cli, cfg: PrewarmConfig) -> ExitCode {
         tokio::spawn(async move { run_index(&client, &cfg, force, skip).await })
     };
 
-    let ctx = pass::Ctx::new(client, cfg.clone());
+    let mut ctx = pass::Ctx::new(client, cfg.clone());
+    ctx.run_deadline = Some(started + duration);
     let mut report = pass::Report::default();
     let mut fatal = None;
     loop {
@@ -219,7 +234,14 @@ async fn run_index(
         return Ok(None);
     };
     let (previous, at) = index::load(client, &p.system_namespace, &p.index_configmap).await?;
-    if !force && !index::due(at, jiff::Timestamp::now(), p.index_interval_minutes) {
+    if !force
+        && !index::due(
+            at,
+            jiff::Timestamp::now(),
+            p.index_interval_minutes,
+            previous.complete,
+        )
+    {
         return Ok(None);
     }
     let secret = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
@@ -280,6 +302,7 @@ async fn run_index(
             .iter()
             .filter(|e| e.error.is_some())
             .count(),
+        pending = idx.pending(),
         s3_requests = idx.s3_requests,
         seconds = format!("{:.2}", idx.duration_secs),
         "index stored in ConfigMap {}/{}",

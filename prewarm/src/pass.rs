@@ -63,6 +63,9 @@ pub struct Ctx {
     pub cfg: PrewarmConfig,
     pub events: Events,
     pub settings: plan::Settings,
+    /// The end of the run: no storage lookup starts after it (a round must not keep
+    /// the run past the next CronJob start). `None`: only the pass budget counts.
+    pub run_deadline: Option<std::time::Instant>,
 }
 
 impl Ctx {
@@ -80,6 +83,7 @@ impl Ctx {
             client,
             cfg,
             settings,
+            run_deadline: None,
         }
     }
 
@@ -214,6 +218,7 @@ async fn note(ctx: &Ctx, p: &UserPvc, reason: &str, message: &str, warning: bool
 }
 
 /// The central credentials Secret's values (master password, mover keys).
+#[derive(Clone)]
 pub(crate) struct Central {
     pub(crate) master: String,
     pub(crate) access_key_id: String,
@@ -277,9 +282,13 @@ async fn repo_credentials(
     u: &UserPvc,
     own: Option<&str>,
     repository: &str,
+    known_central: Option<&Result<Central, String>>,
 ) -> Result<RunCredentials, String> {
     let Some(name) = own else {
-        let central = central(ctx).await?;
+        let central = match known_central {
+            Some(c) => c.clone()?,
+            None => central(ctx).await?,
+        };
         return Ok(RunCredentials {
             password: credentials::derive_repository_password(&central.master, repository),
             repository: repository.to_string(),
@@ -340,6 +349,8 @@ pub(crate) fn region(cfg: &PrewarmConfig) -> Option<String> {
 /// Runs one round. Errors that stop the round (API down, listing forbidden) are
 /// returned; per-PVC problems go to the report.
 pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()> {
+    // The pass budget of the round's storage lookups counts from here.
+    let started = std::time::Instant::now();
     report.rounds += 1;
     let all = Api::<PersistentVolumeClaim>::all(ctx.client.clone())
         .list(&ListParams::default())
@@ -400,6 +411,21 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
         .filter_map(|p| p.metadata.uid.clone())
         .collect();
     let pending_uids: BTreeSet<&str> = users.iter().map(|u| u.uid.as_str()).collect();
+    let handed_over: BTreeSet<&str> = pvs
+        .items
+        .iter()
+        .filter_map(|pv| pv.spec.as_ref()?.claim_ref.as_ref()?.uid.as_deref())
+        .collect();
+    let created: BTreeMap<&str, Timestamp> = all
+        .items
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p.metadata.uid.as_deref()?,
+                p.metadata.creation_timestamp.as_ref()?.0,
+            ))
+        })
+        .collect();
 
     // Primes whose user PVC is gone or no longer waits: their work is over (handed
     // over) or abandoned (PVC deleted).
@@ -461,6 +487,8 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
         );
     }
     let verdicts = probe_classes(ctx, now, &users, &classes, &probes, &pvs.items, report).await?;
+    // Storage lookups (step 1) are gathered and run after the loop, a few at once.
+    let mut lookups: Vec<Lookup> = Vec::new();
     for u in &users {
         let class = u
             .storage_class
@@ -470,13 +498,7 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
             .as_ref()
             .and_then(|c| plan::verdict_for(c, verdicts.get(&c.name)));
         // The volume was already handed over; the binder has not caught up yet.
-        if pvs.items.iter().any(|pv| {
-            pv.spec
-                .as_ref()
-                .and_then(|s| s.claim_ref.as_ref())
-                .and_then(|c| c.uid.as_deref())
-                == Some(u.uid.as_str())
-        }) {
+        if handed_over.contains(u.uid.as_str()) {
             report
                 .waiting
                 .insert(u.key(), "volume handed over; waiting for the binder".into());
@@ -487,17 +509,19 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
             .await
         {
             Ok(Some(r)) => r.spec,
+            // Not there (or the CRD is not installed: the API answers 404): the object
+            // is optional, its defaults apply.
             Ok(None) => RestoreSpec::default(),
+            // Unreadable is not absent: it may name another source, a snapshot or a
+            // time, and guessing could restore the wrong data or bind empty. Wait.
             Err(e) => {
-                // The CRD may not be installed: the object is optional.
-                tracing::debug!(
-                    "{}",
-                    describe_kube_error(
-                        &e,
-                        &format!("get restore {}/{}", u.namespace, u.restore_name)
-                    )
+                let e = describe_kube_error(
+                    &e,
+                    &format!("get restore {}/{}", u.namespace, u.restore_name),
                 );
-                RestoreSpec::default()
+                report.waiting.insert(u.key(), e.clone());
+                report.errors.insert(e);
+                continue;
             }
         };
         let prime_name = plan::prime_name(&u.uid);
@@ -524,6 +548,16 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
             prime.as_ref(),
             &my_jobs,
         );
+        if let Step::Resolve(source) = step {
+            lookups.push(Lookup {
+                user: u,
+                class,
+                prime,
+                source,
+                created: created.get(u.uid.as_str()).copied(),
+            });
+            continue;
+        }
         if let Err(e) = act(
             ctx,
             now,
@@ -539,7 +573,171 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
             report.errors.insert(e);
         }
     }
+    if !lookups.is_empty() {
+        look_up_sources(ctx, now, started, lookups, &jobs.items, report).await;
+    }
     Ok(())
+}
+
+/// A Pending PVC whose backup is to be looked up in this round.
+struct Lookup<'a> {
+    user: &'a UserPvc,
+    class: Option<ClassFacts>,
+    prime: Option<PrimeFacts>,
+    source: plan::Source,
+    created: Option<Timestamp>,
+}
+
+/// Storage lookups at once (within [`crate::OPENS`]).
+pub const LOOKUP_CONCURRENCY: usize = crate::OPEN_CONCURRENCY;
+
+/// Why a PVC waits when the round's lookups used the pass budget.
+pub const LOOKUP_DEFERRED: &str = "waiting for its turn to look up its backup: this round's \
+    storage lookups used the pass budget (STOWAGE_PASS_BUDGET_SECS); the next round goes \
+    on, oldest PVC first";
+
+/// Step 1 for every PVC that needs it: credentials, then the storage lookups,
+/// [`LOOKUP_CONCURRENCY`] at once, oldest PVC first, none started once the round has
+/// used the pass budget (those wait for the next round); then each answer's step.
+async fn look_up_sources(
+    ctx: &Ctx,
+    now: Timestamp,
+    started: std::time::Instant,
+    mut lookups: Vec<Lookup<'_>>,
+    jobs: &[Job],
+    report: &mut Report,
+) {
+    let budget = ctx.cfg.common.pass_budget();
+    let keys: Vec<(Option<Timestamp>, String)> =
+        lookups.iter().map(|l| (l.created, l.user.key())).collect();
+    let order = plan::lookup_order(&keys);
+    let mut slots: Vec<Option<Lookup<'_>>> = lookups.drain(..).map(Some).collect();
+    let lookups: Vec<Lookup<'_>> = order.into_iter().filter_map(|i| slots[i].take()).collect();
+    // The central Secret once for the round, not once per PVC.
+    let central = if lookups.iter().any(|l| l.source.own_secret.is_none()) {
+        Some(central(ctx).await)
+    } else {
+        None
+    };
+    let mut ready = Vec::new();
+    for mut l in lookups {
+        let u = l.user;
+        match repo_credentials(
+            ctx,
+            u,
+            l.source.own_secret.as_deref(),
+            &l.source.repository,
+            central.as_ref(),
+        )
+        .await
+        {
+            Ok(c) => {
+                l.source.repository = c.repository.clone();
+                let creds = RepoCreds {
+                    password: c.password,
+                    access_key_id: c.access_key_id,
+                    secret_access_key: c.secret_access_key,
+                    region: c.region,
+                };
+                ready.push((l, creds));
+            }
+            Err(e) => {
+                note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
+                report.waiting.insert(u.key(), e);
+            }
+        }
+    }
+    let queue: Vec<(String, RepoCreds, plan::Selector, String)> = ready
+        .iter()
+        .map(|(l, c)| {
+            (
+                l.source.repository.clone(),
+                c.clone(),
+                l.source.selector.clone(),
+                l.user.key(),
+            )
+        })
+        .collect();
+    let answers = run_lookups(ctx, queue, started, budget, ctx.run_deadline).await;
+    for ((l, _), answer) in ready.into_iter().zip(answers) {
+        let u = l.user;
+        let Some(answer) = answer else {
+            report.waiting.insert(u.key(), LOOKUP_DEFERRED.into());
+            continue;
+        };
+        let r = match plan::after_source(&l.source, answer) {
+            Ok(decision) => create_prime(ctx, u, l.class.as_ref(), &decision).await,
+            Err(wait) => {
+                act(
+                    ctx,
+                    now,
+                    u,
+                    l.class.as_ref(),
+                    l.prime.as_ref(),
+                    jobs,
+                    wait,
+                    report,
+                )
+                .await
+            }
+        };
+        if let Err(e) = r {
+            report.errors.insert(e);
+        }
+    }
+}
+
+/// Runs the lookups in their order on [`LOOKUP_CONCURRENCY`] workers; `None` for those
+/// not started within the budget.
+async fn run_lookups(
+    ctx: &Ctx,
+    queue: Vec<(String, RepoCreds, plan::Selector, String)>,
+    started: std::time::Instant,
+    budget: Option<std::time::Duration>,
+    run_deadline: Option<std::time::Instant>,
+) -> Vec<Option<plan::SourceAnswer>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = queue.len();
+    crate::LOOKUPS_QUEUED.fetch_add(n, Ordering::SeqCst);
+    let queue = std::sync::Arc::new(queue);
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..LOOKUP_CONCURRENCY.min(n) {
+        let (queue, next) = (queue.clone(), next.clone());
+        let (restic, common) = (ctx.cfg.restic.clone(), ctx.cfg.common.clone());
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some((repository, creds, selector, pvc)) = queue.get(k).cloned() else {
+                    break;
+                };
+                crate::LOOKUPS_QUEUED.fetch_sub(1, Ordering::SeqCst);
+                if !stowage_common::env::may_start(started.elapsed(), budget)
+                    || run_deadline.is_some_and(|d| std::time::Instant::now() >= d)
+                {
+                    done.push((k, None));
+                    continue;
+                }
+                // Shared with the index: never more key derivations at once.
+                let _open = crate::OPENS.acquire().await;
+                tracing::info!(pvc = %pvc, repository = %repository, "looking up the backup to restore");
+                let answer =
+                    source::lookup(repository, creds, restic.clone(), common.clone(), selector)
+                        .await;
+                done.push((k, Some(answer)));
+            }
+            done
+        }));
+    }
+    let mut out: Vec<Option<plan::SourceAnswer>> = (0..n).map(|_| None).collect();
+    for w in workers {
+        // A worker cannot panic short of a bug; its PVCs then wait for the next round.
+        for (k, a) in w.await.unwrap_or_default() {
+            out[k] = a;
+        }
+    }
+    out
 }
 
 /// The probe verdicts (ConfigMap `stowage-storage-classes`), probes started, judged,
@@ -973,7 +1171,9 @@ async fn act(
         }
         Step::Resolve(mut src) => {
             let creds =
-                match repo_credentials(ctx, u, src.own_secret.as_deref(), &src.repository).await {
+                match repo_credentials(ctx, u, src.own_secret.as_deref(), &src.repository, None)
+                    .await
+                {
                     Ok(c) => c,
                     Err(e) => {
                         note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
@@ -1138,14 +1338,15 @@ async fn start_job(
     snapshot: &str,
     report: &mut Report,
 ) -> Result<(), String> {
-    let creds = match repo_credentials(ctx, u, prime.secret.as_deref(), &prime.repository).await {
-        Ok(c) => c,
-        Err(e) => {
-            note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
-            report.waiting.insert(u.key(), e);
-            return Ok(());
-        }
-    };
+    let creds =
+        match repo_credentials(ctx, u, prime.secret.as_deref(), &prime.repository, None).await {
+            Ok(c) => c,
+            Err(e) => {
+                note(ctx, u, reason::CREDENTIALS_MISSING, &e, true).await;
+                report.waiting.insert(u.key(), e);
+                return Ok(());
+            }
+        };
     let ns = ctx.ns().to_string();
     let mut spec = MoverJobSpec::new(
         Operation::Restore,

@@ -396,6 +396,19 @@ pub struct Snap {
     pub host: String,
 }
 
+/// The order of a round's storage lookups: the PVC waiting longest first (unknown
+/// creation time last), then by `namespace/name`. With the pass budget, the ones left
+/// over go first in the next round, since they are still the oldest.
+pub fn lookup_order(pvcs: &[(Option<Timestamp>, String)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..pvcs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ta, na) = &pvcs[a];
+        let (tb, nb) = &pvcs[b];
+        (ta.is_none(), ta, na).cmp(&(tb.is_none(), tb, nb))
+    });
+    order
+}
+
 /// Picks the snapshot. `Latest` prefers the snapshots of stowage's fixed host (all of
 /// them if none carries it, as the mover does).
 pub fn select(snaps: &[Snap], sel: &Selector) -> SourceAnswer {
@@ -744,6 +757,17 @@ mod tests {
             prime,
             jobs,
         )
+    }
+
+    #[test]
+    fn lookups_go_oldest_pvc_first() {
+        let pvcs = vec![
+            (Some(t("2026-11-23T10:00:00Z")), "b/new".to_string()),
+            (None, "a/unknown".to_string()),
+            (Some(t("2026-11-23T09:00:00Z")), "z/old".to_string()),
+            (Some(t("2026-11-23T09:00:00Z")), "c/old".to_string()),
+        ];
+        assert_eq!(lookup_order(&pvcs), vec![3, 2, 0, 1]);
     }
 
     #[test]

@@ -526,3 +526,42 @@ async fn probes_judge_unknown_classes_record_the_verdict_and_clean_up() {
     assert!(data["careful"].contains("\"safe\""), "{data:?}");
     assert_eq!(w.events("x", pc::reason::UNSAFE_STORAGE_CLASS), 1, "once");
 }
+
+#[tokio::test]
+async fn lookups_beyond_the_pass_budget_wait_for_the_next_round() {
+    let w = World::new();
+    w.backup("a", None);
+    w.backup("b", None);
+    let cfg = PrewarmConfig::from_vars(&[
+        ("STOWAGE_REPOSITORY_BASE".into(), w.base()),
+        ("STOWAGE_PASS_BUDGET_SECS".into(), "1".into()),
+    ])
+    .unwrap();
+    let ctx = Ctx::new(w.api.client_for(USER), cfg);
+    w.pvc("a", json!({}));
+    w.pvc("b", json!({}));
+    // The round's API answers late: its budget is used before any lookup starts.
+    w.api.inject(
+        Fault::delay(std::time::Duration::from_millis(1500))
+            .verb("list")
+            .resource("persistentvolumes")
+            .times(1),
+    );
+    let r = w.round(&ctx).await;
+    assert!(w.primes().is_empty(), "no lookup, no prime");
+    for pvc in ["app/a", "app/b"] {
+        assert_eq!(
+            r.waiting.get(pvc).map(String::as_str),
+            Some(pass::LOOKUP_DEFERRED),
+            "{r:?}"
+        );
+    }
+    assert!(
+        r.errors.is_empty() && r.source_unavailable.is_empty(),
+        "{r:?}"
+    );
+    assert_eq!(w.events("a", pc::reason::SOURCE_UNAVAILABLE), 0);
+    // The next round looks both up.
+    let r = w.round(&ctx).await;
+    assert_eq!(w.primes().len(), 2, "{r:?}");
+}

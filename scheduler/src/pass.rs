@@ -248,7 +248,16 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
                     due += 1;
                 }
                 count_skip(&mut report, reason.as_str());
-                tracing::debug!(namespace = %p.namespace, pvc = %p.pvc, reason = reason.as_str(), "{message}");
+                // A PVC or namespace being deleted gets no Event (none can be created in a
+                // terminating namespace): the log says why its backup did not start.
+                if matches!(
+                    reason,
+                    SkipReason::Terminating | SkipReason::NamespaceTerminating
+                ) {
+                    tracing::info!(namespace = %p.namespace, pvc = %p.pvc, reason = reason.as_str(), "not backed up: {message}");
+                } else {
+                    tracing::debug!(namespace = %p.namespace, pvc = %p.pvc, reason = reason.as_str(), "{message}");
+                }
                 if let Some(r) = reason.event_reason() {
                     note_skip(&ctx, pvc, p, r, message).await;
                 }
@@ -726,8 +735,14 @@ async fn run_credentials(
             .filter(|v| !v.is_empty())
             .ok_or_else(|| {
                 format!(
-                    "credentials Secret {}/{} has no key {k}",
-                    s.system_namespace, s.credentials_secret
+                    "credentials Secret {}/{} has no key {k} (or it is empty): add it (the keys \
+                     are {}, {}, {}), or give the PVC its own Secret with annotation {}",
+                    s.system_namespace,
+                    s.credentials_secret,
+                    secret_keys::MASTER_PASSWORD,
+                    secret_keys::MOVER_ACCESS_KEY_ID,
+                    secret_keys::MOVER_SECRET_ACCESS_KEY,
+                    user::SECRET
                 )
             })
     };

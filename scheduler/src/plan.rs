@@ -459,11 +459,14 @@ fn decide_one(
     if ns.terminating {
         return skip(
             SkipReason::NamespaceTerminating,
-            "the namespace is being deleted",
+            "the namespace is being deleted (its backups stay in the repository)",
         );
     }
     if pvc.terminating {
-        return skip(SkipReason::Terminating, "the PVC is being deleted");
+        return skip(
+            SkipReason::Terminating,
+            "the PVC is being deleted (its backups stay in the repository)",
+        );
     }
     if pvc.populating {
         return skip(
@@ -499,7 +502,10 @@ fn decide_one(
         Err(PolicyProblem::Invalid(e)) => {
             return skip(
                 SkipReason::InvalidPolicy,
-                format!("backup policy {policy_name:?} is invalid: {e}"),
+                format!(
+                    "backup policy {policy_name:?} in the policies ConfigMap is invalid: {e}. Fix \
+                     the policy there; its PVCs are not backed up until then"
+                ),
             );
         }
     };

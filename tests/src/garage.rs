@@ -20,6 +20,8 @@ pub struct Garage {
     pub endpoint: String,
     pub access_key: String,
     pub secret_key: String,
+    /// The admin API (`host:port`), which also serves Prometheus metrics.
+    pub admin: String,
     config: PathBuf,
     _dir: tempfile::TempDir,
     _keepalive: Mutex<(Child, ChildStdin)>,
@@ -87,11 +89,15 @@ admin_token = "test-admin-token"
         )
         .unwrap();
         let log = dir.path().join("garage.log");
+        // The server lives in a static, whose TempDir is never dropped: the shell also
+        // removes the data directory once the server has stopped (a test binary or a
+        // benchmark leaves nothing behind on disk).
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(r#""$0" server >"$1" 2>&1 & p=$!; read _; kill $p; wait $p"#)
+            .arg(r#""$0" server >"$1" 2>&1 & p=$!; read _; kill $p; wait $p; rm -rf "$2""#)
             .arg(binary())
             .arg(&log)
+            .arg(dir.path())
             .env("GARAGE_CONFIG_FILE", &config)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
@@ -102,6 +108,7 @@ admin_token = "test-admin-token"
             endpoint: format!("http://127.0.0.1:{s3}"),
             access_key: ACCESS_KEY.into(),
             secret_key: SECRET_KEY.into(),
+            admin: format!("127.0.0.1:{admin}"),
             config,
             _keepalive: Mutex::new((child, stdin)),
             counter: AtomicU32::new(0),
@@ -205,6 +212,25 @@ admin_token = "test-admin-token"
             ("AWS_DEFAULT_REGION".into(), REGION.into()),
             ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
         ]
+    }
+
+    /// S3 requests the server has answered since it started (its own
+    /// `api_s3_request_counter`): counted at the server, independent of the client.
+    pub fn s3_requests(&self) -> u64 {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&self.admin).expect("garage admin API");
+        write!(
+            c,
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer test-admin-token\r\n\r\n",
+            self.admin
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("api_s3_request_counter"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     /// The S3 API address (host:port).

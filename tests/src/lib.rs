@@ -1,14 +1,20 @@
 //! Test harness shared by the crates' integration tests and the end-to-end scenarios:
 //! a real S3 server process (Garage) on loopback, a fault-injecting proxy in front of
-//! it, and generators of directory trees with every kind of entry a volume can hold.
+//! it, generators of directory trees with every kind of entry a volume can hold, the
+//! fake Kubernetes API and the cluster simulator, a world with stowage installed in it,
+//! and a scan for secret values in everything the programs produced.
 
 pub mod bins;
 pub mod fakeapi;
 pub mod garage;
+pub mod gate;
 pub mod proxy;
 pub mod pushgateway;
+pub mod secrets;
 pub mod sim;
+pub mod tls;
 pub mod trees;
+pub mod world;
 
 use std::net::TcpListener;
 

@@ -186,3 +186,44 @@ pub fn change_fraction(root: &Path, fraction: f64, seed: u64) -> u64 {
     }
     changed
 }
+
+/// Changes `fraction` of the bytes under `root` the way applications do: every 7th
+/// file in path order is changed until enough bytes are new, a large file (over 1
+/// MiB) by overwriting up to a quarter of it in place (a database's pages), a small
+/// one by rewriting it. Returns the bytes changed.
+pub fn change_spread(root: &Path, fraction: f64, seed: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                files.push((e.path(), e.metadata().unwrap().len()));
+            }
+        }
+    }
+    files.sort();
+    let total: u64 = files.iter().map(|(_, l)| l).sum();
+    let goal = (total as f64 * fraction) as u64;
+    let mut changed = 0;
+    for (i, (path, len)) in files.iter().enumerate().step_by(7) {
+        if changed >= goal || *len == 0 {
+            continue;
+        }
+        if *len > 1024 * 1024 {
+            let n = (len / 4).min(goal - changed);
+            let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.write_all_at(&random_bytes(n as usize, seed + i as u64), (len - n) / 2)
+                .unwrap();
+            changed += n;
+        } else {
+            write_random(path, *len as usize, seed + i as u64);
+            changed += len;
+        }
+    }
+    changed
+}

@@ -3,206 +3,16 @@
 //! (Garage), and the results come back as PVC annotations, Events and snapshots.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::api::events::v1::Event;
 use serde_json::json;
 use stowage_common::k8s::contract::{reason, status, user};
 use stowage_common::k8s::credentials::derive_repository_password;
-use stowage_testkit::sim::{Cluster, ClusterOptions, NodeSpec, PvcSpec, StorageClassSpec};
-use stowage_testkit::{bins, garage};
+use stowage_testkit::garage;
+use stowage_testkit::world::{WAIT, World};
 
-const SCHEDULER: &str = "system:serviceaccount:stowage:stowage-scheduler";
 const MASTER: &str = "e2e master password";
-const WAIT: Duration = Duration::from_secs(120);
-
-struct World {
-    cluster: Cluster,
-    bucket: String,
-    endpoint: String,
-}
-
-fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
-    serde_json::from_value(v).unwrap()
-}
-
-impl World {
-    fn new() -> Self {
-        let g = garage::shared();
-        let bucket = g.bucket("scheduler-e2e");
-        let cluster = Cluster::start(
-            ClusterOptions::new()
-                .node(NodeSpec::new("node-a"))
-                .node(NodeSpec::new("node-b"))
-                .storage_class(StorageClassSpec::local_csi("local").default_class())
-                .namespace("stowage")
-                .binary("stowage-mover", bins::path("stowage-mover")),
-        );
-        let env: BTreeMap<String, String> = g.env("x").into_iter().collect();
-        let store = cluster.store();
-        store
-            .create::<ConfigMap>(&obj(json!({
-                "metadata": {"name": "stowage-policies", "namespace": "stowage"},
-                "data": {"policies.yaml": "hourly:\n  schedule: \"@hourly\"\n"}
-            })))
-            .unwrap();
-        store
-            .create::<Secret>(&obj(json!({
-                "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-                "stringData": {
-                    "master-password": MASTER,
-                    "mover-access-key-id": env["AWS_ACCESS_KEY_ID"],
-                    "mover-secret-access-key": env["AWS_SECRET_ACCESS_KEY"],
-                }
-            })))
-            .unwrap();
-        let endpoint = format!("http://{}", g.addr());
-        World {
-            cluster,
-            bucket,
-            endpoint,
-        }
-    }
-
-    fn repository(&self, ns: &str, pvc: &str) -> String {
-        format!("s3:{}/{}/{ns}/{pvc}", self.endpoint, self.bucket)
-    }
-
-    /// A PVC with an app pod on `node` and some files.
-    async fn app(
-        &self,
-        ns: &str,
-        pvc: &str,
-        node: &str,
-        labels: &[(&str, &str)],
-        files: &[(&str, &str)],
-    ) {
-        let mut spec = PvcSpec::new(pvc).class("local").size("1Gi");
-        for (k, v) in labels {
-            spec = spec.label(k, v);
-        }
-        self.cluster.create_pvc(ns, &spec).unwrap();
-        self.cluster
-            .create_app_pod(
-                ns,
-                &format!("app-{pvc}"),
-                pvc,
-                Some(node),
-                Some((1000, 1000)),
-                &[],
-            )
-            .unwrap();
-        let dir = self
-            .cluster
-            .wait_for(WAIT, |s| {
-                let p: PersistentVolumeClaim = s.get(ns, pvc)?;
-                (p.status?.phase.as_deref() == Some("Bound")).then_some(())
-            })
-            .await
-            .map(|_| self.cluster.volume_dir(ns, pvc).unwrap())
-            .unwrap();
-        for (name, content) in files {
-            std::fs::write(dir.join(name), content).unwrap();
-        }
-    }
-
-    async fn scheduler(&self, now: &str) -> (bool, String) {
-        let base = format!("s3:{}/{}", self.endpoint, self.bucket);
-        let out = self
-            .cluster
-            .run_program(
-                &bins::path("stowage-scheduler"),
-                &["--now", now],
-                &[
-                    ("STOWAGE_REPOSITORY_BASE", &base),
-                    ("STOWAGE_ALLOW_HTTP", "true"),
-                    ("AWS_DEFAULT_REGION", "garage"),
-                    ("STOWAGE_MAX_CONCURRENT_JOBS", "10"),
-                    (
-                        "STOWAGE_MOVER_IMAGE",
-                        "ghcr.io/stowage-backup/stowage-mover:e2e",
-                    ),
-                    ("STOWAGE_LOG_FORMAT", "text"),
-                ],
-                SCHEDULER,
-            )
-            .await;
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), log)
-    }
-
-    /// Waits until every mover Job has finished.
-    async fn jobs_finished(&self) -> Vec<Job> {
-        let r = self
-            .cluster
-            .wait_for(WAIT, |s| {
-                let jobs: Vec<Job> = s.list(None);
-                jobs.iter()
-                    .all(|j| {
-                        j.status
-                            .as_ref()
-                            .and_then(|st| st.conditions.as_ref())
-                            .is_some_and(|c| {
-                                c.iter().any(|c| {
-                                    (c.type_ == "Complete" || c.type_ == "Failed")
-                                        && c.status == "True"
-                                })
-                            })
-                    })
-                    .then_some(jobs)
-            })
-            .await;
-        match r {
-            Ok(j) => j,
-            Err(_) => panic!(
-                "mover Jobs did not finish:\n{}",
-                self.cluster.all_pod_logs()
-            ),
-        }
-    }
-
-    fn ann(&self, ns: &str, pvc: &str, key: &str) -> Option<String> {
-        let p: PersistentVolumeClaim = self.cluster.store().get(ns, pvc).unwrap();
-        p.metadata.annotations.unwrap_or_default().get(key).cloned()
-    }
-
-    fn events(&self, ns: &str, pvc: &str, reason: &str) -> Vec<String> {
-        let all: Vec<Event> = self.cluster.store().list(Some(ns));
-        all.into_iter()
-            .filter(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pvc)
-            })
-            .map(|e| e.note.unwrap_or_default())
-            .collect()
-    }
-
-    /// Snapshots in the PVC's repository, through the mover's own listing.
-    fn snapshots(&self, ns: &str, pvc: &str) -> Vec<serde_json::Value> {
-        let repo = self.repository(ns, pvc);
-        let g = garage::shared();
-        let out = std::process::Command::new(bins::path("stowage-mover"))
-            .args(["snapshots", "--json"])
-            .env_clear()
-            .envs(g.env("x"))
-            .env("RESTIC_REPOSITORY", &repo)
-            .env("RESTIC_PASSWORD", derive_repository_password(MASTER, &repo))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
 
 fn pvcs() -> [(&'static str, &'static str); 5] {
     [
@@ -216,7 +26,7 @@ fn pvcs() -> [(&'static str, &'static str); 5] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_backups_across_three_namespaces() {
-    let w = World::new();
+    let w = World::new(MASTER);
     w.cluster.create_namespace("db", &[]).unwrap();
     w.cluster.create_namespace("media", &[]).unwrap();
     // Operator-created PVCs that Git cannot label: the namespace opts them in.
@@ -335,7 +145,7 @@ async fn scheduled_backups_across_three_namespaces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_mover_is_reported_and_retried_at_the_next_due_time() {
-    let w = World::new();
+    let w = World::new(MASTER);
     w.cluster.create_namespace("db", &[]).unwrap();
     w.app("db", "pg", "node-a", &[("backup", "hourly")], &[("f", "1")])
         .await;
@@ -398,7 +208,7 @@ async fn a_failing_mover_is_reported_and_retried_at_the_next_due_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_pvc_incarnation_is_refused_its_first_backup_until_allowed() {
-    let w = World::new();
+    let w = World::new(MASTER);
     w.cluster.create_namespace("db", &[]).unwrap();
     w.app(
         "db",

@@ -6,14 +6,25 @@
 //! pack write returns as soon as its upload is queued, and every write of any other
 //! file first waits until all queued packs are stored. A failed pack upload fails that
 //! next write, so no index or snapshot ever names a pack that is not stored.
+//!
+//! A pack is sent as the list of buffers rustic_core built it from (no copy into one
+//! buffer). Over plain http its SigV4 payload hash is its name: a pack's id is the
+//! SHA-256 of its content, so the server checks every byte without a hashing pass here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::ConfigBag;
 use bytes::{Bytes, BytesMut};
 use rustic_core::{
     BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
@@ -203,7 +214,7 @@ impl S3Backend {
         let inner = self.inner.clone();
         let key = key.to_string();
         self.rt
-            .block_on(async move { put_object(&inner, &key, body).await })
+            .block_on(async move { put_object(&inner, &key, Payload::Whole(body)).await })
     }
 
     pub fn delete_key(&self, key: &str) -> Result<(), String> {
@@ -347,26 +358,54 @@ async fn backoff(settings: &S3Settings, attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms.min(20_000))).await;
 }
 
-async fn put_object(inner: &Inner, key: &str, body: Bytes) -> Result<(), String> {
+/// What a PUT sends: one buffer, or a pack as rustic_core's list of buffers together
+/// with its SHA-256 (its id).
+#[derive(Clone)]
+enum Payload {
+    Whole(Bytes),
+    Pack { parts: Vec<Bytes>, sha256: String },
+}
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Whole(b) => b.len() as u64,
+            Payload::Pack { parts, .. } => parts.iter().map(|p| p.len() as u64).sum(),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Payload::Whole(b) => b,
+            Payload::Pack { parts, .. } => concat(parts),
+        }
+    }
+}
+
+async fn put_object(inner: &Inner, key: &str, payload: Payload) -> Result<(), String> {
     let settings = &inner.settings;
-    let len = body.len() as u64;
+    let len = payload.len();
     if len > settings.multipart_threshold {
-        put_multipart(inner, key, body).await?;
+        put_multipart(inner, key, payload.into_bytes()).await?;
     } else {
         inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let (body, sha256) = match payload {
+            Payload::Whole(b) => (ByteStream::from(b), None),
+            Payload::Pack { parts, sha256 } => (parts_body(parts), Some(sha256)),
+        };
         let req = inner
             .client
             .put_object()
             .bucket(&settings.location.bucket)
             .key(key)
             .content_length(len as i64)
-            .body(ByteStream::from(body));
+            .body(body);
         let req = with_timeout(req.customize(), settings, len);
-        // Over TLS the payload needs no SigV4 hash of its own.
-        let req = if settings.sign_payload() {
-            req
-        } else {
-            req.disable_payload_signing()
+        let req = match (settings.sign_payload(), sha256) {
+            // Over TLS the payload needs no SigV4 hash of its own.
+            (false, _) => req.disable_payload_signing(),
+            (true, Some(sha256)) => req.interceptor(PayloadHash(sha256)),
+            (true, None) => req,
         };
         req.send()
             .await
@@ -376,6 +415,70 @@ async fn put_object(inner: &Inner, key: &str, body: Bytes) -> Result<(), String>
     inner.stats.uploaded_objects.fetch_add(1, Ordering::Relaxed);
     inner.report_upload();
     Ok(())
+}
+
+/// A body that sends the buffers one after the other, and again on a retry.
+fn parts_body(parts: Vec<Bytes>) -> ByteStream {
+    let parts = Arc::new(parts);
+    ByteStream::new(SdkBody::retryable(move || {
+        SdkBody::from_body_1_x(PartsBody {
+            parts: parts.clone(),
+            next: 0,
+        })
+    }))
+}
+
+/// `http_body::Body` over shared buffers (cloning a `Bytes` copies no data).
+struct PartsBody {
+    parts: Arc<Vec<Bytes>>,
+    next: usize,
+}
+
+impl http_body::Body for PartsBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let part = self.parts.get(self.next).cloned();
+        self.next += 1;
+        std::task::Poll::Ready(part.map(|p| Ok(http_body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next >= self.parts.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let left: u64 = self.parts[self.next.min(self.parts.len())..]
+            .iter()
+            .map(|p| p.len() as u64)
+            .sum();
+        http_body::SizeHint::with_exact(left)
+    }
+}
+
+/// Signs a request with a payload hash known beforehand (a pack's id).
+#[derive(Debug)]
+struct PayloadHash(String);
+
+impl Intercept for PayloadHash {
+    fn name(&self) -> &'static str {
+        "stowage-pack-payload-hash"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
 }
 
 async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), String> {
@@ -481,8 +584,7 @@ fn with_timeout<T, E, B>(
     )
 }
 
-fn concat(list: BytesList) -> Bytes {
-    let parts = list.into_vec();
+fn concat(parts: Vec<Bytes>) -> Bytes {
     if parts.len() == 1 {
         return parts.into_iter().next().unwrap_or_default();
     }
@@ -577,8 +679,8 @@ impl WriteBackend for S3Backend {
         buf: BytesList,
     ) -> RusticResult<()> {
         let key = self.key_of(tpe, id);
-        let body = concat(buf);
         if tpe != FileType::Pack {
+            let body = Payload::Whole(concat(buf.into_vec()));
             // Ordering barrier: see the module comment.
             self.flush()?;
             let inner = self.inner.clone();
@@ -587,6 +689,10 @@ impl WriteBackend for S3Backend {
                 .block_on(async move { put_object(&inner, &key, body).await })
                 .map_err(backend_error);
         }
+        let body = Payload::Pack {
+            parts: buf.into_vec(),
+            sha256: id.to_hex().to_string(),
+        };
         if let Some(e) = &*self.failed.lock().unwrap() {
             return Err(backend_error(format!("an earlier pack upload failed: {e}")));
         }

@@ -4,10 +4,18 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+/// Event names are `<object name>.<nanoseconds in hex>` (kube's Recorder, as
+/// client-go), and the API server takes at most 253 characters: an object whose name
+/// leaves less room (a PVC name may be 253 long) gets its Events under a shortened name.
+const MAX_EVENT_NAME: usize = 253;
+const NAME_SUFFIX: usize = 1 + 16;
+
 /// Publishes Events as one stowage program.
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
+    client: kube::Client,
+    reporter: Reporter,
 }
 
 impl Events {
@@ -18,7 +26,9 @@ impl Events {
             instance,
         };
         Self {
-            recorder: Recorder::new(client, reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
         }
     }
 
@@ -57,7 +67,13 @@ impl Events {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, on).await {
+        let long_name = on.name.as_deref().map_or(0, str::len) + NAME_SUFFIX > MAX_EVENT_NAME;
+        let published = if long_name {
+            self.publish_shortened(&ev, on).await
+        } else {
+            self.recorder.publish(&ev, on).await
+        };
+        if let Err(e) = published {
             tracing::warn!(
                 reason,
                 object = on.name.as_deref().unwrap_or(""),
@@ -66,5 +82,51 @@ impl Events {
                 super::describe_kube_error(&e, "create an Event")
             );
         }
+    }
+
+    /// The Event the Recorder would write, under a name cut to fit.
+    async fn publish_shortened(&self, ev: &Event, on: &ObjectReference) -> kube::Result<()> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let base = on.name.as_deref().unwrap_or_default();
+        let mut cut = MAX_EVENT_NAME - NAME_SUFFIX;
+        while !base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // A name may not end in `-` or `.` before the suffix's dot.
+        let stem = base[..cut].trim_end_matches(['-', '.']);
+        let namespace = on.namespace.clone().unwrap_or_else(|| "default".into());
+        let event = K8sEvent {
+            action: Some(ev.action.clone()),
+            reason: Some(ev.reason.clone()),
+            note: ev.note.clone(),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(on.clone()),
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(
+                self.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| self.reporter.controller.clone()),
+            ),
+            type_: Some(
+                match ev.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            metadata: ObjectMeta {
+                name: Some(format!("{stem}.{:x}", now.as_nanosecond())),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        kube::Api::<K8sEvent>::namespaced(self.client.clone(), &namespace)
+            .create(&kube::api::PostParams::default(), &event)
+            .await
+            .map(|_| ())
     }
 }

@@ -52,14 +52,28 @@ pub fn describe_kube_error(e: &kube::Error, action: &str) -> String {
             status.message
         ),
         kube::Error::Api(status) => format!(
-            "cannot {action}: {} ({} {})",
-            status.message, status.code, status.reason
+            "cannot {action}: {} ({} {}){}",
+            status.message,
+            status.code,
+            status.reason,
+            transient_hint(status.code)
         ),
         other if is_timeout(other) => format!(
             "cannot {action}: the Kubernetes API did not answer in time ({other}); retry, or \
              raise STOWAGE_API_TIMEOUT_SECS"
         ),
         other => format!("cannot {action}: {other} (is the Kubernetes API reachable?)"),
+    }
+}
+
+/// What to do about an API error that goes away by itself.
+fn transient_hint(code: u16) -> &'static str {
+    match code {
+        409 => "; the object changed meanwhile: the next run reads it again and retries",
+        429 | 500..=599 => {
+            "; the API server failed the request: the next run retries it (or run again now)"
+        }
+        _ => "",
     }
 }
 

@@ -20,6 +20,48 @@ struct Step {
     bytes: u64,
     cpu: f64,
     rss_mib: f64,
+    /// CPU time the S3 server spent during the step: on one machine, the client's
+    /// CPU and the server's share the same cores.
+    server_cpu: f64,
+    /// New data stored (backups).
+    added: Option<u64>,
+}
+
+/// CPU seconds (user + system) the Garage process serving `config` has used so far
+/// (the harness starts it as `garage server` with `GARAGE_CONFIG_FILE=<config>`).
+fn server_cpu_secs(config: &Path) -> f64 {
+    let needle = format!("GARAGE_CONFIG_FILE={}", config.display());
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with("garage"))
+            || args.get(1).map(String::as_str) != Some("server")
+        {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(dir.join("environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        // After the command name in parentheses, utime and stime are the 12th and
+        // 13th fields, in clock ticks (100 per second on Linux).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        return (ticks(11) + ticks(12)) / 100.0;
+    }
+    0.0
 }
 
 fn parse_size(s: &str) -> u64 {
@@ -35,7 +77,7 @@ fn parse_size(s: &str) -> u64 {
 }
 
 /// Runs `cmd` under GNU time; returns (wall secs, user+sys secs, peak RSS MiB).
-fn timed(cmd: Command, what: &str) -> (f64, f64, f64) {
+fn timed(cmd: Command, what: &str) -> (f64, f64, f64, String) {
     let report = tempfile::NamedTempFile::new().unwrap();
     let prog = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
@@ -75,7 +117,18 @@ fn timed(cmd: Command, what: &str) -> (f64, f64, f64) {
     };
     let cpu = field("User time (seconds):") + field("System time (seconds):");
     let rss = field("Maximum resident set size (kbytes):") / 1024.0;
-    (secs, cpu, rss)
+    (secs, cpu, rss, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// New data a backup stored, from its JSON output: stowage's result line
+/// (`added_bytes`) or restic's summary (`data_added`, with `--json`).
+fn added_bytes(stdout: &str) -> Option<u64> {
+    stdout.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        v.get("added_bytes")
+            .or_else(|| v.get("data_added"))
+            .and_then(serde_json::Value::as_u64)
+    })
 }
 
 fn generate(root: &Path, size: u64) -> u64 {
@@ -119,11 +172,27 @@ fn dir_bytes(root: &Path) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let size = args
-        .iter()
-        .position(|a| a == "--size")
-        .map(|i| parse_size(&args[i + 1]))
-        .unwrap_or(2 << 30);
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args.get(i + 1).cloned().unwrap_or_default())
+    };
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "stowage-bench: stowage-mover and restic side by side on the same data and S3 server\n\n\
+             --size SIZE        data set size (default 2GiB; 10% in small files of ~2 KiB)\n\
+             --changes P,P      percentages changed before the incremental backups (default 1,5)\n\
+             --memory-growth    instead: the mover's peak memory by file count and by data size\n\
+             --serve            start Garage and print a repository environment"
+        );
+        return;
+    }
+    let size = value("--size").map(|v| parse_size(&v)).unwrap_or(2 << 30);
+    let changes: Vec<f64> = value("--changes")
+        .unwrap_or_else(|| "1,5".into())
+        .split(',')
+        .map(|p| p.trim().parse::<f64>().expect("--changes like 1,5") / 100.0)
+        .collect();
     if args.iter().any(|a| a == "--serve") {
         // For manual experiments: start the server, print a repository environment,
         // keep serving until stdin closes.
@@ -142,6 +211,10 @@ fn main() {
         mover.exists(),
         "build the mover first: cargo build --release -p stowage-mover"
     );
+    if args.iter().any(|a| a == "--memory-growth") {
+        memory_growth(&mover);
+        return;
+    }
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     eprintln!(
@@ -181,9 +254,11 @@ fn main() {
     };
     restic(&["init"], work.path()).output().unwrap();
     let mut steps = Vec::new();
+    let config = g.config_path().to_path_buf();
     let mut record = |step: &'static str, tool: &'static str, bytes: u64, cmd: Command| {
         eprintln!("{step}: {tool}...");
-        let (secs, cpu, rss_mib) = timed(cmd, &format!("{step} with {tool}"));
+        let before = server_cpu_secs(&config);
+        let (secs, cpu, rss_mib, stdout) = timed(cmd, &format!("{step} with {tool}"));
         steps.push(Step {
             step,
             tool,
@@ -191,6 +266,8 @@ fn main() {
             bytes,
             cpu,
             rss_mib,
+            server_cpu: server_cpu_secs(&config) - before,
+            added: added_bytes(&stdout),
         });
     };
     let total = dir_bytes(&data);
@@ -200,7 +277,7 @@ fn main() {
         "first backup",
         "restic",
         total,
-        restic(&["backup", "--host", "volsync", "."], &data),
+        restic(&["backup", "--json", "--host", "volsync", "."], &data),
     );
     record(
         "unchanged re-backup",
@@ -212,21 +289,20 @@ fn main() {
         "unchanged re-backup",
         "restic",
         total,
-        restic(&["backup", "--host", "volsync", "."], &data),
+        restic(&["backup", "--json", "--host", "volsync", "."], &data),
     );
-    let changed = trees::change_fraction(&data, 0.05, 4242);
-    record(
-        "backup after 5% change",
-        "stowage",
-        changed,
-        stowage(&["backup", d]),
-    );
-    record(
-        "backup after 5% change",
-        "restic",
-        changed,
-        restic(&["backup", "--host", "volsync", "."], &data),
-    );
+    for (i, fraction) in changes.iter().enumerate() {
+        let changed = trees::change_spread(&data, *fraction, 4242 + i as u64);
+        let step: &'static str =
+            Box::leak(format!("backup after {}% change", fraction * 100.0).into_boxed_str());
+        record(step, "stowage", changed, stowage(&["backup", d]));
+        record(
+            step,
+            "restic",
+            changed,
+            restic(&["backup", "--json", "--host", "volsync", "."], &data),
+        );
+    }
     let out_s = work.path().join("restore-stowage");
     let out_r = work.path().join("restore-restic");
     std::fs::create_dir_all(&out_r).unwrap();
@@ -246,6 +322,10 @@ fn main() {
         ),
     );
     let same = dir_bytes(&out_s) == total && dir_bytes(&out_r) == total;
+    // The disk holds the data set, two repositories and two restores: free the
+    // restores before printing (a 10 GiB run needs about 50 GiB).
+    let _ = std::fs::remove_dir_all(&out_s);
+    let _ = std::fs::remove_dir_all(&out_r);
 
     println!();
     println!(
@@ -265,17 +345,23 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    println!("| step | tool | seconds | MiB/s | CPU s | peak MiB |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| step | tool | seconds | MiB/s | CPU s | peak MiB | S3 server CPU s | new data MiB |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in &steps {
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {} |",
             s.step,
             s.tool,
             s.secs,
             s.bytes as f64 / (1 << 20) as f64 / s.secs,
             s.cpu,
-            s.rss_mib
+            s.rss_mib,
+            s.server_cpu,
+            s.added
+                .map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64))
+                .unwrap_or_default()
         );
     }
     println!();
@@ -291,4 +377,62 @@ fn main() {
         );
     }
     println!("\nrestored sizes equal the source: {same}");
+}
+
+/// How the mover's peak memory grows with the number of files (small files, no large
+/// data) and with the amount of data (large files, few files), for backup and
+/// restore, against a local repository so that only the mover is measured.
+fn memory_growth(mover: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], repo: &Path| {
+        let mut c = Command::new(mover);
+        c.env_clear()
+            .env("RESTIC_REPOSITORY", repo)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .env("STOWAGE_LOG", "warn")
+            .args(args);
+        timed(c, &format!("mover {}", args[0]))
+    };
+    println!("| data set | files | chunks (about) | backup peak MiB | restore peak MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    // (small files, GiB of large files): one dimension at a time.
+    let sets = [
+        (25_000usize, 0u64),
+        (50_000, 0),
+        (100_000, 0),
+        (200_000, 0),
+        (0, 1),
+        (0, 2),
+        (0, 4),
+    ];
+    for (small, gib) in sets {
+        let dir = work.path().join("data");
+        let (name, files, chunks) = if small > 0 {
+            trees::many_small(&dir, small, 1);
+            (format!("{small} small files"), small as u64, small as u64)
+        } else {
+            let mut left = gib << 30;
+            let mut i = 0;
+            while left > 0 {
+                let len = left.min(256 << 20);
+                trees::write_random(&dir.join(format!("f{i}.bin")), len as usize, 900 + i);
+                left -= len;
+                i += 1;
+            }
+            // Chunks are 1.5 MiB on average (512 KiB to 8 MiB).
+            (
+                format!("{gib} GiB in large files"),
+                i,
+                (gib << 30) / (3 << 19),
+            )
+        };
+        let repo = work.path().join("repo");
+        let out = work.path().join("out");
+        let (_, _, backup_mib, _) = run(&["backup", dir.to_str().unwrap()], &repo);
+        let (_, _, restore_mib, _) = run(&["restore", out.to_str().unwrap()], &repo);
+        println!("| {name} | {files} | {chunks} | {backup_mib:.0} | {restore_mib:.0} |");
+        for d in [&repo, &out, &dir] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }

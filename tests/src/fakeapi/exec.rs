@@ -113,6 +113,15 @@ pub(crate) async fn serve(
         }
         Some(FaultAction::Error(e)) => return finish(e.code, plain(e.code, &e)),
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
+        Some(FaultAction::Hold(g)) if !g.hold().await => {
+            let e = ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "request dropped by the test".into(),
+            );
+            return finish(503, plain(503, &e));
+        }
+        Some(FaultAction::Hold(_)) => {}
         None => {}
     }
     let Some(key) = req

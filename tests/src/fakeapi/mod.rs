@@ -189,6 +189,9 @@ pub enum FaultAction {
     Error(ApiError),
     /// Waits, then handles the request normally.
     Delay(Duration),
+    /// Holds the request until the test decides (see [`crate::gate`]): released, it is
+    /// handled normally; dropped, it is answered 503 without being executed.
+    Hold(Arc<crate::gate::Gate>),
 }
 
 /// A fault rule: which requests it matches (unset fields match anything), what it
@@ -247,6 +250,17 @@ impl Fault {
     /// A delayed answer.
     pub fn delay(d: Duration) -> Self {
         Self::with(FaultAction::Delay(d))
+    }
+
+    /// Holds matching requests until the returned [`Pause`](crate::gate::Pause) decides:
+    /// a test waits for the program's request, SIGKILLs the program, drops the pause
+    /// (the request is never executed): a kill point just before that call.
+    pub fn hold() -> (Self, crate::gate::Pause) {
+        let gate = crate::gate::Gate::new();
+        (
+            Self::with(FaultAction::Hold(gate.clone())),
+            crate::gate::Pause::new(gate),
+        )
     }
 
     /// Only requests of this user (bearer token).

@@ -215,6 +215,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             tokio::time::sleep(d).await;
             route(&shared, &t, verb, &params, &content_type, &body)
         }
+        Some(FaultAction::Hold(g)) => {
+            if g.hold().await {
+                route(&shared, &t, verb, &params, &content_type, &body)
+            } else {
+                error_response(&ApiError::new(
+                    503,
+                    "ServiceUnavailable",
+                    "request dropped by the test (held, never executed)".into(),
+                ))
+            }
+        }
         None => route(&shared, &t, verb, &params, &content_type, &body),
     };
     record.code = response.status().as_u16();

@@ -182,7 +182,8 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
-fn base64(data: &[u8]) -> String {
+/// Standard base64 with padding, as Secret `data` is on the wire.
+pub fn base64(data: &[u8]) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
@@ -224,6 +225,42 @@ fn has_finalizers(obj: &Value) -> bool {
     meta(obj)["finalizers"]
         .as_array()
         .is_some_and(|f| !f.is_empty())
+}
+
+/// `generateName` prefixes are cut to this length (63 minus the 5 random characters).
+const MAX_GENERATED_PREFIX: usize = 58;
+
+/// The API server's length limits on names and labels, in its words: what a program
+/// must live with when users' names are as long as Kubernetes allows. Namespaces are
+/// DNS labels (63), Job names at most 63 (the Job controller puts them in its pods'
+/// labels), other names DNS subdomains (253); label values at most 63, label keys 63
+/// after an optional prefix of at most 253.
+fn meta_problem(gvr: &Gvr, name: &str, obj: &Value) -> Option<String> {
+    let max = match (gvr.group.as_str(), gvr.plural.as_str()) {
+        ("", "namespaces") | ("batch", "jobs") => 63,
+        _ => 253,
+    };
+    if name.len() > max {
+        return Some(format!(
+            "metadata.name: Invalid value: \"{name}\": must be no more than {max} characters"
+        ));
+    }
+    for (k, v) in meta(obj)["labels"].as_object().into_iter().flatten() {
+        let v = v.as_str().unwrap_or("");
+        let (prefix, key_name) = k.rsplit_once('/').unwrap_or(("", k));
+        if key_name.is_empty() || key_name.len() > 63 || prefix.len() > 253 {
+            return Some(format!(
+                "metadata.labels: Invalid value: \"{k}\": a label key is at most 63 characters, \
+                 after an optional prefix of at most 253"
+            ));
+        }
+        if v.len() > 63 {
+            return Some(format!(
+                "metadata.labels: Invalid value: \"{v}\": must be no more than 63 characters"
+            ));
+        }
+    }
+    None
 }
 
 fn is_namespace(key: &Key) -> bool {
@@ -438,7 +475,12 @@ impl State {
                     "metadata.name: Required value: name or generateName is required",
                 ));
             }
-            name = format!("{prefix}{}", random_suffix(5));
+            // As the API server: the prefix is cut so that the name stays a DNS label.
+            let cut: String = prefix.chars().take(MAX_GENERATED_PREFIX).collect();
+            name = format!("{cut}{}", random_suffix(5));
+        }
+        if let Some(cause) = meta_problem(gvr, &name, &obj) {
+            return Err(ApiError::invalid(gvr, &info.kind, &name, &cause));
         }
         if is_ns {
             match self.namespace_state(ns) {
@@ -563,6 +605,9 @@ impl State {
             }
         }
         fold_string_data(gvr, &mut new);
+        if let Some(cause) = meta_problem(gvr, name, &new) {
+            return Err(ApiError::invalid(gvr, &info.kind, name, &cause));
+        }
         if new == old {
             // A no-op write does not move the resourceVersion, as in Kubernetes.
             return Ok(old);
@@ -1136,6 +1181,52 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn names_and_labels_at_the_api_servers_limits() {
+        let store = Store::default();
+        let ns = |n: &str| json!({"metadata": {"name": n}});
+        let long_ns = "n".repeat(63);
+        store
+            .create_json(&Gvr::core("namespaces"), "", ns(&long_ns))
+            .unwrap();
+        let e = store
+            .create_json(&Gvr::core("namespaces"), "", ns(&"n".repeat(64)))
+            .unwrap_err();
+        assert!(e.message.contains("no more than 63"), "{e:?}");
+        let pvcs = Gvr::core("persistentvolumeclaims");
+        let pvc = |n: &str| json!({"metadata": {"name": n}});
+        store
+            .create_json(&pvcs, &long_ns, pvc(&"p".repeat(253)))
+            .unwrap();
+        let e = store
+            .create_json(&pvcs, &long_ns, pvc(&"p".repeat(254)))
+            .unwrap_err();
+        assert_eq!(e.code, 422, "{e:?}");
+        let jobs = Gvr::new("batch", "v1", "jobs");
+        assert!(
+            store
+                .create_json(&jobs, &long_ns, pvc(&"j".repeat(64)))
+                .is_err()
+        );
+        let e = store
+            .create_json(
+                &Gvr::core("configmaps"),
+                &long_ns,
+                json!({"metadata": {"name": "c", "labels": {"x": "v".repeat(64)}}}),
+            )
+            .unwrap_err();
+        assert!(e.message.contains("metadata.labels"), "{e:?}");
+        // generateName: the prefix is cut, as the API server does.
+        let made = store
+            .create_json(
+                &Gvr::core("configmaps"),
+                &long_ns,
+                json!({"metadata": {"generateName": "g".repeat(100)}}),
+            )
+            .unwrap();
+        assert_eq!(made["metadata"]["name"].as_str().unwrap().len(), 63);
     }
 
     #[test]

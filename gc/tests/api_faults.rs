@@ -1,0 +1,396 @@
+//! Kubernetes API errors in a gc pass (fake API through the real `kube` client, the
+//! real pass, repositories on Garage written by `restic`): failed lists and gets, 500s
+//! and conflicts on deletes and on the state, an API server that does not answer in
+//! time. A pass either fails clearly — it names the call and what to do — and then has
+//! changed nothing, or it goes on with what it could do and fails at its end; the
+//! re-run converges.
+
+mod support;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
+use rustic_core::NoProgressBars;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use stowage_common::env::GcConfig;
+use stowage_common::k8s::credentials::derive_repository_password;
+use stowage_common::k8s::mover_job::mover_labels;
+use stowage_common::k8s::naming::Operation;
+use stowage_common::locks::{self, LockInfo, LockKey};
+use stowage_gc::pass::{self, PassOptions};
+use stowage_testkit::fakeapi::{FakeApi, Fault};
+use stowage_testkit::garage;
+use support::*;
+
+const USER: &str = "system:serviceaccount:stowage:stowage-gc";
+const MASTER: &str = "master secret";
+const LEADER: &str = "etcdserver: leader changed";
+/// `data` keeps its newest snapshot; `long` keeps three, more than the default
+/// retention (720 h before the newest) would.
+const POLICIES: &str = "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n\
+                        long: {schedule: \"@daily\", retention: {keepLast: 3}}\n";
+
+fn put<K>(api: &FakeApi, v: Value) -> K
+where
+    K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
+{
+    api.store()
+        .create::<K>(&serde_json::from_value(v).unwrap())
+        .unwrap()
+}
+
+struct World {
+    api: FakeApi,
+    base: String,
+    cfg: GcConfig,
+    now: Timestamp,
+    data: Vec<(String, String)>,
+    long: Vec<(String, String)>,
+}
+
+impl World {
+    fn new() -> Self {
+        let g = garage::shared();
+        let bucket = g.bucket("gc-api");
+        let base = format!("s3:{}/{bucket}/backups", g.endpoint);
+        let api = FakeApi::start();
+        for ns in ["stowage", "a"] {
+            put::<Namespace>(&api, json!({"metadata": {"name": ns}}));
+        }
+        put::<ConfigMap>(
+            &api,
+            json!({"metadata": {"name": "stowage-policies", "namespace": "stowage"},
+                   "data": {"policies.yaml": POLICIES}}),
+        );
+        put::<Secret>(
+            &api,
+            json!({"metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+                   "stringData": {"master-password": MASTER,
+                                  "gc-access-key-id": g.access_key,
+                                  "gc-secret-access-key": g.secret_key}}),
+        );
+        for (name, policy) in [("data", "hourly"), ("long", "long")] {
+            put::<PersistentVolumeClaim>(
+                &api,
+                json!({"metadata": {"name": name, "namespace": "a", "labels": {"backup": policy}},
+                       "spec": {"accessModes": ["ReadWriteOnce"],
+                                "resources": {"requests": {"storage": "1Gi"}}}}),
+            );
+        }
+        let repository = |pvc: &str, times: &[&str], seed: u64| {
+            let url = format!("{base}/a/{pvc}");
+            let env = vec![
+                ("RESTIC_REPOSITORY".to_string(), url.clone()),
+                (
+                    "RESTIC_PASSWORD".into(),
+                    derive_repository_password(MASTER, &url),
+                ),
+                ("AWS_ACCESS_KEY_ID".into(), g.access_key.clone()),
+                ("AWS_SECRET_ACCESS_KEY".into(), g.secret_key.clone()),
+                ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
+                ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
+            ];
+            repo_with_snapshots(&env, times, 1, seed);
+            env
+        };
+        let data = repository(
+            "data",
+            &[
+                "2026-03-01 00:00:00",
+                "2026-03-10 00:00:00",
+                "2026-03-15 00:00:00",
+            ],
+            10,
+        );
+        let long = repository(
+            "long",
+            &[
+                "2025-11-01 00:00:00",
+                "2026-01-15 00:00:00",
+                "2026-03-15 00:00:00",
+            ],
+            20,
+        );
+        let cfg = GcConfig::from_vars(&[
+            ("STOWAGE_REPOSITORY_BASE".to_string(), base.clone()),
+            ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
+        ])
+        .unwrap();
+        World {
+            api,
+            base,
+            cfg,
+            // Two hours after the objects were created: past the Secrets' grace.
+            now: Timestamp::now() + SignedDuration::from_hours(2),
+            data,
+            long,
+        }
+    }
+
+    async fn pass(&self) -> anyhow::Result<pass::PassReport> {
+        let opts = PassOptions {
+            dry_run: false,
+            now: self.now,
+        };
+        pass::run(self.api.client_for(USER), &self.cfg, opts).await
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (snapshot_count(&self.data), snapshot_count(&self.long))
+    }
+
+    fn exists<K: k8s_openapi::Resource + DeserializeOwned>(&self, name: &str) -> bool {
+        self.api.store().get::<K>("a", name).is_some()
+    }
+}
+
+/// The lock files of a repository (the storage client blocks: off the runtime).
+async fn lock_files(env: &[(String, String)]) -> Vec<String> {
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || lock_files_now(&env))
+        .await
+        .unwrap()
+}
+
+fn lock_files_now(env: &[(String, String)]) -> Vec<String> {
+    access(env)
+        .storage
+        .list(locks::LOCKS_DIR)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// A lock of a mover pod that is long gone (two hours old).
+async fn stale_lock(env: &[(String, String)]) -> String {
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || stale_lock_now(&env))
+        .await
+        .unwrap()
+}
+
+fn stale_lock_now(env: &[(String, String)]) -> String {
+    let a = access(env);
+    let repo = a.open(NoProgressBars).unwrap().unwrap();
+    let key = LockKey::from_master(&repo.key()).unwrap();
+    let info = LockInfo {
+        time: Timestamp::now() - SignedDuration::from_mins(120),
+        exclusive: false,
+        hostname: "stowage-backup-data-gone-abc12".into(),
+        username: "mover".into(),
+        pid: 1,
+        uid: 0,
+        gid: 0,
+    };
+    let (name, bytes) = locks::encode(&key, &info);
+    a.storage.write(locks::LOCKS_DIR, &name, bytes).unwrap();
+    name
+}
+
+/// Each fact the pass cannot do without (PVCs, namespaces, the credentials, the
+/// policies) failing in turn: the pass fails naming the call and what to do, and no
+/// snapshot was forgotten — unreadable policies above all, which the default retention
+/// would have cut down. With the API back the pass converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_without_its_facts_fails_clearly_and_forgets_nothing() {
+    let w = World::new();
+    for (fault, call) in [
+        (
+            Fault::error(500, "InternalError", LEADER)
+                .verb("list")
+                .resource("persistentvolumeclaims"),
+            "cannot list persistentvolumeclaims in all namespaces",
+        ),
+        (
+            Fault::error(500, "InternalError", LEADER)
+                .verb("list")
+                .resource("namespaces"),
+            "cannot list namespaces",
+        ),
+        (
+            Fault::error(500, "InternalError", LEADER)
+                .verb("get")
+                .resource("secrets")
+                .name("stowage-credentials"),
+            "cannot get secret stowage/stowage-credentials",
+        ),
+        (
+            Fault::error(500, "InternalError", LEADER)
+                .verb("get")
+                .resource("configmaps")
+                .name("stowage-policies"),
+            "cannot get configmap stowage/stowage-policies",
+        ),
+    ] {
+        w.api.inject(fault.times(1));
+        let e = w.pass().await.unwrap_err().to_string();
+        assert!(e.contains(call) && e.contains(LEADER), "{e}");
+        assert!(e.contains("the next run retries"), "says what to do: {e}");
+        assert_eq!(w.counts(), (3, 3), "{call}: nothing forgotten");
+    }
+    let r = w.pass().await.unwrap();
+    assert!(!r.failed(), "{:?} {:?}", r.errors, r.damaged);
+    assert_eq!(w.counts(), (1, 3), "each PVC's own policy applied");
+}
+
+/// Errors where the pass acts on the cluster — the pod list (the holders of locks), the
+/// deletion of a finished Job and of a Secret left without its Job (409), the state
+/// ConfigMap (500) — fail the pass at its end, naming each call; the repositories were
+/// still maintained, and no lock was removed for its age without the pod list. The
+/// re-run converges: Job, Secret and stale lock gone, the state recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_while_cleaning_up_fail_the_pass_and_the_rerun_converges() {
+    let w = World::new();
+    let stale = stale_lock(&w.data).await;
+    let job: Job = put(
+        &w.api,
+        json!({"metadata": {"name": "stowage-backup-data-old", "namespace": "a",
+                            "labels": mover_labels(Operation::Backup, "uid-data")},
+               "spec": {"template": {"spec": {"containers": [{"name": "m", "image": "x"}],
+                                              "restartPolicy": "Never"}}}}),
+    );
+    let done = (Timestamp::now() - SignedDuration::from_hours(48)).to_string();
+    w.api
+        .store()
+        .modify::<Job>("a", "stowage-backup-data-old", |j| {
+            j.status = Some(
+                serde_json::from_value(json!({"completionTime": done, "succeeded": 1,
+                    "conditions": [{"type": "Complete", "status": "True",
+                                    "lastTransitionTime": done}]}))
+                .unwrap(),
+            );
+        })
+        .unwrap();
+    put::<Secret>(
+        &w.api,
+        json!({"metadata": {"name": "stowage-backup-data-old", "namespace": "a",
+                            "labels": mover_labels(Operation::Backup, "uid-data"),
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                "name": "stowage-backup-data-old", "uid": job.metadata.uid,
+                                "controller": true}]},
+               "stringData": {"RESTIC_PASSWORD": "x"}}),
+    );
+    put::<Secret>(
+        &w.api,
+        json!({"metadata": {"name": "stowage-backup-lost", "namespace": "a",
+                            "labels": mover_labels(Operation::Backup, "uid-data")},
+               "stringData": {"RESTIC_PASSWORD": "x"}}),
+    );
+    w.api.inject(
+        Fault::error(500, "InternalError", LEADER)
+            .verb("list")
+            .resource("pods")
+            .times(1),
+    );
+    w.api.inject(
+        Fault::error(500, "InternalError", LEADER)
+            .verb("delete")
+            .resource("jobs")
+            .times(1),
+    );
+    w.api.inject(
+        Fault::error(
+            409,
+            "Conflict",
+            "Operation cannot be fulfilled: precondition failed",
+        )
+        .verb("delete")
+        .resource("secrets")
+        .name("stowage-backup-lost")
+        .times(1),
+    );
+    w.api.inject(
+        Fault::error(500, "InternalError", LEADER)
+            .verb("patch")
+            .resource("configmaps")
+            .name("stowage-gc-state")
+            .times(1),
+    );
+    let r = w.pass().await.unwrap();
+    assert!(r.failed());
+    for call in [
+        "cannot delete job a/stowage-backup-data-old",
+        "cannot delete secret a/stowage-backup-lost",
+        "cannot write configmap stowage/stowage-gc-state",
+    ] {
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.contains(call) && e.contains("the next run")),
+            "{call}: {:?}",
+            r.errors
+        );
+    }
+    assert_eq!(w.counts(), (1, 3), "the repositories were maintained");
+    assert!(
+        lock_files(&w.data).await.contains(&stale),
+        "no pod list: no lock removed for its age"
+    );
+    assert!(w.exists::<Job>("stowage-backup-data-old"));
+    assert!(w.exists::<Secret>("stowage-backup-lost"));
+
+    let r = w.pass().await.unwrap();
+    assert!(!r.failed(), "{:?} {:?}", r.errors, r.damaged);
+    assert!(
+        !lock_files(&w.data).await.contains(&stale),
+        "the stale lock went"
+    );
+    assert!(!w.exists::<Job>("stowage-backup-data-old"));
+    assert!(!w.exists::<Secret>("stowage-backup-data-old"));
+    assert!(!w.exists::<Secret>("stowage-backup-lost"));
+    assert!(
+        w.api
+            .store()
+            .get::<ConfigMap>("stowage", "stowage-gc-state")
+            .is_some()
+    );
+    restic(&w.data, &["check"], None).ok();
+}
+
+/// The binary against an API server that does not answer its PVC list (a delay
+/// fault far beyond the client timeout): the pass fails in time, names the call and
+/// what to do, and has changed nothing; the next run succeeds.
+#[test]
+fn a_hung_api_server_fails_the_pass_in_time_and_the_next_run_converges() {
+    let w = World::new();
+    let run = || {
+        let out = gc()
+            .env("KUBECONFIG", w.api.kubeconfig_for(USER))
+            .env("STOWAGE_REPOSITORY_BASE", &w.base)
+            .env("STOWAGE_ALLOW_HTTP", "true")
+            .env("AWS_DEFAULT_REGION", garage::REGION)
+            .env("STOWAGE_API_TIMEOUT_SECS", "1")
+            .args(["--now", &w.now.to_string()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Every attempt hangs (the client's own retry of a timed-out request included).
+    w.api.inject(
+        Fault::delay(std::time::Duration::from_secs(20))
+            .verb("list")
+            .resource("persistentvolumeclaims"),
+    );
+    let started = std::time::Instant::now();
+    let (code, log) = run();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("cannot list persistentvolumeclaims in all namespaces")
+            && log.contains("did not answer in time")
+            && log.contains("STOWAGE_API_TIMEOUT_SECS"),
+        "{log}"
+    );
+    // Only that the 1 s limit, not the 20 s delay, ended the pass.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(w.counts(), (3, 3));
+    w.api.clear_faults();
+    let (code, log) = run();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(w.counts(), (1, 3));
+}

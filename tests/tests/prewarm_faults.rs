@@ -1,0 +1,610 @@
+//! Zero-touch restore under faults, end to end in the cluster simulator: the real
+//! `stowage-prewarm` and the real `stowage-mover` in its restore Jobs talk to Garage
+//! through the fault proxy.
+//!
+//! - S3 faults at rates: a populate and an index run complete through retries.
+//! - SIGKILL at each step of a populate: prewarm killed during its S3 lookup and at each
+//!   of its API calls (held by the fake API until the process is dead, then dropped),
+//!   the restore's mover killed at request N of its S3 traffic. The next prewarm run
+//!   continues the work; the volume is never bound before its restore completed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use serde_json::json;
+use stowage_common::k8s::contract::{prewarm as pc, status};
+use stowage_common::k8s::credentials::derive_repository_password;
+use stowage_common::k8s::naming::repository_for;
+use stowage_testkit::fakeapi::{Fault, Gvr, Store};
+use stowage_testkit::proxy::{FaultProxy, Rates};
+use stowage_testkit::sim::{Cluster, ClusterOptions, NodeSpec, PvcSpec, StorageClassSpec, digest};
+use stowage_testkit::{bins, garage, trees};
+
+const PREWARM: &str = "system:serviceaccount:stowage:stowage-prewarm";
+const MASTER: &str = "prewarm faults master password";
+const WAIT: Duration = Duration::from_secs(120);
+
+fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+    serde_json::from_value(v).unwrap()
+}
+
+struct World {
+    cluster: Cluster,
+    proxy: FaultProxy,
+    bucket: String,
+    runs: std::sync::atomic::AtomicUsize,
+}
+
+impl World {
+    fn new() -> Self {
+        let g = garage::shared();
+        let bucket = g.bucket("prewarm-faults");
+        let proxy = FaultProxy::start(g.addr());
+        let cluster = Cluster::start(
+            ClusterOptions::new()
+                .node(NodeSpec::new("node-a"))
+                .storage_class(StorageClassSpec::local_csi("local").default_class())
+                .namespace("stowage")
+                .binary("stowage-mover", bins::path("stowage-mover")),
+        );
+        let store = cluster.store();
+        store
+            .create::<Secret>(&obj(json!({
+                "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+                "stringData": {"master-password": MASTER,
+                               "mover-access-key-id": g.access_key,
+                               "mover-secret-access-key": g.secret_key}
+            })))
+            .unwrap();
+        // The class was judged safe by an earlier probe (probing: prewarm_e2e).
+        store
+            .create::<ConfigMap>(&obj(json!({
+                "metadata": {"name": pc::probe::CONFIGMAP, "namespace": "stowage"},
+                "data": {"local": json!({"verdict": pc::probe::SAFE,
+                                         "provisioner": "local.csi.openebs.io",
+                                         "judgedAt": "2026-11-23T09:00:00Z",
+                                         "detail": "probe"}).to_string()}
+            })))
+            .unwrap();
+        World {
+            cluster,
+            proxy,
+            bucket,
+            runs: Default::default(),
+        }
+    }
+
+    /// The repository base as the programs see it: through the proxy.
+    fn base(&self) -> String {
+        format!("s3:{}/{}", self.proxy.endpoint, self.bucket)
+    }
+
+    /// Direct access to the repository of `ns/pvc` (its password is derived from the
+    /// URL the programs use).
+    fn direct(&self, ns: &str, pvc: &str) -> Vec<(String, String)> {
+        let url = repository_for(&self.base(), ns, pvc);
+        let mut env = garage::shared().env(&format!("{}/{ns}/{pvc}", self.bucket));
+        env.push((
+            "RESTIC_PASSWORD".into(),
+            derive_repository_password(MASTER, &url),
+        ));
+        env
+    }
+
+    /// Backs `dir` up as the volume `ns/pvc` (directly, not through the proxy).
+    fn backup(&self, ns: &str, pvc: &str, dir: &Path) -> String {
+        let out = std::process::Command::new(bins::path("stowage-mover"))
+            .arg("backup")
+            .arg(dir)
+            .env_clear()
+            .envs(self.direct(ns, pvc))
+            .env("STOWAGE_NAMESPACE", ns)
+            .env("STOWAGE_PVC", pvc)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(
+            out.stdout
+                .split(|b| *b == b'\n')
+                .rfind(|l| l.starts_with(b"{"))
+                .unwrap(),
+        )
+        .unwrap();
+        r["snapshot"].as_str().unwrap().to_string()
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STOWAGE_REPOSITORY_BASE", self.base()),
+            ("STOWAGE_ALLOW_HTTP", "true".into()),
+            ("AWS_DEFAULT_REGION", garage::REGION.into()),
+            (
+                "STOWAGE_MOVER_IMAGE",
+                "ghcr.io/stowage-backup/stowage-mover:e2e".into(),
+            ),
+            ("STOWAGE_LOG_FORMAT", "text".into()),
+            ("STOWAGE_POLL_SECONDS", "1".into()),
+            ("STOWAGE_RESTORE_BACKOFF_SECONDS", "1".into()),
+        ]
+    }
+
+    /// A prewarm run as the CronJob runs it (polling every second).
+    fn spawn_prewarm(&self) -> (tokio::process::Child, String) {
+        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let name = format!("prewarm-{n}");
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let child = self.cluster.spawn_program(
+            &bins::path("stowage-prewarm"),
+            &["--duration", "300", "--no-index"],
+            &env,
+            PREWARM,
+            &name,
+        );
+        (child, name)
+    }
+
+    /// The app: its PVC populated through the Restore object `restore` (none: its own
+    /// backups), and a pod using it on node-a.
+    fn apply_app(&self, ns: &str, pvc: &str, restore: Option<&str>) {
+        if self
+            .cluster
+            .store()
+            .get::<k8s_openapi::api::core::v1::Namespace>("", ns)
+            .is_none()
+        {
+            self.cluster.create_namespace(ns, &[]).unwrap();
+        }
+        let spec = PvcSpec::new(pvc).class("local").data_source_ref(
+            "stowage.io",
+            "Restore",
+            restore.unwrap_or(pvc),
+        );
+        self.cluster.create_pvc(ns, &spec).unwrap();
+        self.cluster
+            .create_app_pod(ns, &format!("app-{pvc}"), pvc, Some("node-a"), None, &[])
+            .unwrap();
+    }
+
+    fn dir(&self, ns: &str, pvc: &str) -> std::path::PathBuf {
+        self.cluster.volume_dir(ns, pvc).unwrap()
+    }
+
+    fn uid(&self, ns: &str, pvc: &str) -> String {
+        self.cluster
+            .store()
+            .get::<PersistentVolumeClaim>(ns, pvc)
+            .and_then(|p| p.metadata.uid)
+            .unwrap()
+    }
+}
+
+fn bound(s: &Store, ns: &str, pvc: &str) -> bool {
+    s.get::<PersistentVolumeClaim>(ns, pvc)
+        .and_then(|p| p.status?.phase)
+        .as_deref()
+        == Some("Bound")
+}
+
+/// The restore Jobs of the PVC with this UID.
+fn jobs_of(s: &Store, uid: &str) -> Vec<Job> {
+    s.list::<Job>(Some("stowage"))
+        .into_iter()
+        .filter(|j| {
+            j.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("stowage.io/pvc-uid"))
+                .is_some_and(|u| u == uid)
+        })
+        .collect()
+}
+
+fn complete(j: &Job) -> bool {
+    j.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        })
+}
+
+fn prime_of(s: &Store, uid: &str) -> Option<PersistentVolumeClaim> {
+    s.list::<PersistentVolumeClaim>(Some("stowage"))
+        .into_iter()
+        .find(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(pc::prime::FOR_UID))
+                .is_some_and(|u| u == uid)
+        })
+}
+
+fn events(s: &Store, ns: &str, pvc: &str, reason: &str) -> usize {
+    s.list::<Event>(Some(ns))
+        .iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pvc)
+        })
+        .count()
+}
+
+/// The guard of every wait: a bound volume is a completely restored one. Panics
+/// otherwise; `true` when bound.
+fn bound_only_when_restored(
+    w: &World,
+    s: &Store,
+    ns: &str,
+    pvc: &str,
+    expected: &BTreeMap<String, String>,
+    case: &str,
+) -> bool {
+    if !bound(s, ns, pvc) {
+        return false;
+    }
+    let uid = s
+        .get::<PersistentVolumeClaim>(ns, pvc)
+        .and_then(|p| p.metadata.uid)
+        .unwrap_or_default();
+    assert!(
+        jobs_of(s, &uid).iter().any(complete),
+        "{case}: {ns}/{pvc} bound before its restore Job completed"
+    );
+    assert_eq!(
+        &digest::entries(&w.dir(ns, pvc)),
+        expected,
+        "{case}: {ns}/{pvc} bound with content other than the snapshot's"
+    );
+    true
+}
+
+/// Content with the metadata a restore must bring back.
+fn fill(dir: &Path, seed: u64) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    std::fs::write(dir.join("hello.txt"), format!("hello {seed}\n")).unwrap();
+    trees::write_random(&dir.join("sub/blob.bin"), 300_000, seed);
+    trees::write_random(&dir.join("big.bin"), 3 << 20, seed + 1);
+    trees::many_small(&dir.join("small"), 60, seed + 2);
+    std::fs::write(dir.join("sub/deeper/secret.conf"), "k=v\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("sub/deeper/secret.conf"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let _ = std::os::unix::fs::symlink("sub/blob.bin", dir.join("link"));
+}
+
+/// Until `ns/pvc` is populated (bound, its prime gone, the Restored Event out unless
+/// `no_event`), with the bound-only-when-restored guard on every change.
+async fn populated_as(
+    w: &World,
+    ns: &str,
+    pvc: &str,
+    expected: &BTreeMap<String, String>,
+    case: &str,
+    log: &str,
+    no_event: bool,
+) {
+    let r = w
+        .cluster
+        .wait_for(WAIT, |s| {
+            let uid = s
+                .get::<PersistentVolumeClaim>(ns, pvc)
+                .and_then(|p| p.metadata.uid)?;
+            (bound_only_when_restored(w, s, ns, pvc, expected, case)
+                && prime_of(s, &uid).is_none()
+                && (no_event || events(s, ns, pvc, pc::reason::RESTORED) > 0))
+                .then_some(())
+        })
+        .await;
+    if r.is_err() {
+        panic!(
+            "{case}: {ns}/{pvc} not populated\n--- prewarm\n{}\n--- pods\n{}",
+            w.cluster.program_log(log),
+            w.cluster.all_pod_logs()
+        );
+    }
+}
+
+async fn populated(
+    w: &World,
+    ns: &str,
+    pvc: &str,
+    expected: &BTreeMap<String, String>,
+    case: &str,
+    log: &str,
+) {
+    populated_as(w, ns, pvc, expected, case, log, false).await
+}
+
+async fn stop(mut child: tokio::process::Child) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+/// Throttling, resets, cut bodies and latency on a fifth of the S3 requests of
+/// prewarm's lookup, of the restore mover and of an index run: the PVC is populated
+/// with the snapshot's exact content, the index lists the repository with its newest
+/// snapshot, and the repository checks clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn populate_and_index_complete_through_s3_faults_at_rates() {
+    let w = World::new();
+    let src = tempfile::tempdir().unwrap();
+    fill(src.path(), 3);
+    let expected = digest::entries(src.path());
+    let snapshot = w.backup("db", "pg", src.path());
+
+    w.proxy.set_rates(Rates::mix(21));
+    w.apply_app("db", "pg", None);
+    let (child, log) = w.spawn_prewarm();
+    populated(&w, "db", "pg", &expected, "rates", &log).await;
+    stop(child).await;
+    let injected = w.proxy.injected();
+    eprintln!(
+        "populate: {} requests, injected {injected:?}",
+        w.proxy.requests()
+    );
+    assert!(
+        injected.slow_down > 0 && injected.total() > 5,
+        "{injected:?}"
+    );
+    let p: PersistentVolumeClaim = w.cluster.store().get("db", "pg").unwrap();
+    assert_eq!(
+        p.metadata.annotations.unwrap().get(status::POPULATED_FROM),
+        Some(&snapshot)
+    );
+
+    let before = w.proxy.injected().total();
+    let env = w.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = w
+        .cluster
+        .run_program(
+            &bins::path("stowage-prewarm"),
+            &["--once", "--index-now"],
+            &env,
+            PREWARM,
+        )
+        .await;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    w.proxy.clear();
+    let cm: ConfigMap = w.cluster.store().get("stowage", "stowage-index").unwrap();
+    let idx: serde_json::Value =
+        serde_json::from_str(&cm.data.as_ref().unwrap()[pc::INDEX_KEY]).unwrap();
+    let repos = idx["repositories"].as_array().unwrap();
+    assert_eq!(repos.len(), 1, "{idx}");
+    assert!(repos[0].get("error").is_none(), "{idx}");
+    assert_eq!(repos[0]["latest"]["id"].as_str(), Some(snapshot.as_str()));
+    eprintln!(
+        "index: injected {} faults",
+        w.proxy.injected().total() - before
+    );
+    assert!(
+        w.proxy.injected().total() > before,
+        "faults during the index"
+    );
+
+    let check = std::process::Command::new("restic")
+        .args(["check", "--read-data"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env(
+            "RESTIC_CACHE_DIR",
+            std::env::temp_dir().join("stowage-test-restic-cache"),
+        )
+        .envs(w.direct("db", "pg"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+/// Where a populate is interrupted.
+enum Kill {
+    /// prewarm SIGKILLed while request `n` of its S3 lookup of the backup is held.
+    Lookup(u64),
+    /// prewarm SIGKILLed while this API call of it is held (verb, resource,
+    /// namespace; the user PVC's name when the namespace is the app's).
+    Call(&'static str, &'static str, &'static str),
+    /// The restore Job's mover SIGKILLed at request `n` of its S3 traffic; prewarm runs
+    /// on.
+    Mover(u64),
+}
+
+impl Kill {
+    fn describe(&self) -> String {
+        match self {
+            Kill::Lookup(n) => format!("prewarm killed at S3 request {n} of its lookup"),
+            Kill::Call(v, r, "") => format!("prewarm killed at its {v} {r}"),
+            Kill::Call(v, r, ns) => format!("prewarm killed at its {v} {r} in {ns}"),
+            Kill::Mover(n) => format!("restore mover killed at its S3 request {n}"),
+        }
+    }
+}
+
+/// A populate interrupted at each of its steps, one PVC per step (each restores the
+/// same backup into the namespace `staging` through one Restore object): the next
+/// prewarm run finishes it with the snapshot's exact content, one Restored Event, one
+/// restore Job; no volume is ever bound before its restore completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_restored_volume() {
+    let w = World::new();
+    let src = tempfile::tempdir().unwrap();
+    fill(src.path(), 5);
+    let expected = digest::entries(src.path());
+    let snapshot = w.backup("db", "pg", src.path());
+    w.cluster.create_namespace("staging", &[]).unwrap();
+    w.cluster
+        .store()
+        .create_json(
+            &Gvr::new("stowage.io", "v1alpha1", "restores"),
+            "staging",
+            json!({"apiVersion": "stowage.io/v1alpha1", "kind": "Restore",
+                   "metadata": {"name": "from-db", "namespace": "staging"},
+                   "spec": {"sourceNamespace": "db", "sourcePvc": "pg"}}),
+        )
+        .unwrap();
+
+    // The uninterrupted populate, counted: the lookup's requests (until the prime PVC
+    // exists) and the mover's (until its Job completed).
+    w.apply_app("staging", "copy-0", Some("from-db"));
+    let uid = w.uid("staging", "copy-0");
+    let start = w.proxy.requests();
+    let (child, log) = w.spawn_prewarm();
+    let at_prime = w
+        .cluster
+        .wait_for(WAIT, |s| prime_of(s, &uid).map(|_| w.proxy.requests()))
+        .await
+        .unwrap();
+    let at_done = w
+        .cluster
+        .wait_for(WAIT, |s| {
+            jobs_of(s, &uid)
+                .iter()
+                .any(complete)
+                .then(|| w.proxy.requests())
+        })
+        .await
+        .unwrap();
+    populated(&w, "staging", "copy-0", &expected, "uninterrupted", &log).await;
+    stop(child).await;
+    let lookup = at_prime - start;
+    let mover = at_done - at_prime;
+    eprintln!("lookup: {lookup} requests, restore: {mover} requests");
+    assert!(lookup > 0 && mover > 2);
+
+    let kills = [
+        Kill::Lookup(lookup.div_ceil(2)),
+        Kill::Call("create", "persistentvolumeclaims", "stowage"),
+        Kill::Call("create", "jobs", "stowage"),
+        Kill::Call("create", "secrets", "stowage"),
+        Kill::Mover(1),
+        Kill::Mover(mover / 2),
+        Kill::Mover(mover),
+        Kill::Call("patch", "persistentvolumeclaims", "staging"),
+        Kill::Call("patch", "persistentvolumes", ""),
+        Kill::Call("delete", "persistentvolumeclaims", "stowage"),
+    ];
+    for (i, kill) in kills.iter().enumerate() {
+        let pvc = format!("copy-{}", i + 1);
+        let case = format!("case {}/{}: {}", i + 1, kills.len(), kill.describe());
+        w.apply_app("staging", &pvc, Some("from-db"));
+        let uid = w.uid("staging", &pvc);
+        let store = w.cluster.store();
+        match kill {
+            Kill::Lookup(n) => {
+                let pause = w.proxy.pause_at(w.proxy.requests() + n);
+                let (child, _) = w.spawn_prewarm();
+                assert!(pause.wait_async(WAIT).await, "{case}: never reached");
+                stop(child).await; // SIGKILL
+                drop(pause);
+                assert!(prime_of(store, &uid).is_none(), "{case}: no prime yet");
+            }
+            Kill::Call(verb, resource, ns) => {
+                let (fault, pause) = Fault::hold();
+                let mut fault = fault.user(PREWARM).verb(verb).resource(resource).times(1);
+                if !ns.is_empty() {
+                    fault = fault.namespace(ns);
+                }
+                if *ns == "staging" {
+                    fault = fault.name(&pvc);
+                }
+                w.cluster.api().inject(fault);
+                let (child, log) = w.spawn_prewarm();
+                if !pause.wait_async(WAIT).await {
+                    panic!("{case}: never reached\n{}", w.cluster.program_log(&log));
+                }
+                stop(child).await; // SIGKILL
+                drop(pause); // the held call is never executed
+                let s = store;
+                if *verb != "create" {
+                    assert!(
+                        jobs_of(s, &uid).iter().any(complete),
+                        "{case}: the kill came after the restore"
+                    );
+                }
+                if *verb != "delete" {
+                    assert!(!bound(s, "staging", &pvc), "{case}: not bound");
+                }
+                bound_only_when_restored(&w, s, "staging", &pvc, &expected, &case);
+            }
+            Kill::Mover(n) => {
+                let (child, log) = w.spawn_prewarm();
+                w.cluster
+                    .wait_for(WAIT, |s| prime_of(s, &uid).map(|_| ()))
+                    .await
+                    .unwrap();
+                // From here on only the restore's mover talks to S3.
+                let pause = w.proxy.pause_at(w.proxy.requests() + n);
+                if !pause.wait_async(WAIT).await {
+                    panic!("{case}: never reached\n{}", w.cluster.all_pod_logs());
+                }
+                let pod = store
+                    .list::<Pod>(Some("stowage"))
+                    .into_iter()
+                    .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                    .unwrap_or_else(|| panic!("{case}: the mover's pod runs"));
+                assert!(
+                    w.cluster
+                        .kill_pod("stowage", pod.metadata.name.as_deref().unwrap()),
+                    "{case}: the mover was running"
+                );
+                drop(pause);
+                populated(&w, "staging", &pvc, &expected, &case, &log).await;
+                stop(child).await;
+                let jobs = jobs_of(store, &uid);
+                assert_eq!(jobs.len(), 1, "{case}");
+                assert_eq!(
+                    jobs[0].status.as_ref().unwrap().failed,
+                    Some(1),
+                    "{case}: one pod killed, the retry finished"
+                );
+            }
+        }
+        // Killed between the PV's move and the prime's deletion, the run never got to
+        // its Restored Event; the next run only deletes the prime (the PVC is bound and
+        // its annotations record the restore).
+        let event_lost = matches!(kill, Kill::Call("delete", ..));
+        if !matches!(kill, Kill::Mover(_)) {
+            let (child, log) = w.spawn_prewarm();
+            populated_as(&w, "staging", &pvc, &expected, &case, &log, event_lost).await;
+            stop(child).await;
+            assert_eq!(jobs_of(store, &uid).len(), 1, "{case}: one restore Job");
+        }
+        let p: PersistentVolumeClaim = store.get("staging", &pvc).unwrap();
+        assert_eq!(
+            p.metadata.annotations.unwrap().get(status::POPULATED_FROM),
+            Some(&snapshot),
+            "{case}"
+        );
+        assert_eq!(
+            events(store, "staging", &pvc, pc::reason::RESTORED),
+            usize::from(!event_lost),
+            "{case}: one hand-over"
+        );
+        assert_eq!(events(store, "staging", &pvc, pc::reason::BOUND_EMPTY), 0);
+        eprintln!("{case}: ok");
+    }
+}
