@@ -504,31 +504,37 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
                 .insert(u.key(), "volume handed over; waiting for the binder".into());
             continue;
         }
-        let spec = match Api::<Restore>::namespaced(ctx.client.clone(), &u.namespace)
-            .get_opt(&u.restore_name)
-            .await
-        {
-            Ok(Some(r)) => r.spec,
-            // Not there (or the CRD is not installed: the API answers 404): the object
-            // is optional, its defaults apply.
-            Ok(None) => RestoreSpec::default(),
-            // Unreadable is not absent: it may name another source, a snapshot or a
-            // time, and guessing could restore the wrong data or bind empty. Wait.
-            Err(e) => {
-                let e = describe_kube_error(
-                    &e,
-                    &format!("get restore {}/{}", u.namespace, u.restore_name),
-                );
-                report.waiting.insert(u.key(), e.clone());
-                report.errors.insert(e);
-                continue;
-            }
-        };
         let prime_name = plan::prime_name(&u.uid);
         let prime = primes
             .iter()
             .find(|p| p.name_any() == prime_name)
             .map(|p| prime_facts(p, &pv_by_name));
+        // The Restore object only matters until the prime PVC exists (the prime records
+        // the source and snapshot): no read per waiting PVC and round after that.
+        let spec = if prime.is_some() {
+            RestoreSpec::default()
+        } else {
+            match Api::<Restore>::namespaced(ctx.client.clone(), &u.namespace)
+                .get_opt(&u.restore_name)
+                .await
+            {
+                Ok(Some(r)) => r.spec,
+                // Not there (or the CRD is not installed: the API answers 404): the object
+                // is optional, its defaults apply.
+                Ok(None) => RestoreSpec::default(),
+                // Unreadable is not absent: it may name another source, a snapshot or a
+                // time, and guessing could restore the wrong data or bind empty. Wait.
+                Err(e) => {
+                    let e = describe_kube_error(
+                        &e,
+                        &format!("get restore {}/{}", u.namespace, u.restore_name),
+                    );
+                    report.waiting.insert(u.key(), e.clone());
+                    report.errors.insert(e);
+                    continue;
+                }
+            }
+        };
         let my_jobs: Vec<JobFacts> = jobs
             .items
             .iter()

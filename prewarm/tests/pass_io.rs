@@ -564,4 +564,14 @@ async fn lookups_beyond_the_pass_budget_wait_for_the_next_round() {
     // The next round looks both up.
     let r = w.round(&ctx).await;
     assert_eq!(w.primes().len(), 2, "{r:?}");
+    // With their prime PVCs made, waiting PVCs cost no Restore read per round.
+    w.api.clear_requests();
+    w.round(&ctx).await;
+    let reads = w
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "restores")
+        .count();
+    assert_eq!(reads, 0);
 }

@@ -117,7 +117,12 @@ fn timed(cmd: Command, what: &str) -> (f64, f64, f64, String) {
     };
     let cpu = field("User time (seconds):") + field("System time (seconds):");
     let rss = field("Maximum resident set size (kbytes):") / 1024.0;
-    (secs, cpu, rss, String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        secs,
+        cpu,
+        rss,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// New data a backup stored, from its JSON output: stowage's result line
