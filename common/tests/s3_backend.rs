@@ -310,3 +310,57 @@ fn packs_are_signed_with_their_id_and_sent_from_their_parts() {
     );
     assert_eq!(be.list(FileType::Pack).unwrap(), vec![id]);
 }
+
+#[test]
+fn tree_packs_are_read_whole_once_and_data_packs_by_range() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = garage::shared();
+    let bucket = g.bucket("treepacks");
+    let be = backend(&g.endpoint, &bucket, CommonEnv::default());
+    let tree_pack: Vec<u8> = stowage_testkit::trees::random_bytes(300_000, 7);
+    let data_pack: Vec<u8> = stowage_testkit::trees::random_bytes(300_000, 8);
+    let (tree_id, data_id) = (pack_id(&tree_pack), pack_id(&data_pack));
+    for (id, bytes) in [(tree_id, &tree_pack), (data_id, &data_pack)] {
+        be.write_bytes(
+            FileType::Pack,
+            &id,
+            false,
+            Bytes::from(bytes.clone()).into(),
+        )
+        .unwrap();
+    }
+    be.flush().unwrap();
+    let requests = || be.stats().requests.load(Relaxed);
+
+    // Trees ("cacheable"): the first read fetches the whole pack, later ones none.
+    let before = requests();
+    for (offset, len) in [(0u32, 100u32), (1000, 5000), (299_000, 1000), (5, 1)] {
+        let got = be
+            .read_partial(FileType::Pack, &tree_id, true, offset, len)
+            .unwrap();
+        assert_eq!(
+            &got[..],
+            &tree_pack[offset as usize..(offset + len) as usize]
+        );
+    }
+    assert_eq!(requests() - before, 1, "one GET for four tree reads");
+
+    // A range past the pack's end is an error naming the damage, not a panic.
+    let err = be
+        .read_partial(FileType::Pack, &tree_id, true, 299_990, 100)
+        .unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
+
+    // Data packs: one ranged GET per read, nothing kept.
+    let before = requests();
+    for (offset, len) in [(0u32, 100u32), (1000, 5000)] {
+        let got = be
+            .read_partial(FileType::Pack, &data_id, false, offset, len)
+            .unwrap();
+        assert_eq!(
+            &got[..],
+            &data_pack[offset as usize..(offset + len) as usize]
+        );
+    }
+    assert_eq!(requests() - before, 2);
+}

@@ -10,6 +10,11 @@
 //! A pack is sent as the list of buffers rustic_core built it from (no copy into one
 //! buffer). Over plain http its SigV4 payload hash is its name: a pack's id is the
 //! SHA-256 of its content, so the server checks every byte without a hashing pass here.
+//!
+//! Tree packs (rustic_core asks for them as "cacheable") are read whole once and kept in
+//! memory (bounded): walking a snapshot reads its trees one by one, in order, and one
+//! request per directory was most of a restore's preparation (1,044 directories: 4.7 s
+//! of GETs one after the other; now two GETs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,6 +101,24 @@ pub struct S3Backend {
     permits: Arc<Semaphore>,
     pending: Arc<Mutex<Vec<Upload>>>,
     failed: Arc<Mutex<Option<String>>>,
+    tree_packs: Arc<TreePacks>,
+}
+
+/// Whole tree packs by id, at most [`TREE_PACK_CACHE_BYTES`] (a pack's content never
+/// changes: its id is its hash).
+type TreePacks = quick_cache::sync::Cache<Id, Bytes, PackWeight>;
+
+/// Room for two full-size packs: trees of one snapshot are stored together, in the
+/// order they are walked.
+pub const TREE_PACK_CACHE_BYTES: u64 = 32 << 20;
+
+#[derive(Clone, Copy)]
+struct PackWeight;
+
+impl quick_cache::Weighter<Id, Bytes> for PackWeight {
+    fn weight(&self, _: &Id, pack: &Bytes) -> u64 {
+        (pack.len() as u64).max(1)
+    }
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -135,6 +158,11 @@ impl S3Backend {
             rt: Arc::new(rt),
             pending: Arc::new(Mutex::new(Vec::new())),
             failed: Arc::new(Mutex::new(None)),
+            tree_packs: Arc::new(TreePacks::with_weighter(
+                16,
+                TREE_PACK_CACHE_BYTES,
+                PackWeight,
+            )),
         })
     }
 
@@ -647,10 +675,27 @@ impl ReadBackend for S3Backend {
         &self,
         tpe: FileType,
         id: &Id,
-        _cacheable: bool,
+        cacheable: bool,
         offset: u32,
         length: u32,
     ) -> RusticResult<Bytes> {
+        if cacheable && tpe == FileType::Pack {
+            let pack = self
+                .tree_packs
+                .get_or_insert_with(id, || self.read_full(tpe, id))?;
+            let range = offset as usize..offset as usize + length as usize;
+            return match pack.get(range.clone()) {
+                Some(_) => Ok(pack.slice(range)),
+                None => Err(backend_error(format!(
+                    "pack {} is {} bytes long, shorter than the index says ({} bytes at {}): \
+                     the repository is damaged; run `restic check`",
+                    self.key_of(tpe, id),
+                    pack.len(),
+                    length,
+                    offset
+                ))),
+            };
+        }
         let key = self.key_of(tpe, id);
         let inner = self.inner.clone();
         self.rt

@@ -188,7 +188,8 @@ fn main() {
              --size SIZE        data set size (default 2GiB; 10% in small files of ~2 KiB)\n\
              --changes P,P      percentages changed before the incremental backups (default 1,5)\n\
              --memory-growth    instead: the mover's peak memory by file count and by data size\n\
-             --serve            start Garage and print a repository environment"
+             --serve            start Garage and print a repository environment\n\
+             --generate DIR     only write the data set (of --size) into DIR, for manual runs"
         );
         return;
     }
@@ -198,6 +199,10 @@ fn main() {
         .split(',')
         .map(|p| p.trim().parse::<f64>().expect("--changes like 1,5") / 100.0)
         .collect();
+    if let Some(dir) = value("--generate") {
+        generate(Path::new(&dir), size);
+        return;
+    }
     if args.iter().any(|a| a == "--serve") {
         // For manual experiments: start the server, print a repository environment,
         // keep serving until stdin closes.
@@ -264,6 +269,8 @@ fn main() {
         eprintln!("{step}: {tool}...");
         let before = server_cpu_secs(&config);
         let (secs, cpu, rss_mib, stdout) = timed(cmd, &format!("{step} with {tool}"));
+        // Also as it happens: a long run's figures survive if a later step fails.
+        eprintln!("  {secs:.1} s, CPU {cpu:.1} s, peak {rss_mib:.0} MiB");
         steps.push(Step {
             step,
             tool,
@@ -308,15 +315,23 @@ fn main() {
             restic(&["backup", "--json", "--host", "volsync", "."], &data),
         );
     }
-    let out_s = work.path().join("restore-stowage");
-    let out_r = work.path().join("restore-restic");
-    std::fs::create_dir_all(&out_r).unwrap();
+    // Each restore goes to an empty volume, as after a cluster rebuild; one at a time,
+    // freed after its size is compared (the disk holds the data set and two
+    // repositories: a 10 GiB run needs about 40 GiB).
+    let vol_s = Volume::fresh(work.path(), "restore-stowage", total);
+    let out_s = vol_s.dir.join("data");
     record(
         "full restore",
         "stowage",
         total,
         stowage(&["restore", out_s.to_str().unwrap()]),
     );
+    let same_s = dir_bytes(&out_s) == total;
+    let restore_target = vol_s.kind;
+    drop(vol_s);
+    let vol_r = Volume::fresh(work.path(), "restore-restic", total);
+    let out_r = vol_r.dir.join("data");
+    std::fs::create_dir_all(&out_r).unwrap();
     record(
         "full restore",
         "restic",
@@ -326,11 +341,8 @@ fn main() {
             &out_r,
         ),
     );
-    let same = dir_bytes(&out_s) == total && dir_bytes(&out_r) == total;
-    // The disk holds the data set, two repositories and two restores: free the
-    // restores before printing (a 10 GiB run needs about 50 GiB).
-    let _ = std::fs::remove_dir_all(&out_s);
-    let _ = std::fs::remove_dir_all(&out_r);
+    let same = same_s && dir_bytes(&out_r) == total;
+    drop(vol_r);
 
     println!();
     println!(
@@ -381,7 +393,61 @@ fn main() {
             a.rss_mib / b.rss_mib
         );
     }
-    println!("\nrestored sizes equal the source: {same}");
+    println!("\nrestored sizes equal the source: {same}; restores into {restore_target}");
+}
+
+/// A restore target. Where the bench runs as root with `mkfs.ext4`, a new ext4
+/// filesystem on a loop device (a new volume, as after a rebuild): restoring into a
+/// directory of a disk from which 100,000 files were just deleted measures ext4's inode
+/// allocator instead (it scans for recently deleted inodes: up to half of the kernel
+/// time of a restore here).
+struct Volume {
+    dir: PathBuf,
+    image: Option<PathBuf>,
+    kind: &'static str,
+}
+
+impl Volume {
+    fn fresh(work: &Path, name: &str, data_bytes: u64) -> Self {
+        let dir = work.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = work.join(format!("{name}.img"));
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        let size = format!("{}", data_bytes + data_bytes / 2 + (1 << 30));
+        let mounted = std::fs::File::create(&image).is_ok()
+            && ok(Command::new("truncate").args(["-s", &size]).arg(&image))
+            && ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))
+            // discard: what is deleted in it is freed on the disk below (the image
+            // may itself be on a loop filesystem, see scripts/bench.sh).
+            && ok(Command::new("mount").args(["-o", "loop,discard"]).arg(&image).arg(&dir));
+        if mounted {
+            return Self {
+                dir,
+                image: Some(image),
+                kind: "a new ext4 filesystem each (loop device)",
+            };
+        }
+        let _ = std::fs::remove_file(&image);
+        eprintln!(
+            "note: cannot mount a new ext4 filesystem (needs root, mkfs.ext4 and loop \
+             devices): restoring into a directory of the work disk"
+        );
+        Self {
+            dir,
+            image: None,
+            kind: "a directory of the work disk",
+        }
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if let Some(image) = &self.image {
+            let _ = Command::new("umount").arg(&self.dir).status();
+            let _ = std::fs::remove_file(image);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// How the mover's peak memory grows with the number of files (small files, no large
