@@ -154,9 +154,8 @@ pub fn many_small(root: &Path, count: usize, seed: u64) {
     }
 }
 
-/// Rewrites files until at least `fraction` of the total bytes are new; returns bytes
-/// changed.
-pub fn change_fraction(root: &Path, fraction: f64, seed: u64) -> u64 {
+/// Every regular file under `root` with its length, in path order.
+fn files_by_path(root: &Path) -> Vec<(std::path::PathBuf, u64)> {
     let mut files = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -171,6 +170,13 @@ pub fn change_fraction(root: &Path, fraction: f64, seed: u64) -> u64 {
         }
     }
     files.sort();
+    files
+}
+
+/// Rewrites files until at least `fraction` of the total bytes are new; returns bytes
+/// changed.
+pub fn change_fraction(root: &Path, fraction: f64, seed: u64) -> u64 {
+    let files = files_by_path(root);
     let total: u64 = files.iter().map(|(_, l)| l).sum();
     let goal = (total as f64 * fraction) as u64;
     let mut changed = 0;
@@ -193,20 +199,7 @@ pub fn change_fraction(root: &Path, fraction: f64, seed: u64) -> u64 {
 /// one by rewriting it. Returns the bytes changed.
 pub fn change_spread(root: &Path, fraction: f64, seed: u64) -> u64 {
     use std::os::unix::fs::FileExt;
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                files.push((e.path(), e.metadata().unwrap().len()));
-            }
-        }
-    }
-    files.sort();
+    let files = files_by_path(root);
     let total: u64 = files.iter().map(|(_, l)| l).sum();
     let goal = (total as f64 * fraction) as u64;
     let mut changed = 0;
