@@ -33,16 +33,49 @@ pub struct RunResult {
     /// Machine-readable kind of failure (see [`reason`]), for Events and metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The repository the run worked on, as the mover resolved it (credentials never
+    /// included): consumers compare it with the one they planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Backup: entries that could not be read and are missing from the snapshot
+    /// (a partial backup, reason [`reason::PARTIAL`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u64,
+    /// The first of those paths (at most [`SKIPPED_PATHS_MAX`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_paths: Vec<String>,
+}
+
+/// How many skipped paths a result names.
+pub const SKIPPED_PATHS_MAX: usize = 10;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Values of [`RunResult::reason`].
 pub mod reason {
     /// Bad configuration (exit 2).
     pub const CONFIG: &str = "Config";
-    /// Another process holds a lock (exit 3).
+    /// Another process holds a lock (exit 11, as restic).
     pub const LOCKED: &str = "Locked";
-    /// The password opens no key of the repository.
+    /// The password opens no key of the repository (exit 12, as restic).
     pub const WRONG_PASSWORD: &str = "WrongPassword";
+    /// A restore asked for a particular snapshot, but no repository is at the location
+    /// (exit 10, as restic).
+    pub const NO_REPOSITORY: &str = "NoRepository";
+    /// The repository exists but holds no snapshot that matches what was asked for.
+    pub const NO_SNAPSHOT: &str = "NoSnapshot";
+    /// The prefix holds repository objects but not a whole repository (a missing
+    /// `config`, say): never initialised over, never read as "no backup".
+    pub const DAMAGED_REPOSITORY: &str = "DamagedRepository";
+    /// A backup stored a snapshot but left out entries it could not read (exit 3, as
+    /// restic): a failure of its own kind.
+    pub const PARTIAL: &str = "Partial";
+    /// Requests to the storage hung and were cut off after the retries.
+    pub const STORAGE_TIMEOUT: &str = "StorageTimeout";
+    /// The run was stopped by SIGTERM/SIGINT (Job deleted, deadline reached).
+    pub const TERMINATED: &str = "Terminated";
     /// S3 or the local directory failed or refused.
     pub const STORAGE: &str = "Storage";
     /// The source is empty over a non-empty history.

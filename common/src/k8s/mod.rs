@@ -5,6 +5,7 @@ pub mod contract;
 pub mod copy;
 pub mod credentials;
 pub mod events;
+pub mod grant;
 pub mod hooks;
 pub mod mover_job;
 pub mod naming;
