@@ -316,6 +316,13 @@ pub struct GcEnv {
     /// (restic duration: `720h`, `30d`); the newest snapshot always stays. `off`: the
     /// default retention applies to them instead.
     pub manual_backup_ttl: String,
+    /// A pass that would forget more than this percentage of a repository's snapshots
+    /// at once holds its retention back (Event `RetentionBlocked`, metric) until it is
+    /// confirmed: a policy edited by mistake or a clock far off. 100: never held back.
+    pub forget_max_percent: u32,
+    /// ... when it would forget at least this many (fewer are never held back: a small
+    /// repository under a short policy forgets most of its few snapshots normally).
+    pub forget_guard_min: u32,
 }
 
 impl Default for GcEnv {
@@ -335,6 +342,8 @@ impl Default for GcEnv {
             stale_lock_minutes: 30,
             job_history_hours: 24,
             manual_backup_ttl: "720h".into(),
+            forget_max_percent: 50,
+            forget_guard_min: 5,
         }
     }
 }
@@ -364,6 +373,13 @@ impl GcConfig {
             return Err(Error::Config(format!(
                 "STOWAGE_CHECK_READ_DATA_PERCENT={} must be between 0 and 100",
                 cfg.gc.check_read_data_percent
+            )));
+        }
+        if cfg.gc.forget_max_percent > 100 {
+            return Err(Error::Config(format!(
+                "STOWAGE_FORGET_MAX_PERCENT={} must be between 0 and 100 (100: never hold \
+                 retention back)",
+                cfg.gc.forget_max_percent
             )));
         }
         if cfg.gc.prune_interval_hours == 0 || cfg.gc.check_interval_hours == 0 {

@@ -38,7 +38,7 @@ pub mod names {
     pub const GC_ORPHAN: &str = "stowage_gc_orphan_repository";
     pub const GC_LOCKS_REMOVED: &str = "stowage_gc_stale_locks_removed";
     pub const GC_JOBS_DELETED: &str = "stowage_gc_jobs_deleted";
-    pub const GC_SECRETS_DELETED: &str = "stowage_gc_secrets_deleted";
+    pub const GC_RETENTION_BLOCKED: &str = "stowage_gc_retention_blocked";
     pub const GC_ERRORS: &str = "stowage_gc_errors";
     pub const GC_LAST_SUCCESS: &str = "stowage_gc_last_success_timestamp_seconds";
 }

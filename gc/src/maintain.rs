@@ -1,10 +1,13 @@
-//! The work on one repository, in this order:
+//! The work on one repository, in this order (each step only when `Work` asks for it:
+//! the pass does all, `stowage-gc repo <verb>` one):
 //! 1. stale locks are judged (plan::lock_verdict);
-//! 2. under an exclusive restic lock (refused while any fresh lock — a running backup
+//! 2. retention is decided, and held back when it would forget too much at once
+//!    (retention::forget_decision);
+//! 3. under an exclusive restic lock (refused while any fresh lock — a running backup
 //!    or restore — exists): stale locks removed, forgotten snapshots deleted, and the
 //!    repository pruned when due (rustic_core's prune; killed at any point, the next
 //!    prune finishes the job: new packs and index first, old index and packs last);
-//! 3. under a shared lock: the structure check, with a rotating read-data subset, and
+//! 4. under a shared lock: the structure check, with a rotating read-data subset, and
 //!    a measure of unused data that brings the next prune forward.
 //!
 //! Synchronous (rustic_core is); run it on a blocking thread.
@@ -22,7 +25,27 @@ use stowage_common::{Error, tags};
 
 use crate::plan::{self, LockVerdict, LocksContext};
 use crate::progress::LogProgress;
-use crate::retention::{self, Rules, Snap};
+use crate::retention::{self, Confirmation, ForgetDecision, ForgetLimit, Rules, Snap};
+
+/// The hold on retention that forgets too much at once, for one repository.
+#[derive(Debug, Clone)]
+pub struct ForgetGuard {
+    pub limit: ForgetLimit,
+    pub confirmation: Confirmation,
+    /// How to confirm, for the message; `=<count>` follows it (`kubectl -n a annotate
+    /// pvc data --overwrite stowage.io/confirm-forget`).
+    pub how: String,
+}
+
+/// Retention held back by [`ForgetGuard`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// What it would forget: (id, time).
+    pub would_forget: Vec<(String, Timestamp)>,
+    pub total: usize,
+    /// What was found and how to confirm.
+    pub why: String,
+}
 
 /// What to do with one repository (decided by the pass from its state and settings).
 #[derive(Debug, Clone)]
@@ -30,6 +53,13 @@ pub struct Work {
     /// How the repository is named in logs, Events and metrics.
     pub name: String,
     pub rules: Rules,
+    /// Apply `rules` (forget). `false`: snapshots are neither judged nor forgotten.
+    pub forget: bool,
+    /// Hold retention back when it forgets too much at once (`None`: no hold — `repo
+    /// forget --yes`, whose user saw the list).
+    pub guard: Option<ForgetGuard>,
+    /// Remove stale locks.
+    pub unlock: bool,
     /// Prune in this pass (interval reached, or unused data over the threshold).
     pub prune: bool,
     /// Structure check in this pass; `Some((n, m))`: also read pack data subset n of m.
@@ -84,6 +114,10 @@ pub struct Outcome {
     pub recheck_at: Option<Timestamp>,
     /// A due prune or check was left for the next pass (pass budget used).
     pub deferred: bool,
+    /// Retention was held back: nothing forgotten.
+    pub blocked: Option<Blocked>,
+    /// The confirmation this run used to forget more than the limit.
+    pub confirmed: Option<String>,
 }
 
 impl Outcome {
@@ -137,7 +171,12 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
     // 1. Locks.
     let now = work.now;
     let mut removable = Vec::new();
-    for (file, lock) in locks::list(&access.storage, &key)? {
+    let lock_files = if work.unlock {
+        locks::list(&access.storage, &key)?
+    } else {
+        Vec::new()
+    };
+    for (file, lock) in lock_files {
         match lock {
             Ok(info) => match plan::lock_verdict(&info, now, &work.locks, &locks::pid_alive) {
                 LockVerdict::Remove(why) => removable.push(RemovedLock {
@@ -167,20 +206,53 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
             group: group_of(sn),
         })
         .collect();
-    let verdicts = retention::decide(&snaps, &work.rules);
-    let forget: BTreeMap<String, Timestamp> = verdicts
+    let verdicts = if work.forget {
+        retention::decide(&snaps, &work.rules)
+    } else {
+        Vec::new()
+    };
+    let mut forget: BTreeMap<String, Timestamp> = verdicts
         .iter()
         .filter(|v| !v.keep)
         .map(|v| (v.id.clone(), v.time))
         .collect();
+    let mut confirmed = None;
+    if let Some(g) = &work.guard {
+        match retention::forget_decision(
+            forget.len(),
+            snaps.len(),
+            &g.limit,
+            &g.confirmation,
+            &g.how,
+        ) {
+            ForgetDecision::Proceed => {}
+            ForgetDecision::Confirmed(token) => {
+                tracing::warn!(repository = %work.name, count = forget.len(), total = snaps.len(), confirmation = %token, "forgetting more than the limit at once: confirmed");
+                confirmed = Some(token);
+            }
+            ForgetDecision::Blocked { total, why, .. } => {
+                tracing::warn!(repository = %work.name, "{why}");
+                out.blocked = Some(Blocked {
+                    would_forget: forget.iter().map(|(i, t)| (i.clone(), *t)).collect(),
+                    total,
+                    why,
+                });
+                forget.clear();
+            }
+        }
+    }
     out.forgotten = forget.iter().map(|(i, t)| (i.clone(), *t)).collect();
     out.snapshots_after = out.snapshots_before - forget.len();
     out.recheck_at = retention::next_expiry(&verdicts, &work.rules, work.now);
-    let kept_names: Vec<String> = verdicts
-        .iter()
-        .filter(|v| v.keep)
-        .map(|v| v.id.clone())
-        .collect();
+    // The listing a later pass compares with: only when retention ran in full (a held
+    // back one is judged again at every pass, so a confirmation takes effect).
+    let kept_names: Option<Vec<String>> = (work.forget && out.blocked.is_none()).then(|| {
+        verdicts
+            .iter()
+            .filter(|v| v.keep)
+            .map(|v| v.id.clone())
+            .collect()
+    });
 
     let infos = repo.infos_files().map_err(rustic)?;
     out.bytes_before = total_size(&infos);
@@ -191,7 +263,7 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
             tracing::info!(repository = %work.name, lock = %l.file, "would remove stale lock ({}): {}", l.holder, l.why);
         }
         for (id, t) in &out.forgotten {
-            tracing::info!(repository = %work.name, snapshot = %&id[..8.min(id.len())], time = %t, "would forget snapshot");
+            tracing::info!(repository = %work.name, snapshot = %id, time = %t, "would forget snapshot");
         }
         out.locks_removed = removable;
         if work.prune {
@@ -227,11 +299,14 @@ pub fn run(access: &RepoAccess, work: &Work) -> Result<Outcome, Error> {
                 )?;
                 out.locks_removed = removable;
                 guard.release()?;
-                out.snapshot_names = Some(kept_names);
+                out.snapshot_names = kept_names;
+                if !forget.is_empty() {
+                    out.confirmed = confirmed;
+                }
             }
         }
     } else {
-        out.snapshot_names = Some(kept_names);
+        out.snapshot_names = kept_names;
     }
 
     // 3. Check.

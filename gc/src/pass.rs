@@ -1,8 +1,10 @@
 //! One gc pass against the cluster and the storage: gather facts (policies,
 //! credentials, PVCs, running stowage pods, gc state), find the repositories, maintain
-//! each (forget, prune, check, stale locks), clean up finished Jobs and their Secrets,
-//! publish Events and metrics, record the state. Problems of one repository never stop
-//! the others; they make the pass fail at its end.
+//! each (forget, prune, check, stale locks), delete finished mover Jobs (their per-run
+//! Secrets, owned by the Job, go with it: Kubernetes' garbage collector), publish Events
+//! and metrics, record the state. Problems of one repository never stop the others;
+//! they make the pass fail at its end. A retention that would forget too much at once
+//! is held back for its repository until confirmed (Event, metric; not a failure).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -29,9 +31,9 @@ use stowage_common::repo::RepoAccess;
 use stowage_common::{Error, discover, locks};
 use tokio::sync::Semaphore;
 
-use crate::maintain::{self, Outcome, Work};
-use crate::plan::{self, Creds, JobFacts, LocksContext, Pvc, SecretFacts, Target};
-use crate::retention::Rules;
+use crate::maintain::{self, ForgetGuard, Outcome, Work};
+use crate::plan::{self, Creds, JobFacts, LocksContext, Pvc, Target};
+use crate::retention::{ForgetLimit, Rules};
 use crate::state::{self, Stored};
 use crate::triage;
 
@@ -41,12 +43,16 @@ pub const PROGRAM: &str = "stowage-gc";
 /// Repositories maintained at once (each holds little memory; S3 latency dominates).
 pub const REPO_CONCURRENCY: usize = 4;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PassOptions {
     pub dry_run: bool,
-    /// The pass's clock (`--now`): what is due, how old locks, Jobs and Secrets are,
-    /// the manual-backup TTL, and the times recorded in the state and metrics.
+    /// The pass's clock (`--now`): what is due, how old locks and Jobs are, the
+    /// manual-backup TTL, and the times recorded in the state and metrics.
     pub now: Timestamp,
+    /// Confirmations of held-back retention by repository identity (`bucket/prefix`):
+    /// `--confirm-forget REPO=COUNT`, for repositories without a PVC to annotate. A
+    /// PVC's annotation `stowage.io/confirm-forget` wins.
+    pub confirm_forget: BTreeMap<String, String>,
 }
 
 /// One repository's result.
@@ -107,7 +113,8 @@ pub struct PassReport {
     pub damaged: Vec<(String, String)>,
     pub orphans: Vec<String>,
     pub jobs_deleted: Vec<String>,
-    pub secrets_deleted: Vec<String>,
+    /// Repositories whose retention was held back: (repository, why).
+    pub blocked: Vec<(String, String)>,
     /// S3 requests sent (discovery and repositories).
     pub s3_requests: u64,
     /// Repositories not opened: nothing to do / work left for the next pass.
@@ -441,6 +448,10 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
     };
     let budget = cfg.common.pass_budget();
     let deadline = budget.map(|b| started + b);
+    let limit = ForgetLimit {
+        max_percent: g.forget_max_percent,
+        min_count: g.forget_guard_min as usize,
+    };
     let mut planned: Vec<Planned> = Vec::new();
     for target in targets {
         let creds = match resolve_creds(&target, &facts, cfg) {
@@ -482,9 +493,21 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
                 g.prune_interval_hours,
             ),
         };
+        let (confirmation, how) = plan::confirmation(
+            &target,
+            &opts.confirm_forget,
+            st.forget_confirmed.as_deref(),
+        );
         let work = Work {
             name: target.repository.clone(),
             rules,
+            forget: true,
+            guard: Some(ForgetGuard {
+                limit,
+                confirmation,
+                how,
+            }),
+            unlock: true,
             prune: prune_due,
             check: check_due.then(|| plan::read_subset(g.check_read_data_percent, st.checks)),
             unused_threshold_percent: g.prune_unused_percent,
@@ -706,6 +729,47 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
                     st.listing = o.snapshot_names.as_deref().map(triage::listing_hash);
                     st.rules = r.fingerprint.clone().filter(|_| st.listing.is_some());
                     st.recheck_at = o.recheck_at;
+                    st.retention_blocked = o.blocked.as_ref().map(|b| b.would_forget.len());
+                    if o.confirmed.is_some() {
+                        st.forget_confirmed = o.confirmed.clone();
+                    }
+                }
+                if let Some(b) = &o.blocked {
+                    report.blocked.push((t.repository.clone(), b.why.clone()));
+                    report.metrics.gauge(
+                        names::GC_RETENTION_BLOCKED,
+                        "Snapshots a held-back retention would forget (until confirmed)",
+                        &labels,
+                        b.would_forget.len() as f64,
+                    );
+                    if !opts.dry_run {
+                        events
+                            .warning(
+                                &on,
+                                reason::RETENTION_BLOCKED,
+                                "Forget",
+                                format!("repository {}: {}", t.repository, b.why),
+                            )
+                            .await;
+                    }
+                }
+                if let Some(c) = &o.confirmed
+                    && !opts.dry_run
+                {
+                    events
+                        .normal(
+                            &on,
+                            reason::RETENTION_CONFIRMED,
+                            "Forget",
+                            format!(
+                                "repository {}: forgot {} of {} snapshots at once, as confirmed \
+                                 ({c})",
+                                t.repository,
+                                o.forgotten.len(),
+                                o.snapshots_before
+                            ),
+                        )
+                        .await;
                 }
                 if o.pruned {
                     st.last_prune = Some(opts.now);
@@ -1040,6 +1104,14 @@ fn skipped_metrics(
             b as f64,
         );
     }
+    if let Some(n) = st.retention_blocked {
+        metrics.gauge(
+            names::GC_RETENTION_BLOCKED,
+            "Snapshots a held-back retention would forget (until confirmed)",
+            labels,
+            n as f64,
+        );
+    }
 }
 
 fn read_dirs(p: &std::path::Path) -> Vec<String> {
@@ -1123,8 +1195,9 @@ fn job_facts(j: &Job) -> JobFacts {
     }
 }
 
-/// Deletes finished mover Jobs past their history limit and per-run Secrets whose Job
-/// is gone.
+/// Deletes finished mover Jobs past their history limit, in the background: their
+/// per-run Secrets (owned by the Job) and pods go with them through Kubernetes' garbage
+/// collector, so gc needs no access to other Secrets than those it reads.
 pub async fn cleanup(client: &Client, cfg: &GcConfig, opts: &PassOptions, report: &mut PassReport) {
     let lp = ListParams::default().labels(&mover_job::mover_selector());
     let jobs = match Api::<Job>::all(client.clone()).list(&lp).await {
@@ -1136,19 +1209,8 @@ pub async fn cleanup(client: &Client, cfg: &GcConfig, opts: &PassOptions, report
             return;
         }
     };
-    let secrets = match Api::<Secret>::all(client.clone()).list(&lp).await {
-        Ok(l) => l.items,
-        Err(e) => {
-            report
-                .errors
-                .push(describe_kube_error(&e, "list secrets in all namespaces"));
-            return;
-        }
-    };
     let jf: Vec<JobFacts> = jobs.iter().map(job_facts).collect();
-    let expired = plan::expired_jobs(&jf, opts.now, cfg.gc.job_history_hours);
-    let mut deleting = BTreeSet::new();
-    for j in expired {
+    for j in plan::expired_jobs(&jf, opts.now, cfg.gc.job_history_hours) {
         let what = format!("{}/{}", j.namespace, j.name);
         if opts.dry_run {
             tracing::info!(job = %what, "would delete finished mover Job past its history limit");
@@ -1158,7 +1220,7 @@ pub async fn cleanup(client: &Client, cfg: &GcConfig, opts: &PassOptions, report
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(job = %what, "deleted finished mover Job past its history limit")
+                    tracing::info!(job = %what, "deleted finished mover Job past its history limit (its per-run Secret goes with it)")
                 }
                 Err(e) if is_status(&e, 404) => {}
                 Err(e) => {
@@ -1169,55 +1231,12 @@ pub async fn cleanup(client: &Client, cfg: &GcConfig, opts: &PassOptions, report
                 }
             }
         }
-        deleting.insert(j.uid.clone());
         report.jobs_deleted.push(what);
-    }
-    let sf: Vec<SecretFacts> = secrets
-        .iter()
-        .map(|s| SecretFacts {
-            namespace: s.namespace().unwrap_or_default(),
-            name: s.name_any(),
-            created: s.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            owner_uids: s
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .map(|o| o.uid.clone())
-                .collect(),
-        })
-        .collect();
-    for s in plan::orphan_secrets(&sf, &jf, &deleting, opts.now) {
-        let what = format!("{}/{}", s.namespace, s.name);
-        if opts.dry_run {
-            tracing::info!(secret = %what, "would delete per-run Secret whose Job is gone");
-        } else {
-            match Api::<Secret>::namespaced(client.clone(), &s.namespace)
-                .delete(&s.name, &DeleteParams::default())
-                .await
-            {
-                Ok(_) => tracing::info!(secret = %what, "deleted per-run Secret whose Job is gone"),
-                Err(e) if is_status(&e, 404) => {}
-                Err(e) => {
-                    report
-                        .errors
-                        .push(describe_kube_error(&e, &format!("delete secret {what}")));
-                    continue;
-                }
-            }
-        }
-        report.secrets_deleted.push(what);
     }
     report.metrics.gauge(
         names::GC_JOBS_DELETED,
         "Finished mover Jobs deleted in this pass",
         &[],
         report.jobs_deleted.len() as f64,
-    );
-    report.metrics.gauge(
-        names::GC_SECRETS_DELETED,
-        "Per-run Secrets deleted in this pass",
-        &[],
-        report.secrets_deleted.len() as f64,
     );
 }

@@ -10,6 +10,8 @@ use stowage_common::k8s::credentials::repository_identity;
 use stowage_common::k8s::policy::{Policies, PolicyProblem, Retention};
 use stowage_common::locks::LockInfo;
 
+use crate::retention::Confirmation;
+
 /// A PVC as gc sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pvc {
@@ -284,20 +286,6 @@ pub struct JobFacts {
     pub ttl_seconds: Option<i32>,
 }
 
-/// A per-run Secret (mover labels) as cleanup sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretFacts {
-    pub namespace: String,
-    pub name: String,
-    pub created: Option<Timestamp>,
-    /// UIDs of the Jobs that own it.
-    pub owner_uids: Vec<String>,
-}
-
-/// Secrets younger than this are never orphans (the scheduler creates the Job, then
-/// its Secret).
-pub const SECRET_GRACE: SignedDuration = SignedDuration::from_hours(1);
-
 /// Finished Jobs past their history limit (their own TTL, else `default_hours`).
 pub fn expired_jobs(jobs: &[JobFacts], now: Timestamp, default_hours: u64) -> Vec<&JobFacts> {
     jobs.iter()
@@ -313,31 +301,39 @@ pub fn expired_jobs(jobs: &[JobFacts], now: Timestamp, default_hours: u64) -> Ve
         .collect()
 }
 
-/// Per-run Secrets whose Job is gone (or about to go: in `deleting`).
-pub fn orphan_secrets<'a>(
-    secrets: &'a [SecretFacts],
-    jobs: &[JobFacts],
-    deleting: &BTreeSet<String>,
-    now: Timestamp,
-) -> Vec<&'a SecretFacts> {
-    let live: BTreeSet<(&str, &str, &str)> = jobs
-        .iter()
-        .filter(|j| !deleting.contains(&j.uid))
-        .map(|j| (j.namespace.as_str(), j.name.as_str(), j.uid.as_str()))
-        .collect();
-    secrets
-        .iter()
-        .filter(|s| {
-            s.created
-                .is_none_or(|c| now.duration_since(c) > SECRET_GRACE)
-        })
-        .filter(|s| {
-            let owned_by_live = live.iter().any(|(ns, name, uid)| {
-                *ns == s.namespace && (s.owner_uids.iter().any(|o| o == uid) || *name == s.name)
-            });
-            !owned_by_live
-        })
-        .collect()
+/// The confirmation of a held-back retention for `target` and how to give one: the
+/// PVC's annotation `stowage.io/confirm-forget`, else `--confirm-forget REPO=COUNT`
+/// (`flags`, by identity; the only way for an orphan). `used`: the value a run already
+/// used (gc's state).
+pub fn confirmation(
+    target: &Target,
+    flags: &BTreeMap<String, String>,
+    used: Option<&str>,
+) -> (Confirmation, String) {
+    let flag = flags.get(&target.identity).cloned();
+    let (given, how) = match &target.pvc {
+        Some(p) => (
+            p.annotations.get(user::CONFIRM_FORGET).cloned().or(flag),
+            format!(
+                "kubectl -n {} annotate pvc {} --overwrite {}",
+                p.namespace,
+                p.name,
+                user::CONFIRM_FORGET
+            ),
+        ),
+        None => (
+            flag,
+            // No PVC to annotate: a gc pass run with the flag (docs/runbooks.md).
+            format!("stowage-gc --confirm-forget {}", target.identity),
+        ),
+    };
+    (
+        Confirmation {
+            given,
+            used: used.map(str::to_string),
+        },
+        how,
+    )
 }
 
 #[cfg(test)]
@@ -585,7 +581,7 @@ mod tests {
     }
 
     #[test]
-    fn job_and_secret_cleanup() {
+    fn finished_jobs_past_their_history_go() {
         let now = t("2026-05-08T12:00:00Z");
         let jobs = vec![
             job("running", None, None),
@@ -598,23 +594,34 @@ mod tests {
             .map(|j| j.name.as_str())
             .collect();
         assert_eq!(gone, vec!["old", "short-ttl"]);
-        let deleting: BTreeSet<String> = ["u-old".to_string()].into();
-        let secret = |name: &str, owner: &str, created: &str| SecretFacts {
-            namespace: "a".into(),
-            name: name.into(),
-            created: Some(t(created)),
-            owner_uids: vec![owner.into()],
+    }
+
+    #[test]
+    fn confirmations_come_from_the_pvc_else_the_flag() {
+        let target = |pvc: Option<Pvc>| Target {
+            repository: format!("{BASE}/a/data"),
+            identity: "bk/a/data".into(),
+            pvc,
+            policy: None,
+            retention: Retention::default(),
+            manual: false,
+            creds: Creds::Derived,
         };
-        let secrets = vec![
-            secret("running", "u-running", "2026-05-01T00:00:00Z"),
-            secret("old", "u-old", "2026-05-01T00:00:00Z"),
-            secret("lost", "u-lost", "2026-05-01T00:00:00Z"),
-            secret("new", "u-new", "2026-05-08T11:30:00Z"),
-        ];
-        let orphans: Vec<&str> = orphan_secrets(&secrets, &jobs, &deleting, now)
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        assert_eq!(orphans, vec!["old", "lost"]);
+        let flags = BTreeMap::from([("bk/a/data".to_string(), "7".to_string())]);
+        let annotated = pvc("a", "data", &[], &[(user::CONFIRM_FORGET, "12")]);
+        let (c, how) = confirmation(&target(Some(annotated)), &flags, Some("3"));
+        assert_eq!(c.given.as_deref(), Some("12"), "the annotation wins");
+        assert_eq!(c.used.as_deref(), Some("3"));
+        assert_eq!(
+            how,
+            "kubectl -n a annotate pvc data --overwrite stowage.io/confirm-forget"
+        );
+        let (c, _) = confirmation(&target(Some(pvc("a", "data", &[], &[]))), &flags, None);
+        assert_eq!(c.given.as_deref(), Some("7"));
+        let (c, how) = confirmation(&target(None), &flags, None);
+        assert_eq!(c.given.as_deref(), Some("7"));
+        assert!(how.contains("--confirm-forget bk/a/data"), "{how}");
+        let (c, _) = confirmation(&target(None), &BTreeMap::new(), None);
+        assert_eq!(c.given, None);
     }
 }

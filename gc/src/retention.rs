@@ -214,6 +214,82 @@ pub fn to_forget(verdicts: &[Verdict]) -> Vec<String> {
         .collect()
 }
 
+/// The limit on how much one retention run may forget at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForgetLimit {
+    /// Hold back a run that would forget more than this percentage of the
+    /// repository's snapshots (100: never).
+    pub max_percent: u32,
+    /// Runs that forget fewer snapshots than this are never held back.
+    pub min_count: usize,
+}
+
+/// A confirmation of a held-back retention, as the user gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confirmation {
+    /// The value given (annotation `stowage.io/confirm-forget` or `--confirm-forget`):
+    /// the number of snapshots the user agrees to forget at once.
+    pub given: Option<String>,
+    /// The value a run already used for this repository (confirmations are good for
+    /// one run: a later hold needs a new one).
+    pub used: Option<String>,
+}
+
+/// What a retention run may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgetDecision {
+    /// Within the limit (or nothing to forget).
+    Proceed,
+    /// Over the limit, and confirmed by this value (record it as used).
+    Confirmed(String),
+    /// Over the limit: forget nothing; `why` says what was found and how to confirm.
+    Blocked {
+        forget: usize,
+        total: usize,
+        why: String,
+    },
+}
+
+/// Whether a run that would forget `forget` of the repository's `total` snapshots may
+/// go ahead. Over the limit it needs a confirmation of at least `forget` (the count
+/// the hold reported; more allows for the few a later pass adds), not used before.
+/// `confirm_how` names the way to confirm, for the message.
+pub fn forget_decision(
+    forget: usize,
+    total: usize,
+    limit: &ForgetLimit,
+    confirmation: &Confirmation,
+    confirm_how: &str,
+) -> ForgetDecision {
+    let over = forget >= limit.min_count.max(1)
+        && (forget as u128) * 100 > u128::from(limit.max_percent) * (total as u128);
+    if !over {
+        return ForgetDecision::Proceed;
+    }
+    let given = confirmation.given.as_deref().map(str::trim);
+    let problem = match given {
+        None | Some("") => String::new(),
+        Some(v) if confirmation.used.as_deref() == Some(v) => {
+            format!(" The confirmation {v:?} was used by an earlier run: give the new count.")
+        }
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n >= forget => return ForgetDecision::Confirmed(v.to_string()),
+            Ok(n) => format!(" The confirmation {n} is less than {forget}."),
+            Err(_) => format!(" The confirmation {v:?} is not a number of snapshots."),
+        },
+    };
+    ForgetDecision::Blocked {
+        forget,
+        total,
+        why: format!(
+            "retention would forget {forget} of {total} snapshots at once, more than \
+             {}% (STOWAGE_FORGET_MAX_PERCENT): nothing was forgotten. If the policy is \
+             meant (not a mistaken edit, no clock far off), confirm with {confirm_how}={forget}.{problem}",
+            limit.max_percent
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,5 +537,132 @@ mod tests {
     #[test]
     fn empty_list_decides_nothing() {
         assert!(decide(&[], &rules(Retention::default())).is_empty());
+    }
+
+    const LIMIT: ForgetLimit = ForgetLimit {
+        max_percent: 50,
+        min_count: 5,
+    };
+
+    fn confirm(given: Option<&str>, used: Option<&str>) -> Confirmation {
+        Confirmation {
+            given: given.map(str::to_string),
+            used: used.map(str::to_string),
+        }
+    }
+
+    fn blocked(d: &ForgetDecision) -> bool {
+        matches!(d, ForgetDecision::Blocked { .. })
+    }
+
+    #[test]
+    fn forgetting_up_to_the_share_proceeds_more_is_blocked() {
+        let none = Confirmation::default();
+        let how = "the annotation stowage.io/confirm-forget";
+        // Exactly half: within the limit; one more: held back.
+        assert_eq!(
+            forget_decision(10, 20, &LIMIT, &none, how),
+            ForgetDecision::Proceed
+        );
+        let d = forget_decision(11, 20, &LIMIT, &none, how);
+        let ForgetDecision::Blocked { forget, total, why } = &d else {
+            panic!("{d:?}")
+        };
+        assert_eq!((*forget, *total), (11, 20));
+        assert!(
+            why.contains("11 of 20") && why.contains("stowage.io/confirm-forget=11"),
+            "{why}"
+        );
+        // Steady state of the shipped hourly policy: one of ~41 snapshots per pass.
+        assert_eq!(
+            forget_decision(1, 41, &LIMIT, &none, how),
+            ForgetDecision::Proceed
+        );
+        // Below the minimum count the share does not matter: 4 of 5 goes ahead...
+        assert_eq!(
+            forget_decision(4, 5, &LIMIT, &none, how),
+            ForgetDecision::Proceed
+        );
+        // ...5 of 6 does not.
+        assert!(blocked(&forget_decision(5, 6, &LIMIT, &none, how)));
+        // 100 %: never held back (the newest always stays, so less is forgotten).
+        let off = ForgetLimit {
+            max_percent: 100,
+            ..LIMIT
+        };
+        assert_eq!(
+            forget_decision(99, 100, &off, &none, how),
+            ForgetDecision::Proceed
+        );
+        // 0 %: every run from the minimum count on needs a confirmation.
+        let strict = ForgetLimit {
+            max_percent: 0,
+            min_count: 1,
+        };
+        assert!(blocked(&forget_decision(1, 1000, &strict, &none, how)));
+        assert_eq!(
+            forget_decision(0, 1000, &strict, &none, how),
+            ForgetDecision::Proceed
+        );
+    }
+
+    #[test]
+    fn a_confirmation_of_at_least_the_count_not_used_before_lets_it_through() {
+        let how = "--confirm-forget bk/a/data";
+        assert_eq!(
+            forget_decision(30, 40, &LIMIT, &confirm(Some("30"), None), how),
+            ForgetDecision::Confirmed("30".into())
+        );
+        // More than the count: the few a later pass adds are covered.
+        assert_eq!(
+            forget_decision(30, 40, &LIMIT, &confirm(Some(" 32 "), Some("12")), how),
+            ForgetDecision::Confirmed("32".into())
+        );
+        // Less than the count, garbage, or a confirmation an earlier run used: held.
+        for (given, used, says) in [
+            ("29", None, "less than 30"),
+            ("yes", None, "not a number"),
+            ("30", Some("30"), "used by an earlier run"),
+        ] {
+            let d = forget_decision(30, 40, &LIMIT, &confirm(Some(given), used), how);
+            let ForgetDecision::Blocked { why, .. } = &d else {
+                panic!("{given}: {d:?}")
+            };
+            assert!(why.contains(says), "{given}: {why}");
+            assert!(why.contains("--confirm-forget bk/a/data=30"), "{why}");
+        }
+        // Within the limit a confirmation changes nothing (and is not used up).
+        assert_eq!(
+            forget_decision(1, 40, &LIMIT, &confirm(Some("30"), None), how),
+            ForgetDecision::Proceed
+        );
+    }
+
+    #[test]
+    fn a_snapshot_from_a_clock_far_ahead_is_held_back_and_the_newest_stays() {
+        // A mover whose clock ran years ahead: `keepWithin` counts back from that
+        // snapshot, so every real one falls out of the window at once.
+        let mut times = vec!["2036-01-01T00:00:00Z".to_string()];
+        for d in 1..=20 {
+            times.push(format!("2026-05-{d:02}T02:30:00Z"));
+        }
+        let refs: Vec<&str> = times.iter().map(String::as_str).collect();
+        let s = snaps(&refs);
+        let v = decide(&s, &rules(Retention::default()));
+        let forget = to_forget(&v);
+        assert_eq!(forget.len(), 20);
+        assert!(!forget.contains(&"s00".to_string()), "the newest stays");
+        let d = forget_decision(forget.len(), s.len(), &LIMIT, &Confirmation::default(), "x");
+        assert!(blocked(&d), "{d:?}");
+        // Even a decision that forgets all it may never reaches the newest snapshot
+        // of a group: the guard only ever holds back, it never adds to the list.
+        let all_but = decide(
+            &s,
+            &rules(Retention {
+                keep_within: Some("1h".into()),
+                ..none()
+            }),
+        );
+        assert_eq!(kept(&all_but), vec!["s00"]);
     }
 }

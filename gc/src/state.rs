@@ -51,6 +51,14 @@ pub struct RepoState {
     pub snapshots: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Retention is held back (it would forget this many snapshots at once, more than
+    /// the set share): the metric of a pass that does not open it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_blocked: Option<usize>,
+    /// The last confirmation (`stowage.io/confirm-forget` / `--confirm-forget`) a pass
+    /// used to forget more than the set share: it does not confirm a later hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget_confirmed: Option<String>,
 }
 
 /// By repository identity.

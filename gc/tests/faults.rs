@@ -1,10 +1,11 @@
-//! `stowage-gc repo` (forget + prune + check) under S3 faults at chosen rates and
+//! `stowage-gc repo forget`, `prune` and `check` under S3 faults at chosen rates and
 //! SIGKILLed at chosen points, through the fault proxy in front of Garage, with
 //! `restic` as the peer that wrote the snapshots and checks the result.
 //!
-//! Kill points are request numbers of gc's S3 traffic: an uninterrupted pass is counted
-//! first, then the proxy holds request N (and all after it) of a new pass, which is
-//! SIGKILLed while it waits there — from its first request to its last.
+//! Kill points are request numbers of gc's S3 traffic: an uninterrupted forget and
+//! prune are counted first, then the proxy holds request N (and all after it) of a new
+//! forget-then-prune, whose process is SIGKILLed while it waits there — from the
+//! forget's first request to the prune's last.
 
 mod support;
 
@@ -24,7 +25,8 @@ const TIMES: &[&str] = &[
     "2026-03-15 00:00:00",
 ];
 /// Keep the two newest: snapshots 3 and 4 (holding f2.bin and f3.bin) stay.
-const KEEP: &[&str] = &["repo", "--keep-within", "0", "--keep-last", "2", "--prune"];
+const FORGET: &[&str] = &["repo", "forget", "--keep-last", "2", "--yes"];
+const PRUNE: &[&str] = &["repo", "prune"];
 
 fn via(proxy: &FaultProxy, repo: &str) -> Vec<(String, String)> {
     let mut e = garage::shared().env_via(&proxy.endpoint, repo);
@@ -108,20 +110,23 @@ fn kept_snapshots_restore(e: &[(String, String)], seed: u64, case: &str) {
     }
 }
 
-/// The end state after any interrupted or failed pass: the next pass finishes the
-/// work, checks clean, the kept snapshots restore, nothing is left to prune.
+/// The end state after any interrupted or failed run: `repo unlock` removes a killed
+/// run's lock, forget and prune again finish the work, the check is clean, the kept
+/// snapshots restore, nothing is left to prune.
 fn next_pass_converges(e: &[(String, String)], seed: u64, case: &str) {
-    let mut args = KEEP.to_vec();
-    args.push("--check");
-    let r = gc_run(e, &args);
-    assert_eq!(r.code, 0, "{case}: the next pass\n{}", r.stderr);
+    for args in [&["repo", "unlock"][..], FORGET, PRUNE] {
+        let r = gc_run(e, args);
+        assert_eq!(r.code, 0, "{case}: {args:?} after it\n{}", r.stderr);
+    }
+    let r = gc_run(e, &["repo", "check"]);
+    assert_eq!(r.code, 0, "{case}: the check after it\n{}", r.stderr);
     let j = r.json();
     assert_eq!(j["check"], serde_json::json!([]), "{case}: {j}");
     assert_eq!(j["snapshotsAfter"], 2, "{case}: {j}");
     let c = restic(e, &["check", "--read-data"], None);
     assert_eq!(c.code, 0, "{case}: {}{}", c.stdout, c.stderr);
     kept_snapshots_restore(e, seed, case);
-    let again = gc_run(e, KEEP).ok();
+    let again = gc_run(e, PRUNE).ok();
     assert_eq!(
         again.json()["reclaimedBytes"],
         0,
@@ -139,17 +144,22 @@ fn forget_prune_and_check_complete_through_faults_at_rates() {
     let t = Template::new(100);
     let (repo, direct) = t.seeded("gc-rates");
     proxy.set_rates(Rates::mix(11));
-    let mut args = KEEP.to_vec();
-    args.extend(["--check", "--read-data-subset", "1/1"]);
-    let r = gc_run(&via(&proxy, &repo), &args);
+    let e = via(&proxy, &repo);
+    let forget = gc_run(&e, FORGET);
+    let prune = gc_run(&e, PRUNE);
+    let check = gc_run(&e, &["repo", "check", "--read-data-subset", "1/1"]);
     let injected = proxy.injected();
     proxy.clear();
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let j = r.json();
-    assert_eq!(j["pruned"], true, "{j}");
+    for r in [&forget, &prune, &check] {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let j = forget.json();
     assert_eq!(j["forgotten"].as_array().unwrap().len(), 2, "{j}");
-    assert_eq!(j["check"], serde_json::json!([]), "{j}");
+    let j = prune.json();
+    assert_eq!(j["pruned"], true, "{j}");
     assert!(j["reclaimedBytes"].as_u64().unwrap() > 1 << 20, "{j}");
+    let j = check.json();
+    assert_eq!(j["check"], serde_json::json!([]), "{j}");
     eprintln!("{} requests, injected {injected:?}", proxy.requests());
     assert!(
         injected.slow_down > 0 && injected.reset > 0 && injected.truncate > 0,
@@ -183,7 +193,11 @@ fn faults_beyond_the_retries_fail_clearly_and_the_next_pass_converges() {
             ..Rates::default()
         });
         let failing = with_env(via(&proxy, &repo), "STOWAGE_S3_MAX_ATTEMPTS", "2");
-        let r = gc_run(&failing, KEEP);
+        // The forget fails on its deletes; with those fine, the prune on its writes.
+        let mut r = gc_run(&failing, FORGET);
+        if r.code == 0 {
+            r = gc_run(&failing, PRUNE);
+        }
         proxy.clear();
         assert_eq!(r.code, 1, "{case}: {}", r.stderr);
         let op = if method == "PUT" {
@@ -210,34 +224,46 @@ fn with_env(mut e: Vec<(String, String)>, k: &str, v: &str) -> Vec<(String, Stri
     e
 }
 
-/// Forget + prune SIGKILLed at request N, for N spread over the whole pass: the next
-/// pass removes the dead pass's lock, finishes the work and checks clean; the kept
-/// snapshots restore byte-identical; nothing is left to prune.
+/// Forget then prune SIGKILLed at request N, for N spread over both: `repo unlock`
+/// removes the dead run's lock, forget and prune again finish the work and the check is
+/// clean; the kept snapshots restore byte-identical; nothing is left to prune.
 #[test]
 fn sigkill_at_chosen_points_of_forget_and_prune() {
     let proxy = FaultProxy::start(garage::shared().addr());
     let t = Template::new(300);
     let (repo, _) = t.seeded("gc-kcount");
     let before = proxy.requests();
-    gc_run(&via(&proxy, &repo), KEEP).ok();
+    gc_run(&via(&proxy, &repo), FORGET).ok();
+    let forget_requests = proxy.requests() - before;
+    gc_run(&via(&proxy, &repo), PRUNE).ok();
     let total = proxy.requests() - before;
     let count = 8;
     let points: Vec<u64> = (0..count)
         .map(|i| 1 + (total - 1) * i / (count - 1))
         .collect();
-    eprintln!("forget + prune: {total} requests; kill points {points:?}");
+    eprintln!(
+        "forget + prune: {total} requests ({forget_requests} forget); kill points {points:?}"
+    );
     for (i, &n) in points.iter().enumerate() {
-        let case = format!(
-            "kill point {}/{} (request {n} of {total})",
-            i + 1,
-            points.len()
-        );
         let (repo, direct) = t.seeded("gc-kill");
-        let pause = proxy.pause_at(proxy.requests() + n);
         let via = via(&proxy, &repo);
+        // A point in the prune: the forget runs to its end first.
+        let (args, n) = if n > forget_requests {
+            gc_run(&via, FORGET).ok();
+            (PRUNE, n - forget_requests)
+        } else {
+            (FORGET, n)
+        };
+        let case = format!(
+            "kill point {}/{} (request {n} of {}, total {total})",
+            i + 1,
+            points.len(),
+            args[1]
+        );
+        let pause = proxy.pause_at(proxy.requests() + n);
         let mut child = gc()
             .envs(via.iter().map(|(k, v)| (k, v)))
-            .args(KEEP)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -280,7 +306,7 @@ fn a_check_whose_reads_fail_is_a_storage_error_not_damage() {
         ..Rates::default()
     });
     let failing = with_env(via(&proxy, &repo), "STOWAGE_S3_MAX_ATTEMPTS", "2");
-    let args = ["repo", "--check", "--read-data-subset", "1/1"];
+    let args = ["repo", "check", "--read-data-subset", "1/1"];
     let r = gc_run(&failing, &args);
     proxy.clear();
     assert_eq!(r.code, 1, "{}", r.stderr);

@@ -1,6 +1,7 @@
 //! A whole gc pass through the real `kube` client against the fake API, with its
-//! repositories on Garage: discovery, per-PVC retention, orphans, state, Job and
-//! Secret cleanup, dry run, manual backups' TTL; the real binary's `--now` and its push
+//! repositories on Garage: discovery, per-PVC retention, orphans, state, Job cleanup
+//! (per-run Secrets go with their Job), dry run, manual backups' TTL, retention held
+//! back when it would forget too much at once; the real binary's `--now` and its push
 //! to a Pushgateway.
 
 mod support;
@@ -196,9 +197,17 @@ impl World {
     async fn pass(&self, dry_run: bool) -> pass::PassReport {
         let client = self.api.client_for(USER);
         let now = self.now;
-        pass::run(client, &self.cfg, PassOptions { dry_run, now })
-            .await
-            .unwrap()
+        pass::run(
+            client,
+            &self.cfg,
+            PassOptions {
+                dry_run,
+                now,
+                ..PassOptions::default()
+            },
+        )
+        .await
+        .unwrap()
     }
 
     /// The real binary, as the CronJob runs it, at the world's clock (`--now`),
@@ -270,8 +279,8 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
     w.secret_of("stowage-backup-data-old", Some(&old));
     let fresh = w.job("stowage-backup-data-new", Some(1), None);
     w.secret_of("stowage-backup-data-new", Some(&fresh));
-    w.job("stowage-backup-data-run", None, None);
-    w.secret_of("stowage-backup-lost", None);
+    let run = w.job("stowage-backup-data-run", None, None);
+    w.secret_of("stowage-backup-data-run", Some(&run));
 
     // Dry run: reports, changes nothing.
     let dry = w.pass(true).await;
@@ -309,13 +318,13 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
     }
     restic(&data, &["check", "--read-data"], None).ok();
     restic(&gone, &["check"], None).ok();
-    // Cleanup: the old finished Job and its Secret, the Secret without Job.
+    // Cleanup: the old finished Job, and with it (garbage collector) its Secret.
     assert!(!w.exists::<Job>("stowage-backup-data-old"));
     assert!(!w.exists::<Secret>("stowage-backup-data-old"));
-    assert!(!w.exists::<Secret>("stowage-backup-lost"));
     assert!(w.exists::<Job>("stowage-backup-data-new"));
     assert!(w.exists::<Secret>("stowage-backup-data-new"));
     assert!(w.exists::<Job>("stowage-backup-data-run"));
+    assert!(w.exists::<Secret>("stowage-backup-data-run"));
     // Metrics.
     let text = report.metrics.render();
     assert!(text.contains("stowage_gc_orphan_repository{"), "{text}");
@@ -365,8 +374,6 @@ async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
     w.repository("a", "data", 400);
     let old = w.job("stowage-backup-data-old", Some(30), None);
     w.secret_of("stowage-backup-data-old", Some(&old));
-    // Created just now: without --now two hours ahead it would be within its grace.
-    w.secret_of("stowage-backup-lost", None);
 
     let (code, stderr, req) = w.run_binary();
     assert_eq!(code, 0, "{stderr}");
@@ -379,7 +386,6 @@ async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
         "stowage_gc_repositories{result=\"ok\"} 1".to_string(),
         "stowage_gc_snapshots_forgotten 2".into(),
         "stowage_gc_jobs_deleted 1".into(),
-        "stowage_gc_secrets_deleted 2".into(),
         "stowage_gc_errors 0".into(),
         format!("stowage_gc_check_ok{{repository=\"{repo}\"}} 1"),
         format!(
@@ -398,8 +404,8 @@ async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
     ] {
         assert!(req.contains(&line), "{line} missing in:\n{req}");
     }
-    assert!(!w.exists::<Secret>("stowage-backup-lost"));
     assert!(!w.exists::<Job>("stowage-backup-data-old"));
+    assert!(!w.exists::<Secret>("stowage-backup-data-old"));
 
     // A failing pass (the master password is gone) still pushes the time of the last
     // success, so that the alert on it sees gc failing.
@@ -543,4 +549,173 @@ async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
     for r in &next.repositories {
         assert_eq!(r.outcome.as_ref().unwrap().check, Some(vec![]), "{r:?}");
     }
+}
+
+/// Events of `reason` about the object `name`.
+fn events(w: &World, reason: &str, name: &str) -> Vec<String> {
+    w.api
+        .store()
+        .list::<k8s_openapi::api::events::v1::Event>(None)
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// A retention that would forget more than half of a repository's snapshots at once
+/// (6 of 7: a policy cut down by mistake, a clock far off) is held back for that
+/// repository: nothing forgotten, a Warning Event on its PVC (on gc's state ConfigMap
+/// in the stowage namespace for an orphan) and a metric, the pass itself fine. A
+/// confirmation of the count (the PVC's annotation, `--confirm-forget` for an orphan)
+/// lets the next pass forget exactly that; used once, it does not confirm a later hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_that_forgets_too_much_waits_for_a_confirmation() {
+    let w = world();
+    put::<PersistentVolumeClaim>(
+        &w.api,
+        json!({
+            "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }),
+    );
+    let days = |d: &[i64]| d.iter().map(|d| days_before(w.now, *d)).collect::<Vec<_>>();
+    // keepLast 1 (the world's `hourly`): 6 of 7 go.
+    let data_times = days(&[1, 2, 3, 4, 5, 6, 7]);
+    let data_refs: Vec<&str> = data_times.iter().map(String::as_str).collect();
+    let data = w.repository_at("a", "data", 700, &data_refs);
+    // An orphan under the default keepWithin 720h: all but its newest are older.
+    let gone_times = days(&[1, 40, 50, 60, 70, 80, 90]);
+    let gone_refs: Vec<&str> = gone_times.iter().map(String::as_str).collect();
+    let gone = w.repository_at("a", "gone", 800, &gone_refs);
+
+    let dry = w.pass(true).await;
+    assert_eq!(dry.blocked.len(), 2, "{:?}", dry.blocked);
+    let report = w.pass(false).await;
+    assert!(
+        !report.failed(),
+        "a hold is no failure: {:?}",
+        report.errors
+    );
+    assert_eq!(snapshot_count(&data), 7, "nothing forgotten");
+    assert_eq!(snapshot_count(&gone), 7, "nothing forgotten");
+    let on_pvc = events(&w, "RetentionBlocked", "data");
+    assert_eq!(on_pvc.len(), 1, "{on_pvc:?}");
+    assert!(
+        on_pvc[0].contains("6 of 7")
+            && on_pvc[0]
+                .contains("kubectl -n a annotate pvc data --overwrite stowage.io/confirm-forget=6"),
+        "{}",
+        on_pvc[0]
+    );
+    let on_state = events(&w, "RetentionBlocked", "stowage-gc-state");
+    assert_eq!(on_state.len(), 1, "{on_state:?}");
+    let gone_id = report
+        .repositories
+        .iter()
+        .find(|r| r.target.is_orphan())
+        .unwrap()
+        .target
+        .identity
+        .clone();
+    assert!(
+        on_state[0].contains(&format!("--confirm-forget {gone_id}=6")),
+        "{}",
+        on_state[0]
+    );
+    // No secret in any Event.
+    let secrets = [
+        MASTER.to_string(),
+        garage::shared().secret_key.clone(),
+        data.iter()
+            .find(|(k, _)| k == "RESTIC_PASSWORD")
+            .unwrap()
+            .1
+            .clone(),
+    ];
+    for e in w
+        .api
+        .store()
+        .list::<k8s_openapi::api::events::v1::Event>(None)
+    {
+        let note = e.note.unwrap_or_default();
+        assert!(!secrets.iter().any(|s| note.contains(s.as_str())), "{note}");
+    }
+    let text = report.metrics.render();
+    let blocked_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("stowage_gc_retention_blocked{"))
+        .collect();
+    assert_eq!(blocked_lines.len(), 2, "{text}");
+    assert!(
+        blocked_lines
+            .iter()
+            .any(|l| l.contains("persistentvolumeclaim=\"data\"") && l.ends_with(" 6")),
+        "{text}"
+    );
+
+    // Held back again by the next pass (the repository is opened to judge it again).
+    let again = w.pass(false).await;
+    assert_eq!(again.blocked.len(), 2, "{:?}", again.blocked);
+    assert_eq!(snapshot_count(&data), 7);
+
+    // Confirmed: the PVC by its annotation, the orphan by the flag.
+    w.api
+        .store()
+        .modify::<PersistentVolumeClaim>("a", "data", |p| {
+            p.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert("stowage.io/confirm-forget".into(), "6".into());
+        })
+        .unwrap();
+    let client = w.api.client_for(USER);
+    let confirmed = pass::run(
+        client,
+        &w.cfg,
+        PassOptions {
+            now: w.now,
+            confirm_forget: [(gone_id.clone(), "6".to_string())].into(),
+            ..PassOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(confirmed.blocked.is_empty(), "{:?}", confirmed.blocked);
+    assert_eq!(snapshot_count(&data), 1);
+    assert_eq!(snapshot_count(&gone), 1);
+    assert_eq!(events(&w, "RetentionConfirmed", "data").len(), 1);
+    assert!(
+        !confirmed
+            .metrics
+            .render()
+            .contains("stowage_gc_retention_blocked{"),
+        "the hold is over"
+    );
+
+    // Six new backups: the same count again, but the annotation was used once.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f"), "new").unwrap();
+    for h in (1..=6).rev() {
+        let t = (w.now - SignedDuration::from_hours(h))
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        restic(
+            &data,
+            &["backup", "--host", "volsync", "--time", &t, "."],
+            Some(d.path()),
+        )
+        .ok();
+    }
+    assert_eq!(snapshot_count(&data), 7);
+    let later = w.pass(false).await;
+    let (_, why) = later
+        .blocked
+        .iter()
+        .find(|(r, _)| r.ends_with("/a/data"))
+        .expect("held back again");
+    assert!(why.contains("used by an earlier run"), "{why}");
+    assert_eq!(snapshot_count(&data), 7);
 }

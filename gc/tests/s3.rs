@@ -1,6 +1,6 @@
-//! `stowage-gc repo` against the real S3 server (Garage) with `restic` as the peer:
-//! forget + prune reclaim space, SIGKILL during prune, stale and fresh locks, a backup
-//! during prune, a corrupted pack found by the read-data subset.
+//! `stowage-gc repo <verb>` against the real S3 server (Garage) with `restic` as the
+//! peer: forget then prune reclaim space, SIGKILL during prune, stale and fresh locks, a
+//! backup during prune, a corrupted pack found by the read-data subset.
 
 mod support;
 
@@ -28,8 +28,8 @@ fn forget_and_prune_reclaim_space_and_restic_check_read_data_passes() {
     let b = garage::shared().bucket("gc-prune");
     let env = env(&format!("{b}/ns/pvc"));
     repo_with_snapshots(&env, TIMES, 2, 1);
-    // Dry run: says what it would do, changes nothing.
-    let dry = gc_run(&env, &["repo", "--prune", "--dry-run"]).ok();
+    // Without --yes: says what it would do, changes nothing.
+    let dry = gc_run(&env, &["repo", "forget", "--keep-within", "720h"]).ok();
     assert_eq!(
         dry.json()["forgotten"].as_array().unwrap().len(),
         1,
@@ -41,16 +41,21 @@ fn forget_and_prune_reclaim_space_and_restic_check_read_data_passes() {
         "{}",
         dry.stderr
     );
+    let dry = gc_run(&env, &["repo", "prune", "--dry-run"]).ok();
+    assert_eq!(dry.json()["pruned"], false, "{}", dry.stderr);
     assert_eq!(snapshot_count(&env), 4);
 
-    let r = gc_run(&env, &["repo", "--prune", "--check"]).ok();
+    let r = gc_run(&env, &["repo", "forget", "--keep-within", "720h", "--yes"]).ok();
     let j = r.json();
-    // Default keep-within 720h before the newest (03-15): 03-01 and 02-20 (23 days
-    // before) stay, 01-01 goes.
+    // keep-within 720h before the newest (03-15): 03-01 and 02-20 (23 days before)
+    // stay, 01-01 goes.
     assert_eq!(j["snapshotsAfter"], 3, "{j}");
     assert_eq!(j["forgotten"].as_array().unwrap().len(), 1, "{j}");
+    let r = gc_run(&env, &["repo", "prune"]).ok();
+    let j = r.json();
     assert_eq!(j["pruned"], true);
-    assert_eq!(j["check"], serde_json::json!([]));
+    let check = gc_run(&env, &["repo", "check"]).ok();
+    assert_eq!(check.json()["check"], serde_json::json!([]));
     let reclaimed = j["reclaimedBytes"].as_u64().unwrap();
     assert!(
         reclaimed > (3 << 20) / 2,
@@ -65,12 +70,9 @@ fn forget_and_prune_reclaim_space_and_restic_check_read_data_passes() {
     restic(&env, &["check", "--read-data"], None).ok();
 
     // keep-last 1: everything but the newest goes, and the repository still checks.
-    let r = gc_run(
-        &env,
-        &["repo", "--keep-within", "0", "--keep-last", "1", "--prune"],
-    )
-    .ok();
+    let r = gc_run(&env, &["repo", "forget", "--keep-last", "1", "--yes"]).ok();
     assert_eq!(r.json()["snapshotsAfter"], 1);
+    gc_run(&env, &["repo", "prune"]).ok();
     restic(&env, &["check", "--read-data"], None).ok();
     let d = tempfile::tempdir().unwrap();
     restic(
@@ -89,10 +91,11 @@ fn killed_during_prune(stage: &str, seed: u64) {
     let b = garage::shared().bucket("gc-kill");
     let env = env(&format!("{b}/ns/pvc"));
     repo_with_snapshots(&env, TIMES, 3, seed);
+    gc_run(&env, &["repo", "forget", "--keep-last", "1", "--yes"]).ok();
     let mut child = gc()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("STOWAGE_LIMIT_UPLOAD", "256")
-        .args(["repo", "--keep-within", "0", "--keep-last", "1", "--prune"])
+        .args(["repo", "prune"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -114,20 +117,17 @@ fn killed_during_prune(stage: &str, seed: u64) {
         "stage {stage:?} never logged:\n{seen}"
     );
 
-    // The next pass removes the dead process's lock, finishes the prune, checks clean.
-    let r = gc_run(
-        &env,
-        &[
-            "repo",
-            "--keep-within",
-            "0",
-            "--keep-last",
-            "1",
-            "--prune",
-            "--check",
-        ],
-    )
-    .ok();
+    // `repo unlock` removes the dead process's lock, the next prune finishes the job,
+    // the check is clean.
+    let r = gc_run(&env, &["repo", "unlock"]).ok();
+    assert_eq!(
+        r.json()["locksRemoved"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.stderr
+    );
+    gc_run(&env, &["repo", "prune"]).ok();
+    let r = gc_run(&env, &["repo", "check"]).ok();
     let j = r.json();
     assert_eq!(j["check"], serde_json::json!([]), "{j}");
     assert_eq!(j["snapshotsAfter"], 1);
@@ -145,11 +145,7 @@ fn killed_during_prune(stage: &str, seed: u64) {
         "the newest snapshot restores whole"
     );
     // Nothing left behind: a further prune finds nothing to remove.
-    let again = gc_run(
-        &env,
-        &["repo", "--keep-within", "0", "--keep-last", "1", "--prune"],
-    )
-    .ok();
+    let again = gc_run(&env, &["repo", "prune"]).ok();
     assert_eq!(again.json()["reclaimedBytes"], 0, "{}", again.stderr);
 }
 
@@ -216,7 +212,7 @@ fn stale_lock_is_removed_and_fresh_one_respected() {
     let fresh = put_lock(&storage, &key, "stowage-backup-live-def34", 2, false);
 
     // A running backup (fresh lock) blocks the exclusive work: nothing is removed.
-    let r = gc_run(&env, &["repo"]);
+    let r = gc_run(&env, &["repo", "unlock"]);
     assert_eq!(r.code, 3, "busy\n{}", r.stderr);
     assert!(r.stderr.contains("busy"), "{}", r.stderr);
     assert_eq!(lock_files(&storage), {
@@ -228,14 +224,14 @@ fn stale_lock_is_removed_and_fresh_one_respected() {
     // The backup ends; the next pass removes the stale lock and says so.
     storage.remove(locks::LOCKS_DIR, &fresh).unwrap();
     let fresh2 = put_lock(&storage, &key, "other-host", 5, false);
-    let r = gc_run(&env, &["repo"]);
+    let r = gc_run(&env, &["repo", "unlock"]);
     assert_eq!(
         r.code, 3,
         "the second fresh lock still blocks\n{}",
         r.stderr
     );
     storage.remove(locks::LOCKS_DIR, &fresh2).unwrap();
-    let r = gc_run(&env, &["repo"]).ok();
+    let r = gc_run(&env, &["repo", "unlock"]).ok();
     assert_eq!(r.json()["locksRemoved"], serde_json::json!([stale]));
     assert!(
         r.stderr.contains("removed stale lock") && r.stderr.contains("stowage-backup-gone-abc12"),
@@ -256,9 +252,10 @@ fn backup_during_prune_fails_clearly_and_nothing_is_lost() {
     let proxy = FaultProxy::start(g.addr());
     let mut via = g.env_via(&proxy.endpoint, &repo);
     via.push(("RESTIC_PASSWORD".into(), PASSWORD.into()));
+    gc_run(&via, &["repo", "forget", "--keep-last", "2", "--yes"]).ok();
     let mut child = gc()
         .envs(via.iter().map(|(k, v)| (k, v)))
-        .args(["repo", "--keep-within", "0", "--keep-last", "2", "--prune"])
+        .args(["repo", "prune"])
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -268,12 +265,12 @@ fn backup_during_prune_fails_clearly_and_nothing_is_lost() {
     let mut line = String::new();
     while stderr.read_line(&mut line).unwrap() > 0 {
         seen.push_str(&line);
-        if line.contains("forgetting snapshots") {
+        if line.contains("pruning") {
             break;
         }
         line.clear();
     }
-    assert!(seen.contains("forgetting snapshots"), "{seen}");
+    assert!(seen.contains("pruning"), "{seen}");
     // gc holds its exclusive lock now; stall its S3 traffic so it keeps holding it.
     proxy.set(1, Some(Fault::Delay(Duration::from_secs(8))));
 
@@ -320,9 +317,9 @@ fn corrupted_pack_is_found_by_the_read_data_subset() {
     s3.put_key(&key, data.into()).unwrap();
 
     // The structure check cannot see it (sizes and index agree)...
-    gc_run(&env, &["repo", "--check"]).ok();
+    gc_run(&env, &["repo", "check"]).ok();
     // ...reading the data does, and names the repository and the pack.
-    let r = gc_run(&env, &["repo", "--check", "--read-data-subset", "1/1"]);
+    let r = gc_run(&env, &["repo", "check", "--read-data-subset", "1/1"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     let pack = key.rsplit('/').next().unwrap();
     assert!(r.stderr.contains("repository damaged"), "{}", r.stderr);

@@ -563,7 +563,7 @@ fn plain_http_is_refused_without_opt_in_before_anything_is_sent() {
     failed(&restore, 2, &needles);
     assert!(nothing_in(&target), "nothing restored");
     // gc's one-repository mode refuses the same way.
-    let gc = program("stowage-gc", &refused, &["repo"]);
+    let gc = program("stowage-gc", &refused, &["repo", "check"]);
     failed(&gc, 2, &needles);
     // Nothing reached the server: the repository does not exist.
     assert!(snapshots(&env).is_empty());

@@ -420,9 +420,10 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 /// gc's life: repositories under a local-directory base written by the real mover with
 /// derived passwords (policy from the PVC's label and from its namespace's, a PVC's own
 /// Secret, a manual-only PVC, an orphan), a repository whose data is damaged (Event),
-/// a stale lock left by a killed mover (removed, Event), finished mover Jobs and
-/// per-run Secrets past their time (deleted), the state ConfigMap created by the first
-/// pass and patched by the second. The passes run at `--now` two hours after the
+/// a stale lock left by a killed mover (removed, Event), a finished mover Job past its
+/// time (deleted; its per-run Secret goes with it through the garbage collector, gc
+/// never touches it), Flux's SOPS key in `flux-system` (never read), the state ConfigMap
+/// created by the first pass and patched by the second. The passes run at `--now` two hours after the
 /// objects were created (the fake API stamps creation times with the real clock).
 fn gc_scenario(api: &FakeApi, program: &str) {
     use stowage_common::k8s::credentials::derive_repository_password;
@@ -455,9 +456,17 @@ fn gc_scenario(api: &FakeApi, program: &str) {
         (NS, json!({})),
         ("a", json!({})),
         ("b", json!({"backup": "hourly"})),
+        ("flux-system", json!({})),
     ] {
         put::<Namespace>(api, json!({"metadata": {"name": ns, "labels": labels}}));
     }
+    put::<Secret>(
+        api,
+        json!({
+            "metadata": {"name": "sops-age", "namespace": "flux-system"},
+            "stringData": {"age.agekey": "AGE-SECRET-KEY-1..."}
+        }),
+    );
     put::<ConfigMap>(
         api,
         json!({
@@ -561,8 +570,8 @@ fn gc_scenario(api: &FakeApi, program: &str) {
     );
     backup(&own_url, "own password", &data("own", 16), ("b", "own"));
 
-    // Mover Jobs: one finished two days ago with its per-run Secret, one running (its
-    // pod is live), and a per-run Secret whose Job is gone.
+    // Mover Jobs, each with its per-run Secret: one finished two days ago, one running
+    // (its pod is live).
     for (job, done) in [
         ("stowage-backup-data-old", true),
         ("stowage-backup-data-run", false),
@@ -612,15 +621,6 @@ fn gc_scenario(api: &FakeApi, program: &str) {
             );
         }
     }
-    put::<Secret>(
-        api,
-        json!({
-            "metadata": {"name": "stowage-backup-lost", "namespace": "a",
-                         "labels": mover_labels(Operation::Backup, "uid-lost")},
-            "stringData": {"RESTIC_PASSWORD": "x"}
-        }),
-    );
-
     let now = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2);
     let env = [
         ("STOWAGE_REPOSITORY_BASE", base_s.as_str()),
@@ -641,11 +641,18 @@ fn gc_scenario(api: &FakeApi, program: &str) {
             .is_none(),
         "{log}"
     );
+    // The finished Job's per-run Secret went with it (owner reference); the running
+    // Job's stays.
     assert!(
         api.store()
-            .get::<Secret>("a", "stowage-backup-lost")
+            .get::<Secret>("a", "stowage-backup-data-old")
             .is_none(),
         "{log}"
+    );
+    assert!(
+        api.store()
+            .get::<Secret>("a", "stowage-backup-data-run")
+            .is_some()
     );
     assert!(
         api.store()
@@ -672,6 +679,47 @@ fn gc_scenario(api: &FakeApi, program: &str) {
     let later = now + jiff::SignedDuration::from_hours(1);
     let log = run(api, program, &["--now", &later.to_string()], &env);
     assert!(log.contains("repository damaged"), "{log}");
+
+    // Secrets: gc read its credentials and the one Secret a PVC names, by name, and
+    // nothing else (no list, no delete, never flux-system's key).
+    let user = format!("system:serviceaccount:{NS}:{program}");
+    let secret_calls: BTreeSet<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.user == user && r.resource == "secrets")
+        .map(|r| format!("{} {}/{}", r.verb, r.namespace, r.name))
+        .collect();
+    assert_eq!(
+        secret_calls,
+        BTreeSet::from([
+            format!("get {NS}/stowage-credentials"),
+            "get b/restic-own".to_string()
+        ]),
+        "{log}"
+    );
+}
+
+/// gc may read Secrets only by name (`get`): its credentials in stowage's namespace
+/// (by resourceNames) and the Secrets PVCs name in `stowage.io/secret` (RBAC cannot
+/// name what users choose). It used to list and delete Secrets in every namespace —
+/// the per-run Secrets a Job owns go with their Job through the garbage collector.
+#[test]
+fn gc_may_only_get_secrets() {
+    let user = format!("system:serviceaccount:{NS}:stowage-gc");
+    let objects = app_objects();
+    let secrets: Vec<Grant> = grants(&objects)
+        .into_iter()
+        .filter(|g| g.user == user && g.resources.iter().any(|r| r == "secrets" || r == "*"))
+        .collect();
+    assert!(!secrets.is_empty(), "gc reads its credentials");
+    for g in &secrets {
+        assert_eq!(g.verbs, vec!["get".to_string()], "{}: {:?}", g.origin, g);
+    }
+    let own = secrets
+        .iter()
+        .find(|g| g.namespace.as_deref() == Some(NS))
+        .expect("a Role for the credentials Secret");
+    assert_eq!(own.names, vec!["stowage-credentials".to_string()]);
 }
 
 /// A Pending PVC that names the stowage kind.

@@ -57,6 +57,11 @@ pub mod user {
     /// `"true"` on a PVC that refers to the stowage kind: bind it empty instead of
     /// restoring.
     pub const FORCE_EMPTY: &str = "stowage.io/force-empty";
+    /// Confirms a retention gc held back (it would forget more than
+    /// `STOWAGE_FORGET_MAX_PERCENT` of the repository's snapshots at once): the number
+    /// of snapshots its `RetentionBlocked` Event names, or more. Used once: gc records
+    /// the value, and a later hold needs a new one.
+    pub const CONFIRM_FORGET: &str = "stowage.io/confirm-forget";
 }
 
 /// Annotations stowage records on a PVC.
@@ -133,6 +138,12 @@ pub mod reason {
     pub const STALE_LOCK_REMOVED: &str = "StaleLockRemoved";
     /// gc pruned a repository.
     pub const REPOSITORY_PRUNED: &str = "RepositoryPruned";
+    /// gc held back the retention of a repository: it would forget more than the set
+    /// share of its snapshots at once (until confirmed with
+    /// [`super::user::CONFIRM_FORGET`], or `--confirm-forget` for an orphan).
+    pub const RETENTION_BLOCKED: &str = "RetentionBlocked";
+    /// gc forgot more than the set share at once, as a confirmation allowed.
+    pub const RETENTION_CONFIRMED: &str = "RetentionConfirmed";
 }
 
 /// Key of gc's state ConfigMap holding the JSON record of prunes and checks.
