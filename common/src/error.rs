@@ -64,10 +64,12 @@ pub const STUCK_REQUEST_CODE: &str = "STOWAGE-S3-STUCK";
 fn is_stuck(e: &rustic_core::RusticError) -> bool {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
-        if err
-            .downcast_ref::<rustic_core::RusticError>()
-            .is_some_and(|r| r.is_code(STUCK_REQUEST_CODE))
-        {
+        // A wrapped rustic error may sit in its box (`Box<RusticError>` is an error too).
+        let rustic = err.downcast_ref::<rustic_core::RusticError>().or_else(|| {
+            err.downcast_ref::<Box<rustic_core::RusticError>>()
+                .map(|b| &**b)
+        });
+        if rustic.is_some_and(|r| r.is_code(STUCK_REQUEST_CODE)) {
             return true;
         }
         next = err.source();

@@ -224,12 +224,12 @@ impl Held {
 /// Every lock this process holds (see [`release_all`]).
 static HELD: Mutex<Vec<Arc<Held>>> = Mutex::new(Vec::new());
 
-fn held() -> std::sync::MutexGuard<'static, Vec<Arc<Held>>> {
+fn registry() -> std::sync::MutexGuard<'static, Vec<Arc<Held>>> {
     HELD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn forget(h: &Arc<Held>) {
-    held().retain(|x| !Arc::ptr_eq(x, h));
+    registry().retain(|x| !Arc::ptr_eq(x, h));
 }
 
 /// Removes every lock this process holds, now: for a process told to stop (SIGTERM)
@@ -240,7 +240,7 @@ pub fn release_all() -> Result<usize, Error> {
 
 /// [`release_all`] for the locks on storages `which` selects.
 fn release_where(which: impl Fn(&Storage) -> bool) -> Result<usize, Error> {
-    let all: Vec<Arc<Held>> = held()
+    let all: Vec<Arc<Held>> = registry()
         .iter()
         .filter(|h| which(&h.storage))
         .cloned()
@@ -319,7 +319,7 @@ pub fn acquire_except(
         storage: storage.clone(),
         name: Mutex::new(Some(name.clone())),
     });
-    held().push(held.clone());
+    registry().push(held.clone());
     let written = storage
         .write(LOCKS_DIR, &name, data)
         .and_then(|()| check_conflicts(storage, key, exclusive, Some(&name), ignore));

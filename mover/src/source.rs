@@ -208,6 +208,17 @@ impl ReadSource for VolumeSource {
     }
 }
 
+/// True when the directory holds nothing but what is never backed up.
+pub fn is_empty(dir: &Path) -> std::io::Result<bool> {
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        if !SKIPPED.iter().any(|s| name == *s) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use stowage_testkit::garage;
-use stowage_testkit::proxy::{Fault, FaultProxy, Rates};
+use stowage_testkit::proxy::{FaultProxy, Rates};
 use stowage_testkit::trees;
 use support::*;
 
