@@ -70,9 +70,13 @@ pub struct CommonEnv {
     /// Attempts per S3 request (throttling, 5xx and dropped connections are retried
     /// with exponential backoff).
     pub s3_max_attempts: u32,
-    /// Upload limit in KiB/s (restic's `--limit-upload` unit). Unset: unlimited.
+    /// Seconds one attempt of an S3 request may be stuck (no connection, no answer, a
+    /// transfer that stopped moving) before it is cut off and retried (restic's
+    /// `--stuck-request-timeout`).
+    pub s3_stuck_request_timeout_secs: u64,
+    /// Upload limit in KiB/s (restic's `--limit-upload` unit). Unset or 0: unlimited.
     pub limit_upload: Option<u64>,
-    /// Download limit in KiB/s. Unset: unlimited.
+    /// Download limit in KiB/s. Unset or 0: unlimited.
     pub limit_download: Option<u64>,
     /// rustic's cache directory (index and tree cache). Unset: no cache, which is right
     /// for an ephemeral Job; point it at a persistent volume to spare S3 reads.
@@ -96,6 +100,12 @@ pub struct CommonEnv {
 }
 
 impl CommonEnv {
+    /// Checks what parsing alone cannot: the log filter (a typo must not silently log
+    /// at another level).
+    pub fn validate(&self) -> Result<(), Error> {
+        crate::logging::parse_filter(&self.log).map(|_| ())
+    }
+
     /// Time between progress lines (at least a second).
     pub fn progress_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.progress_interval_secs.max(1))
@@ -125,6 +135,7 @@ impl Default for CommonEnv {
             s3_multipart_threshold_mib: 64,
             s3_part_size_mib: 16,
             s3_max_attempts: 6,
+            s3_stuck_request_timeout_secs: 300,
             limit_upload: None,
             limit_download: None,
             cache_dir: None,
@@ -266,11 +277,13 @@ impl SchedulerConfig {
             .filter(|(_, v)| !v.is_empty())
             .cloned()
             .collect();
-        Ok(Self {
+        let cfg = Self {
             restic: parse(&vars, "")?,
             common: parse(&vars, PREFIX)?,
             scheduler: parse(&vars, PREFIX)?,
-        })
+        };
+        cfg.common.validate()?;
+        Ok(cfg)
     }
 
     pub fn from_env() -> Result<Self, Error> {
@@ -369,6 +382,7 @@ impl GcConfig {
             common: parse(&vars, PREFIX)?,
             gc: parse(&vars, PREFIX)?,
         };
+        cfg.common.validate()?;
         if cfg.gc.check_read_data_percent > 100 {
             return Err(Error::Config(format!(
                 "STOWAGE_CHECK_READ_DATA_PERCENT={} must be between 0 and 100",
@@ -471,6 +485,7 @@ impl PrewarmConfig {
             common: parse(&vars, PREFIX)?,
             prewarm: parse(&vars, PREFIX)?,
         };
+        cfg.common.validate()?;
         if cfg.prewarm.poll_seconds == 0 {
             return Err(Error::Config(
                 "STOWAGE_POLL_SECONDS must be at least 1".into(),
@@ -631,16 +646,26 @@ impl MoverConfig {
             .filter(|(_, v)| !v.is_empty())
             .cloned()
             .collect();
-        Ok(Self {
+        let cfg = Self {
             restic: parse(&vars, "")?,
             common: parse(&vars, PREFIX)?,
             mover: parse(&vars, PREFIX)?,
-        })
+        };
+        cfg.common.validate()?;
+        Ok(cfg)
     }
 
     pub fn from_env() -> Result<Self, Error> {
         Self::from_vars(&vars_from_process())
     }
+}
+
+/// `STOWAGE_RESULT_FILE` on its own: where a mover whose environment is otherwise
+/// unusable still writes its result.
+pub fn result_file(vars: &[(String, String)]) -> Option<PathBuf> {
+    vars.iter()
+        .find(|(k, v)| k == "STOWAGE_RESULT_FILE" && !v.is_empty())
+        .map(|(_, v)| PathBuf::from(v))
 }
 
 #[cfg(test)]
@@ -707,6 +732,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("STOWAGE_LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn invalid_log_filter_is_an_error_naming_the_variable_and_value_for_every_program() {
+        let bad = vars(&[("STOWAGE_LOG", "info,stowage=loud")]);
+        let errors = [
+            MoverConfig::from_vars(&bad).map(|_| ()),
+            SchedulerConfig::from_vars(&bad).map(|_| ()),
+            GcConfig::from_vars(&bad).map(|_| ()),
+            PrewarmConfig::from_vars(&bad).map(|_| ()),
+        ];
+        for e in errors {
+            let e = e.unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("STOWAGE_LOG"), "{text}");
+            assert!(text.contains("info,stowage=loud"), "{text}");
+        }
+        let good = vars(&[("STOWAGE_LOG", "debug,rustic_core=warn")]);
+        assert_eq!(
+            MoverConfig::from_vars(&good).unwrap().common.log,
+            "debug,rustic_core=warn"
+        );
+    }
+
+    #[test]
+    fn result_file_is_found_without_the_rest_of_the_environment() {
+        let v = vars(&[
+            ("STOWAGE_S3_CONCURRENCY", "lots"),
+            ("STOWAGE_RESULT_FILE", "/dev/termination-log"),
+        ]);
+        assert!(MoverConfig::from_vars(&v).is_err());
+        assert_eq!(result_file(&v), Some(PathBuf::from("/dev/termination-log")));
+        assert_eq!(result_file(&vars(&[("STOWAGE_RESULT_FILE", "")])), None);
     }
 
     #[test]

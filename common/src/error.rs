@@ -10,6 +10,10 @@ pub enum Error {
     /// The storage (S3 or local directory) failed or refused.
     #[error("{0}")]
     Storage(String),
+    /// Requests to the storage hung (no connection, no answer, or a body that stopped
+    /// moving) and were cut off, also after the retries.
+    #[error("{0}")]
+    StorageTimeout(String),
     /// The password opens no key of the repository.
     #[error("{0}")]
     WrongPassword(String),
@@ -34,6 +38,9 @@ impl Error {
                     .into(),
             );
         }
+        if is_stuck(&e) {
+            return Error::StorageTimeout(one_line(&e.display_log()));
+        }
         match Self::storage_failure(&e) {
             Some(line) => Error::Storage(line),
             None => Error::Repository(one_line(&e.display_log())),
@@ -47,6 +54,27 @@ impl Error {
         line.contains("(kind: related to the backend")
             .then(|| one_line(&line))
     }
+}
+
+/// Error code the S3 backend attaches to a rustic_core error when requests hung
+/// ([`Error::StorageTimeout`]).
+pub const STUCK_REQUEST_CODE: &str = "STOWAGE-S3-STUCK";
+
+/// Whether `e`, or an error it was caused by, is a stuck request.
+fn is_stuck(e: &rustic_core::RusticError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        // A wrapped rustic error may sit in its box (`Box<RusticError>` is an error too).
+        let rustic = err.downcast_ref::<rustic_core::RusticError>().or_else(|| {
+            err.downcast_ref::<Box<rustic_core::RusticError>>()
+                .map(|b| &**b)
+        });
+        if rustic.is_some_and(|r| r.is_code(STUCK_REQUEST_CODE)) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// Drops rustic's "Error: " prefix and its "(kind: related to X)" tag, which say
@@ -77,6 +105,23 @@ mod tests {
         ));
         assert!(matches!(e, Error::Storage(_)), "{e:?}");
         assert_eq!(e.to_string(), "bucket b does not exist");
+    }
+
+    #[test]
+    fn stuck_requests_become_storage_timeouts_also_when_wrapped() {
+        let stuck = RusticError::new(ErrorKind::Backend, "S3 read config: no answer")
+            .attach_error_code(STUCK_REQUEST_CODE);
+        assert!(matches!(
+            Error::from_rustic(stuck),
+            Error::StorageTimeout(_)
+        ));
+        let inner =
+            RusticError::new(ErrorKind::Backend, "no answer").attach_error_code(STUCK_REQUEST_CODE);
+        let wrapped = RusticError::with_source(ErrorKind::Backend, "writing failed", inner);
+        assert!(matches!(
+            Error::from_rustic(wrapped),
+            Error::StorageTimeout(_)
+        ));
     }
 
     #[test]

@@ -73,6 +73,14 @@ impl Location {
     /// paths.
     pub fn parse(input: &str, default_endpoint: Option<&str>) -> Result<Self, Error> {
         let input = input.trim();
+        if let Some(at) = userinfo(input) {
+            return Err(Error::Config(format!(
+                "repository {}: credentials in the URL are refused (they would appear in \
+                 logs, results and process listings). Remove the user:password@ part and give \
+                 the S3 keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+                redact_at(input, at)
+            )));
+        }
         if input.is_empty() {
             return Err(Error::Config(
                 "no repository given: set RESTIC_REPOSITORY (or STOWAGE_REPOSITORY, or --repo)"
@@ -123,6 +131,35 @@ impl Location {
             )));
         }
         Ok(Location::Local(PathBuf::from(input)))
+    }
+}
+
+/// The byte range of a `user[:password]@` part in the authority of a URL-like
+/// location (`s3:https://u:p@host/...`, `s3:u:p@host/...`, `s3://u:p@bucket`,
+/// `x://u:p@...`); local paths never have one.
+fn userinfo(input: &str) -> Option<std::ops::Range<usize>> {
+    let start = if let Some(i) = input.find("://") {
+        i + 3
+    } else if let Some(rest) = input.strip_prefix("s3:") {
+        input.len() - rest.len()
+    } else {
+        return None;
+    };
+    let authority = &input[start..];
+    let authority = &authority[..authority.find('/').unwrap_or(authority.len())];
+    authority.rfind('@').map(|at| start..start + at + 1)
+}
+
+/// `input` with the range `at` (credentials) replaced by `***@`.
+fn redact_at(input: &str, at: std::ops::Range<usize>) -> String {
+    format!("{}***@{}", &input[..at.start], &input[at.end..])
+}
+
+/// A repository location as it may be shown: credentials in it replaced by `***`.
+pub fn redact(input: &str) -> String {
+    match userinfo(input.trim()) {
+        Some(at) => redact_at(input.trim(), at),
+        None => input.trim().to_string(),
     }
 }
 
@@ -247,6 +284,34 @@ mod tests {
         assert!(!aws.is_plain_http());
         assert!(!aws.default_path_style());
         assert_eq!(aws.key("config"), "config");
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_echoing_them() {
+        for input in [
+            "s3:https://AKIDX:s3cr3t-pw@minio.lan:9000/b/p",
+            "s3:AKIDX:s3cr3t-pw@minio.lan/b/p",
+            "s3://AKIDX:s3cr3t-pw@bucket/p",
+            "rest:https://u:s3cr3t-pw@host/repo",
+        ] {
+            let err = Location::parse(input, None).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{input}: {err:?}");
+            let text = err.to_string();
+            assert!(!text.contains("s3cr3t-pw"), "{input}: {text}");
+            assert!(text.contains("***@"), "{input}: {text}");
+            assert!(text.contains("AWS_ACCESS_KEY_ID"), "{input}: {text}");
+        }
+        assert_eq!(
+            redact("s3:https://u:pw@h/b"),
+            "s3:https://***@h/b",
+            "the user goes too: it may be the key id"
+        );
+        // An @ in a path is no credential.
+        assert_eq!(
+            Location::parse("s3:https://h/b/a@b", None).unwrap(),
+            s3(Some("https://h"), "b", "a@b")
+        );
+        assert!(Location::parse("/srv/a@b", None).is_ok());
     }
 
     #[test]

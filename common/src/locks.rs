@@ -7,7 +7,7 @@
 //! 5 minutes and count as stale after 30.
 
 use std::os::unix::fs::MetadataExt;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -202,11 +202,72 @@ pub fn this_hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
+/// A lock file this process holds: where, and its current name (`None` once removed).
+/// The refresher renames it under the same mutex, so [`release_all`] never races a
+/// refresh into leaving a file behind.
+struct Held {
+    storage: Storage,
+    name: Mutex<Option<String>>,
+}
+
+impl Held {
+    /// Removes the lock file, once.
+    fn remove(&self) -> Result<bool, Error> {
+        let mut name = self.name.lock().unwrap_or_else(|e| e.into_inner());
+        match name.take() {
+            Some(n) => self.storage.remove(LOCKS_DIR, &n).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Every lock this process holds (see [`release_all`]).
+static HELD: Mutex<Vec<Arc<Held>>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<Arc<Held>>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn forget(h: &Arc<Held>) {
+    registry().retain(|x| !Arc::ptr_eq(x, h));
+}
+
+/// Removes every lock this process holds, now: for a process told to stop (SIGTERM)
+/// that will not reach its guards' release. Returns how many were removed.
+pub fn release_all() -> Result<usize, Error> {
+    release_where(|_| true)
+}
+
+/// [`release_all`] for the locks on storages `which` selects.
+fn release_where(which: impl Fn(&Storage) -> bool) -> Result<usize, Error> {
+    let all: Vec<Arc<Held>> = registry()
+        .iter()
+        .filter(|h| which(&h.storage))
+        .cloned()
+        .collect();
+    let mut removed = 0;
+    let mut first_err = None;
+    for h in all {
+        match h.remove() {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+        forget(&h);
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
+}
+
 /// A held lock, refreshed in the background; removed on `release` or drop.
 pub struct LockGuard {
     stop: Option<mpsc::Sender<()>>,
-    refresher: Option<JoinHandle<Result<String, Error>>>,
-    storage: Storage,
+    refresher: Option<JoinHandle<()>>,
+    held: Arc<Held>,
 }
 
 impl LockGuard {
@@ -217,11 +278,12 @@ impl LockGuard {
 
     fn stop_and_remove(&mut self) -> Result<(), Error> {
         drop(self.stop.take());
-        match self.refresher.take().map(JoinHandle::join) {
-            Some(Ok(Ok(name))) => self.storage.remove(LOCKS_DIR, &name),
-            Some(Ok(Err(e))) => Err(e),
+        let joined = self.refresher.take().map(JoinHandle::join);
+        let removed = self.held.remove();
+        forget(&self.held);
+        match joined {
             Some(Err(_)) => Err(Error::Repository("lock refresher panicked".into())),
-            None => Ok(()),
+            _ => removed.map(|_| ()),
         }
     }
 }
@@ -252,46 +314,62 @@ pub fn acquire_except(
     check_conflicts(storage, key, exclusive, None, ignore)?;
     let info = LockInfo::for_this_process(exclusive);
     let (name, data) = encode(key, &info);
-    storage.write(LOCKS_DIR, &name, data)?;
-    if let Err(e) = check_conflicts(storage, key, exclusive, Some(&name), ignore) {
-        let _ = storage.remove(LOCKS_DIR, &name);
+    // Known before it is written: a stop in between still removes it.
+    let held = Arc::new(Held {
+        storage: storage.clone(),
+        name: Mutex::new(Some(name.clone())),
+    });
+    registry().push(held.clone());
+    let written = storage
+        .write(LOCKS_DIR, &name, data)
+        .and_then(|()| check_conflicts(storage, key, exclusive, Some(&name), ignore));
+    if let Err(e) = written {
+        let _ = held.remove();
+        forget(&held);
         return Err(e);
     }
     tracing::debug!(lock = %name, exclusive, "repository locked");
     let (tx, rx) = mpsc::channel::<()>();
-    let (st, k) = (storage.clone(), key.clone());
-    let refresher = std::thread::Builder::new()
+    let (k, h) = (key.clone(), held.clone());
+    let refresher = match std::thread::Builder::new()
         .name("stowage-lock".into())
-        .spawn(move || refresh_loop(&st, &k, info, name, &rx))
-        .map_err(|e| Error::Repository(format!("cannot start the lock refresher: {e}")))?;
+        .spawn(move || refresh_loop(&h, &k, info, &rx))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = held.remove();
+            forget(&held);
+            return Err(Error::Repository(format!(
+                "cannot start the lock refresher: {e}"
+            )));
+        }
+    };
     Ok(LockGuard {
         stop: Some(tx),
         refresher: Some(refresher),
-        storage: storage.clone(),
+        held,
     })
 }
 
-fn refresh_loop(
-    storage: &Storage,
-    key: &LockKey,
-    mut info: LockInfo,
-    mut name: String,
-    stop: &mpsc::Receiver<()>,
-) -> Result<String, Error> {
+fn refresh_loop(held: &Held, key: &LockKey, mut info: LockInfo, stop: &mpsc::Receiver<()>) {
     loop {
         match stop.recv_timeout(REFRESH_EVERY) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return Ok(name),
+            _ => return,
         }
+        let mut name = held.name.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(old) = name.clone() else {
+            return; // released meanwhile
+        };
         // restic refreshes by writing a new lock file and removing the old one.
         info.time = Timestamp::now();
         let (new_name, data) = encode(key, &info);
-        match storage.write(LOCKS_DIR, &new_name, data) {
+        match held.storage.write(LOCKS_DIR, &new_name, data) {
             Ok(()) => {
-                if let Err(e) = storage.remove(LOCKS_DIR, &name) {
+                if let Err(e) = held.storage.remove(LOCKS_DIR, &old) {
                     tracing::warn!(error = %e, "could not remove the old lock file after refresh");
                 }
-                name = new_name;
+                *name = Some(new_name);
             }
             Err(e) => tracing::warn!(error = %e, "could not refresh the repository lock"),
         }
@@ -382,6 +460,22 @@ mod tests {
         assert!(info.exclusive);
         assert_eq!(info.time, "2026-11-23T14:10:14.454962584Z".parse().unwrap());
         assert_eq!((info.uid, info.gid), (0, 0));
+    }
+
+    #[test]
+    fn release_all_removes_held_locks_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::Local(dir.path().to_path_buf());
+        let key = LockKey::from_master(&MasterKey::new()).unwrap();
+        let guard = acquire(&storage, &key, false).unwrap();
+        assert_eq!(storage.list(LOCKS_DIR).unwrap().len(), 1);
+        // (Only this test's storage: other tests of this process hold locks too.)
+        let ours = |s: &Storage| matches!(s, Storage::Local(p) if p == dir.path());
+        assert_eq!(release_where(ours).unwrap(), 1);
+        assert!(storage.list(LOCKS_DIR).unwrap().is_empty());
+        // The guard's own release finds nothing left to do.
+        guard.release().unwrap();
+        assert!(storage.list(LOCKS_DIR).unwrap().is_empty());
     }
 
     #[test]

@@ -6,12 +6,25 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::Error;
 use crate::env::LogFormat;
 
+/// Parses a `STOWAGE_LOG` filter; the error names the variable and the value.
+pub fn parse_filter(filter: &str) -> Result<EnvFilter, Error> {
+    EnvFilter::try_new(filter).map_err(|e| {
+        Error::Config(format!(
+            "STOWAGE_LOG={filter:?} is not a valid log filter ({e}): give a level (error, \
+                 warn, info, debug, trace) or directives such as info,rustic_core=warn"
+        ))
+    })
+}
+
 /// Installs the global subscriber. Safe to call twice (the second call is a no-op).
+/// The filter was checked with the configuration ([`parse_filter`]); should it fail
+/// here all the same, `info` is used.
 pub fn init(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("STOWAGE_LOG={filter:?} is not a valid filter ({e}); using info");
+    let filter = parse_filter(filter).unwrap_or_else(|e| {
+        eprintln!("{e}; using info");
         EnvFilter::new("info")
     });
     let json = match format {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::StalledStreamProtectionConfig;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -32,8 +33,13 @@ pub struct S3Settings {
     /// First retry delay; doubles per attempt (with jitter), capped at 20 s.
     pub initial_backoff: Duration,
     pub connect_timeout: Duration,
-    /// Upper bound for one attempt of one request (a stalled server is retried).
-    pub attempt_timeout: Duration,
+    /// How long one attempt of a request may stay stuck (no connection, no answer, a
+    /// body that stops moving) before it is cut off and retried
+    /// (`STOWAGE_S3_STUCK_REQUEST_TIMEOUT_SECS`, restic's `--stuck-request-timeout`).
+    pub stuck_timeout: Duration,
+    /// How long a transfer may stop moving (at most the stuck-request timeout; 20 s is
+    /// the SDK's own default for its stalled-stream protection).
+    pub stall_timeout: Duration,
     /// How often upload progress is logged.
     pub progress_interval: Duration,
 }
@@ -92,11 +98,17 @@ impl S3Settings {
                 "STOWAGE_S3_PART_SIZE_MIB must be at least 5 (the S3 minimum part size)".into(),
             ));
         }
+        if common.s3_stuck_request_timeout_secs == 0 {
+            return Err(Error::Config(
+                "STOWAGE_S3_STUCK_REQUEST_TIMEOUT_SECS must be at least 1".into(),
+            ));
+        }
         if common.s3_max_attempts == 0 {
             return Err(Error::Config(
                 "STOWAGE_S3_MAX_ATTEMPTS must be at least 1".into(),
             ));
         }
+        let stuck_timeout = Duration::from_secs(common.s3_stuck_request_timeout_secs);
         let path_style = common
             .s3_path_style
             .unwrap_or_else(|| location.default_path_style());
@@ -119,8 +131,9 @@ impl S3Settings {
             part_size: common.s3_part_size_mib * 1024 * 1024,
             max_attempts: common.s3_max_attempts,
             initial_backoff: Duration::from_millis(200),
-            connect_timeout: Duration::from_secs(10),
-            attempt_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10).min(stuck_timeout),
+            stall_timeout: Duration::from_secs(20).min(stuck_timeout),
+            stuck_timeout,
             progress_interval: common.progress_interval(),
             location,
         })
@@ -173,10 +186,21 @@ impl S3Settings {
                     .with_initial_backoff(self.initial_backoff)
                     .with_max_backoff(Duration::from_secs(20)),
             )
+            // A stuck request is cut off per attempt and retried: connecting, the
+            // answer (an attempt of a request without a large body, uploads see
+            // `backend::s3`), and a body that stops moving in either direction.
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(self.connect_timeout)
-                    .operation_attempt_timeout(self.attempt_timeout)
+                    .operation_attempt_timeout(self.stuck_timeout)
+                    .build(),
+            )
+            // Downloads are watched in `backend::s3::get_object`, which knows the
+            // failure for what it is.
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(self.stall_timeout)
+                    .download_enabled(false)
                     .build(),
             );
         if let Some(ep) = &self.location.endpoint {
@@ -209,6 +233,9 @@ pub enum Failure {
     Unreachable,
     /// The TLS handshake failed on the server's certificate (untrusted CA, wrong name).
     Certificate,
+    /// The request hung (no connection, no answer, a body that stopped moving) and was
+    /// cut off after the stuck-request timeout.
+    Timeout,
     Other,
 }
 
@@ -223,7 +250,9 @@ pub fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Fai
         {
             Failure::Certificate
         }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Failure::Unreachable,
+        SdkError::TimeoutError(_) => Failure::Timeout,
+        SdkError::DispatchFailure(df) if df.is_timeout() => Failure::Timeout,
+        SdkError::DispatchFailure(_) => Failure::Unreachable,
         SdkError::ServiceError(se) => classify_code(se.err().code(), status_of(err)),
         SdkError::ResponseError(_) => Failure::Other,
         _ => classify_code(err.code(), status_of(err)),
@@ -267,6 +296,52 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> Failure {
     }
 }
 
+/// A failed S3 request: its kind and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Error {
+    pub failure: Failure,
+    pub message: String,
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for S3Error {}
+
+impl S3Error {
+    pub fn new(failure: Failure, message: impl Into<String>) -> Self {
+        Self {
+            failure,
+            message: message.into(),
+        }
+    }
+
+    /// The SDK error `err` of `op` on `what`, classified and described.
+    pub fn from_sdk<E>(
+        err: &SdkError<E, HttpResponse>,
+        op: &str,
+        what: &str,
+        settings: &S3Settings,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        Self::new(classify(err), describe(err, op, what, settings))
+    }
+}
+
+impl From<S3Error> for Error {
+    fn from(e: S3Error) -> Self {
+        match e.failure {
+            Failure::Timeout => Error::StorageTimeout(e.message),
+            _ => Error::Storage(e.message),
+        }
+    }
+}
+
 /// Turns an SDK error into a message naming the operation, the object and the fix.
 /// Never includes credentials (the SDK's error context does not carry them).
 pub fn describe<E>(
@@ -304,12 +379,29 @@ where
              the certificate",
             aws_sdk_s3::error::DisplayErrorContext(err)
         ),
+        Failure::Timeout => stuck_message(op, what, settings),
         Failure::NotFound => format!("S3 {op} {what}: not found in bucket {bucket}"),
         Failure::Other => format!(
             "S3 {op} {what} at {endpoint} failed: {}",
             aws_sdk_s3::error::DisplayErrorContext(err)
         ),
     }
+}
+
+/// The message of a request that stayed stuck through every attempt.
+pub fn stuck_message(op: &str, what: &str, settings: &S3Settings) -> String {
+    format!(
+        "S3 {op} {what}: {} did not answer: each of {} attempts was stuck (no connection within \
+         {} s, no answer within {} s, or a transfer that stopped moving for {} s) and was cut \
+         off. The server accepts connections but does not work (stopped, overloaded, a proxy in \
+         between?): check it; STOWAGE_S3_STUCK_REQUEST_TIMEOUT_SECS sets how long a request may \
+         be stuck",
+        settings.endpoint_display(),
+        settings.max_attempts,
+        settings.connect_timeout.as_secs(),
+        settings.stuck_timeout.as_secs(),
+        settings.stall_timeout.as_secs()
+    )
 }
 
 #[cfg(test)]
@@ -361,6 +453,38 @@ mod tests {
             bucket: "b".into(),
             prefix: String::new(),
         }
+    }
+
+    #[test]
+    fn stuck_requests_are_a_storage_timeout_that_names_the_setting() {
+        let (r, mut c) = env(false);
+        c.s3_stuck_request_timeout_secs = 7;
+        let s = S3Settings::from_env(loc("https://s3.lan"), &r, &c).unwrap();
+        assert_eq!(s.stuck_timeout, Duration::from_secs(7));
+        assert_eq!(s.connect_timeout, Duration::from_secs(7));
+        assert_eq!(s.stall_timeout, Duration::from_secs(7));
+        c.s3_stuck_request_timeout_secs = 300;
+        let s300 = S3Settings::from_env(loc("https://s3.lan"), &r, &c).unwrap();
+        assert_eq!(
+            (s300.connect_timeout, s300.stall_timeout),
+            (Duration::from_secs(10), Duration::from_secs(20))
+        );
+        c.s3_stuck_request_timeout_secs = 7;
+        let e: Error = S3Error::new(Failure::Timeout, stuck_message("read", "config", &s)).into();
+        assert!(matches!(e, Error::StorageTimeout(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("STOWAGE_S3_STUCK_REQUEST_TIMEOUT_SECS"),
+            "{text}"
+        );
+        assert!(text.contains("no answer within 7 s"), "{text}");
+        c.s3_stuck_request_timeout_secs = 0;
+        let err = S3Settings::from_env(loc("https://s3.lan"), &r, &c).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("STOWAGE_S3_STUCK_REQUEST_TIMEOUT_SECS"),
+            "{err}"
+        );
     }
 
     #[test]

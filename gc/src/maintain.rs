@@ -467,7 +467,7 @@ fn check(
             errors.iter().map(|e| e.to_string()).collect()
         }
         Err(e) => match rustic(e) {
-            Error::Storage(m) => return Err(unreadable(&m)),
+            Error::Storage(m) | Error::StorageTimeout(m) => return Err(unreadable(&m)),
             other => vec![other.to_string()],
         },
     };

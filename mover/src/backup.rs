@@ -9,7 +9,7 @@ use stowage_common::repo::RepoAccess;
 use stowage_common::{Error, locks, tags};
 
 use crate::progress::{LogProgressBars, human_bytes};
-use crate::report::RunResult;
+use crate::report::{RunResult, reason};
 use crate::select::{self, Selector};
 use crate::snapshots::snap_info;
 use crate::source::{self, VolumeSource};
@@ -50,13 +50,28 @@ pub struct ForeignHistoryRefused {
 /// The empty-source guard's refusal (its own type so callers and tests can tell it).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "refusing to back up {path}: it is empty, while the repository's latest snapshot {snapshot} \
-     holds data. A volume that came up empty must not become the newest backup. If the volume \
-     really is meant to be empty now, allow it: --allow-empty (STOWAGE_ALLOW_EMPTY_SOURCE=true)"
+    "refusing to back up {path}: it is empty{how}, while the repository's latest snapshot \
+     {snapshot} holds data. A volume that came up empty must not become the newest backup. If \
+     the volume really is meant to be empty now, allow it: --allow-empty \
+     (STOWAGE_ALLOW_EMPTY_SOURCE=true)"
 )]
 pub struct EmptySourceRefused {
     pub path: String,
     pub snapshot: String,
+    /// What made it empty when the directory itself is not ("after the excludes ...").
+    pub how: String,
+}
+
+/// The message of a partial backup: what was stored, and what was left out.
+pub fn partial_message(snapshot: &str, skipped: u64, first: &[String]) -> String {
+    format!(
+        "backup incomplete: snapshot {snapshot} was stored, but {skipped} entr{} could not be read \
+         and {} missing from it (first: {}). Make them readable for the mover (permissions, a \
+         file that vanished or an I/O error: see the warnings above) and back up again",
+        if skipped == 1 { "y" } else { "ies" },
+        if skipped == 1 { "is" } else { "are" },
+        first.join(", ")
+    )
 }
 
 pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
@@ -89,9 +104,10 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
     }
     let repo = repo.to_indexed_ids().map_err(Error::from_rustic)?;
 
-    if !created
-        && source::is_empty(&source).with_context(|| format!("cannot read {}", source.display()))?
-    {
+    let src = VolumeSource::new(&source, &plan.excludes, bars.files.clone())
+        .map_err(Error::from_rustic)?;
+    // The guard judges what would be stored: excludes can empty a full directory.
+    if !created && src.stores_nothing() {
         let latest = select::select(&infos, &plan.host, &Selector::Latest)?;
         if let Some(latest) = latest {
             let snap = snaps
@@ -104,9 +120,19 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
                 .nodes
                 .is_empty();
             if select::refuse_empty_source(true, has_data, plan.allow_empty) {
+                let raw_empty = source::is_empty(&source)
+                    .with_context(|| format!("cannot read {}", source.display()))?;
                 return Err(EmptySourceRefused {
                     path: source.display().to_string(),
                     snapshot: latest.id[..8].to_string(),
+                    how: match (raw_empty, plan.excludes.is_empty()) {
+                        (true, _) => String::new(),
+                        (false, true) => " of files (it holds only directories)".into(),
+                        (false, false) => format!(
+                            " of files after the excludes ({})",
+                            plan.excludes.join(", ")
+                        ),
+                    },
                 }
                 .into());
             }
@@ -120,8 +146,7 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
             .map_err(Error::from_rustic)?;
     }
     let snap = snap_opts.to_snapshot().map_err(Error::from_rustic)?;
-    let src = VolumeSource::new(&source, &plan.excludes, bars.files.clone())
-        .map_err(Error::from_rustic)?;
+    let skipped = src.skipped();
     tracing::info!(source = %source.display(), repository = %access.location, host = %plan.host, "backup started");
     let snap = repo
         .archive(
@@ -136,10 +161,18 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
 
     let summary = snap.summary.clone().unwrap_or_default();
     let stats = access.storage.stats();
+    let (skipped, skipped_paths) = skipped.get();
+    let id = snap.id.to_hex().to_string();
+    let partial = (skipped > 0).then(|| partial_message(&id[..8], skipped, &skipped_paths));
     let result = RunResult {
         operation: "backup".into(),
-        ok: true,
-        snapshot: Some(snap.id.to_hex().to_string()),
+        ok: partial.is_none(),
+        reason: partial.is_some().then(|| reason::PARTIAL.to_string()),
+        error: partial.clone(),
+        skipped,
+        skipped_paths,
+        snapshot: Some(id),
+        repository: Some(access.location.to_string()),
         files: summary.total_files_processed,
         bytes: summary.total_bytes_processed,
         added_bytes: summary.data_added,
@@ -166,6 +199,9 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
         human_bytes(summary.data_added_packed),
         result.duration_secs
     );
+    if let Some(message) = partial {
+        tracing::error!(skipped, "{message}");
+    }
     Ok(result)
 }
 

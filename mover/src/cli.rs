@@ -5,6 +5,22 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The exit statuses, as a literal for `after_help` (and [`crate::EXIT_STATUS_HELP`]).
+macro_rules! exit_status_help {
+    () => {
+        "Exit status (restic's where the meaning is the same):\n  \
+        0    success\n  \
+        1    failure (the log and the result line say what failed)\n  \
+        2    bad configuration or usage\n  \
+        3    partial backup: a snapshot was stored, but some entries could not be read\n  \
+        10   no repository at the location\n  \
+        11   repository locked by another process (retry later)\n  \
+        12   wrong password\n  \
+        130  stopped by SIGINT, 143 stopped by SIGTERM (lock released, result written)"
+    };
+}
+pub(crate) use exit_status_help;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "stowage-mover",
@@ -14,13 +30,11 @@ use clap::{Args, Parser, Subcommand};
         The repository and its password come from RESTIC_REPOSITORY and RESTIC_PASSWORD (or \
         RESTIC_PASSWORD_FILE, STOWAGE_REPOSITORY, STOWAGE_PASSWORD_FILE), S3 keys from \
         AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION: an existing VolSync \
-        Secret works unchanged. See the README for every STOWAGE_* variable.\n\n\
-        Exit status: 0 success, 1 failure, 2 bad configuration or usage, 3 repository locked \
-        by another process (retry later).",
-    after_help = "Examples:\n  \
+        Secret works unchanged. See the README for every STOWAGE_* variable.",
+    after_help = concat!("Examples:\n  \
         RESTIC_REPOSITORY=s3:https://s3.lan/backups/db/pg RESTIC_PASSWORD=... stowage-mover backup /data\n  \
         stowage-mover --repo /srv/repo --password-file pw restore /data --as-of 2026-11-22 --replace\n  \
-        stowage-mover snapshots --json"
+        stowage-mover snapshots --json\n\n", exit_status_help!())
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -42,13 +56,17 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Snapshot a directory into the repository (created on first use)
+    #[command(after_help = exit_status_help!())]
     Backup(BackupArgs),
     /// Restore a snapshot into a directory
+    #[command(after_help = exit_status_help!())]
     Restore(RestoreArgs),
     /// List the repository's snapshots
+    #[command(after_help = exit_status_help!())]
     Snapshots(SnapshotsArgs),
     /// Back up a sample directory to a local repository, restore it and compare (no
     /// cluster, no S3 account needed)
+    #[command(after_help = exit_status_help!())]
     Demo(DemoArgs),
 }
 

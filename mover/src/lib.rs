@@ -8,6 +8,7 @@ pub mod progress;
 pub mod report;
 pub mod restore;
 pub mod select;
+pub mod signals;
 pub mod snapshots;
 pub mod source;
 pub mod treecmp;
@@ -24,57 +25,120 @@ use crate::cli::{Cli, Command};
 use crate::report::RunResult;
 use crate::select::Selector;
 
-/// Exit status for a failed run.
+/// Exit status for a failed run (restic's codes where the meaning is the same).
 pub const EXIT_FAILURE: u8 = 1;
 /// Bad configuration or usage (clap uses 2 for usage errors too).
 pub const EXIT_CONFIG: u8 = 2;
+/// A backup stored a snapshot but left out entries it could not read.
+pub const EXIT_PARTIAL: u8 = 3;
+/// No repository at the location where one was required.
+pub const EXIT_NO_REPOSITORY: u8 = 10;
 /// The repository is locked by another process: retry later.
-pub const EXIT_LOCKED: u8 = 3;
+pub const EXIT_LOCKED: u8 = 11;
+/// The password opens no key of the repository.
+pub const EXIT_WRONG_PASSWORD: u8 = 12;
+/// Stopped by SIGINT (128 + 2).
+pub const EXIT_INTERRUPTED: u8 = 130;
+/// Stopped by SIGTERM (128 + 15): the Job was deleted or reached its deadline.
+pub const EXIT_TERMINATED: u8 = 143;
 
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let cfg = match MoverConfig::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            logging::init("info", Default::default());
-            tracing::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    logging::init(&cfg.common.log, cfg.common.log_format);
-    let operation = match &cli.command {
+/// Every exit status, for `--help` and the docs.
+pub const EXIT_STATUS_HELP: &str = cli::exit_status_help!();
+
+/// The exit status of a failure of kind `reason` (see [`report::reason`]). Pure, the
+/// one table of the mover's exit statuses.
+pub fn exit_for_reason(reason: &str) -> u8 {
+    use crate::report::reason as r;
+    match reason {
+        r::CONFIG => EXIT_CONFIG,
+        r::PARTIAL => EXIT_PARTIAL,
+        r::NO_REPOSITORY => EXIT_NO_REPOSITORY,
+        r::LOCKED => EXIT_LOCKED,
+        r::WRONG_PASSWORD => EXIT_WRONG_PASSWORD,
+        r::TERMINATED => EXIT_TERMINATED,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// The exit status of a finished run.
+pub fn exit_for_result(result: &RunResult) -> u8 {
+    match (&result.ok, result.reason.as_deref()) {
+        (true, _) => 0,
+        (false, Some(reason)) => exit_for_reason(reason),
+        (false, None) => EXIT_FAILURE,
+    }
+}
+
+fn operation_of(command: &Command) -> &'static str {
+    match command {
         Command::Backup(_) => "backup",
         Command::Restore(_) => "restore",
         Command::Snapshots(_) => "snapshots",
         Command::Demo(_) => "demo",
+    }
+}
+
+/// Whether a run of `command` reports a result line (and file).
+fn writes_result(command: &Command) -> bool {
+    matches!(command, Command::Backup(_) | Command::Restore(_))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let operation = operation_of(&cli.command);
+    let vars = stowage_common::env::vars_from_process();
+    let cfg = match MoverConfig::from_vars(&vars) {
+        Ok(c) => c,
+        Err(e) => {
+            logging::init("info", Default::default());
+            tracing::error!(operation, "{e}");
+            // The rest of the environment is unusable; the result file may still be
+            // known, and the scheduler reads the reason there.
+            if writes_result(&cli.command) {
+                RunResult {
+                    operation: operation.into(),
+                    ok: false,
+                    error: Some(e.to_string()),
+                    reason: Some(report::reason::CONFIG.into()),
+                    ..Default::default()
+                }
+                .write(stowage_common::env::result_file(&vars).as_deref());
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
+    logging::init(&cfg.common.log, cfg.common.log_format);
+    let result_file = cfg.mover.result_file.clone();
+    if let Err(e) = signals::install(
+        operation,
+        writes_result(&cli.command).then_some(result_file.clone()),
+    ) {
+        tracing::warn!("cannot handle SIGTERM/SIGINT ({e}): a stopped run leaves its lock");
+    }
     match run(&cli, &cfg) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             let message = format!("{e:#}");
             tracing::error!(operation, "{message}");
-            if matches!(cli.command, Command::Backup(_) | Command::Restore(_)) {
+            let reason = failure_reason(&e);
+            if writes_result(&cli.command) {
                 RunResult {
                     operation: operation.into(),
                     ok: false,
                     error: Some(message),
-                    reason: Some(failure_reason(&e).into()),
+                    reason: Some(reason.into()),
                     ..Default::default()
                 }
-                .write(cfg.mover.result_file.as_deref());
+                .write(result_file.as_deref());
             }
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(exit_for_reason(reason))
         }
     }
 }
 
 /// Exit status by kind of failure.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<Error>() {
-        Some(Error::Config(_)) => EXIT_CONFIG,
-        Some(Error::Locked(_)) => EXIT_LOCKED,
-        _ => EXIT_FAILURE,
-    }
+    exit_for_reason(failure_reason(e))
 }
 
 /// The machine-readable reason of a failure, for the result's `reason`.
@@ -93,6 +157,7 @@ pub fn failure_reason(e: &anyhow::Error) -> &'static str {
         Some(Error::Config(_)) => reason::CONFIG,
         Some(Error::Locked(_)) => reason::LOCKED,
         Some(Error::WrongPassword(_)) => reason::WRONG_PASSWORD,
+        Some(Error::StorageTimeout(_)) => reason::STORAGE_TIMEOUT,
         Some(Error::Storage(_)) => reason::STORAGE,
         _ => reason::FAILED,
     }
@@ -107,7 +172,8 @@ fn access(cli: &Cli, cfg: &MoverConfig) -> Result<RepoAccess> {
     )?)
 }
 
-fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
+/// Runs the command; the exit status of a run that finished with a result.
+fn run(cli: &Cli, cfg: &MoverConfig) -> Result<u8> {
     let interval = cfg.common.progress_interval();
     let m = &cfg.mover;
     match &cli.command {
@@ -143,6 +209,7 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
             };
             let result = backup::run(&access(cli, cfg)?, &plan)?;
             result.write(m.result_file.as_deref());
+            return Ok(exit_for_result(&result));
         }
         Command::Restore(a) => {
             let selector = match (&a.as_of, a.snapshot.as_str()) {
@@ -161,6 +228,7 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
             };
             let result = restore::run(&access(cli, cfg)?, &plan)?;
             result.write(m.result_file.as_deref());
+            return Ok(exit_for_result(&result));
         }
         Command::Snapshots(a) => {
             let snaps = snapshots::list(&access(cli, cfg)?)?;
@@ -172,5 +240,54 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
         }
         Command::Demo(a) => demo::run(a, interval)?,
     }
-    Ok(())
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::reason;
+
+    #[test]
+    fn exit_statuses_are_restics_where_the_meaning_is_the_same() {
+        for (r, code) in [
+            (reason::CONFIG, 2),
+            (reason::PARTIAL, 3),
+            (reason::NO_REPOSITORY, 10),
+            (reason::LOCKED, 11),
+            (reason::WRONG_PASSWORD, 12),
+            (reason::TERMINATED, 143),
+            (reason::STORAGE, 1),
+            (reason::STORAGE_TIMEOUT, 1),
+            (reason::EMPTY_SOURCE, 1),
+            (reason::FAILED, 1),
+        ] {
+            assert_eq!(exit_for_reason(r), code, "{r}");
+        }
+        let partial = RunResult {
+            ok: false,
+            reason: Some(reason::PARTIAL.into()),
+            ..Default::default()
+        };
+        assert_eq!(exit_for_result(&partial), 3);
+        let done = RunResult {
+            ok: true,
+            ..Default::default()
+        };
+        assert_eq!(exit_for_result(&done), 0);
+        for code in ["3", "10", "11", "12", "143"] {
+            assert!(EXIT_STATUS_HELP.contains(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_stopped_run_is_reported_as_terminated() {
+        let r = signals::stopped_result("backup", "SIGTERM");
+        assert!(!r.ok);
+        assert_eq!(r.reason.as_deref(), Some(reason::TERMINATED));
+        assert_eq!(exit_for_result(&r), EXIT_TERMINATED);
+        assert!(r.error.unwrap().contains("SIGTERM"));
+        assert_eq!(signals::exit_status("SIGINT"), EXIT_INTERRUPTED);
+        assert_eq!(signals::exit_status("SIGTERM"), EXIT_TERMINATED);
+    }
 }

@@ -137,6 +137,77 @@ fn backup_and_restore_complete_through_faults_at_rates() {
     restic(&s3_env(&repo), &["check", "--read-data"], None).ok();
 }
 
+/// A storage that accepts connections but does not work: no answer at all, or an
+/// answer whose body stops halfway (GETs of the repository's files). Each stuck attempt
+/// is cut off after `STOWAGE_S3_STUCK_REQUEST_TIMEOUT_SECS` and retried, and the run
+/// fails within bounded time, saying so, with reason `StorageTimeout` (it used to wait
+/// silently for over 1,000 s). The repository is unharmed.
+#[test]
+fn hung_storage_is_cut_off_and_the_run_fails_in_bounded_time() {
+    let proxy = FaultProxy::start(garage::shared().addr());
+    let d = tmp();
+    let a = join(&d, "a");
+    content_a(&a);
+    let repo = new_repo("hung");
+    run(&s3_env(&repo), &["backup", path(&a)]).ok();
+    let result = join(&d, "result");
+    let env = with(
+        via(&proxy, &repo),
+        &[
+            ("STOWAGE_S3_STUCK_REQUEST_TIMEOUT_SECS", "2"),
+            ("STOWAGE_S3_MAX_ATTEMPTS", "2"),
+            ("STOWAGE_RESULT_FILE", path(&result)),
+        ],
+    );
+    let cases = [
+        (
+            "no answer",
+            Rates {
+                hang: 1.0,
+                ..Rates::default()
+            },
+        ),
+        (
+            "a body that stops",
+            Rates {
+                stall_body: 1.0,
+                method: Some("GET".into()),
+                // The object itself, not a listing (whose query has `%2Fconfig`).
+                path: Some("/config".into()),
+                ..Rates::default()
+            },
+        ),
+    ];
+    for (case, rates) in cases {
+        proxy.set_rates(rates);
+        let started = Instant::now();
+        let r = run(&env, &["backup", path(&a)]);
+        let took = started.elapsed();
+        let hung = proxy.injected().hang;
+        proxy.clear();
+        assert!(
+            hung >= 2,
+            "{case}: the proxy left {hung} request(s) hanging"
+        );
+        assert_eq!(r.code, 1, "{case}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("did not answer")
+                && r.stderr.contains("STOWAGE_S3_STUCK_REQUEST_TIMEOUT_SECS")
+                && r.stderr.contains(&proxy.endpoint),
+            "{case}: says what happened and what sets it: {}",
+            r.stderr
+        );
+        let written: stowage_mover::report::RunResult =
+            serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+        assert_eq!(written.reason.as_deref(), Some("StorageTimeout"), "{case}");
+        // Two attempts of 2 s and a backoff per request; far below the SDK's defaults.
+        assert!(took < Duration::from_secs(30), "{case}: took {took:?}");
+        eprintln!("{case}: failed after {took:?}");
+    }
+    assert_eq!(snapshot_ids(&s3_env(&repo)).len(), 1);
+    check_read_data(&s3_env(&repo)).ok();
+}
+
 /// Faults that outlast the retries, on the pack uploads, the index or the snapshot
 /// file: the backup fails with an error naming the S3 write, no snapshot is added, the
 /// repository checks clean and the earlier snapshot restores; a restore whose pack

@@ -5,6 +5,10 @@ mod support;
 
 use std::fs;
 
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
 use stowage_common::locks;
 use stowage_testkit::trees;
 use support::*;
@@ -127,6 +131,146 @@ fn first_backup_of_a_new_pvc_over_foreign_history_is_refused_unless_adopted() {
     run(&new, &["backup", path(&src)]).ok();
     // Without a UID (manual runs) there is no guard.
     run(&local_env(&repo), &["backup", path(&src)]).ok();
+}
+
+/// Excludes that leave no file over a non-empty history are refused like an empty
+/// directory: the guard judges what would be stored (`--exclude '*'` used to store an
+/// empty snapshot as the newest).
+#[test]
+fn excludes_that_leave_no_file_over_history_are_refused_unless_allowed() {
+    let d = tmp();
+    let (src, repo) = (join(&d, "src"), join(&d, "repo"));
+    trees::many_small(&src, 10, 1);
+    let env = local_env(&repo);
+    run(&env, &["backup", path(&src)]).ok();
+    for excludes in [vec!["--exclude", "*"], vec!["--exclude", "f*"]] {
+        let mut args = vec!["backup", path(&src)];
+        args.extend(&excludes);
+        let r = run(&env, &args).failed(1, "after the excludes");
+        assert_eq!(
+            r.result().reason.as_deref(),
+            Some("EmptySource"),
+            "{excludes:?}"
+        );
+        assert!(r.stderr.contains("--allow-empty"), "{}", r.stderr);
+    }
+    let r = run(
+        &with(env.clone(), &[("STOWAGE_EXCLUDES", "*")]),
+        &["backup", path(&src)],
+    )
+    .failed(1, "after the excludes");
+    assert_eq!(r.result().reason.as_deref(), Some("EmptySource"));
+    let listed = run(&env, &["snapshots", "--json"]).ok();
+    let snaps: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(snaps.len(), 1, "no snapshot was added");
+    // Excludes that leave files are fine, and --allow-empty still allows.
+    run(&env, &["backup", path(&src), "--exclude", "*.tmp"]).ok();
+    run(
+        &env,
+        &["backup", path(&src), "--exclude", "*", "--allow-empty"],
+    )
+    .ok();
+}
+
+/// Entries the mover cannot read (a file it may not open, a directory it may not
+/// list) make a partial backup: the snapshot of the rest is stored, but the run is not
+/// a success: exit 3, `ok: false`, reason `Partial`, the count and the paths. As root
+/// (which reads everything) the mover runs as `nobody` for this.
+#[test]
+fn unreadable_entries_make_a_partial_backup_with_exit_3() {
+    let d = tmp();
+    let (src, repo, out, res) = (
+        join(&d, "src"),
+        join(&d, "repo"),
+        join(&d, "out"),
+        join(&d, "result"),
+    );
+    trees::many_small(&src, 10, 1);
+    fs::write(src.join("secret.db"), "no entry").unwrap();
+    fs::create_dir_all(src.join("private")).unwrap();
+    fs::write(src.join("private/inside"), "hidden").unwrap();
+    let as_root = trees::can_chown();
+    const NOBODY: u32 = 65534;
+    if as_root {
+        // `nobody` reaches the tree, writes the repository and the result file.
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for dir in [&repo, &out] {
+            fs::create_dir_all(dir).unwrap();
+            std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        fs::write(&res, "").unwrap();
+        std::os::unix::fs::chown(&res, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    fs::set_permissions(src.join("secret.db"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(src.join("private"), fs::Permissions::from_mode(0o000)).unwrap();
+    let env = with(local_env(&repo), &[("STOWAGE_RESULT_FILE", path(&res))]);
+    let mut c = mover();
+    c.envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["backup", path(&src)]);
+    if as_root {
+        c.uid(NOBODY).gid(NOBODY);
+    }
+    let r: Run = c.output().unwrap().into();
+    fs::set_permissions(src.join("private"), fs::Permissions::from_mode(0o755)).unwrap();
+    let r = r.failed(3, "could not be read");
+    let result = r.result();
+    assert!(!result.ok, "{result:?}");
+    assert_eq!(result.reason.as_deref(), Some("Partial"));
+    assert_eq!(result.skipped, 2, "{result:?}");
+    let mut paths = result.skipped_paths.clone();
+    paths.sort();
+    assert_eq!(paths, vec!["private".to_string(), "secret.db".to_string()]);
+    assert!(result.error.as_deref().unwrap().contains("secret.db"));
+    let written: stowage_mover::report::RunResult =
+        serde_json::from_str(&fs::read_to_string(&res).unwrap()).unwrap();
+    assert_eq!(written, result, "the result file says the same");
+    // The snapshot of what could be read is there and restores.
+    let id = result.snapshot.expect("the snapshot of the rest is stored");
+    run(&env, &["restore", path(&out), "--snapshot", &id]).ok();
+    assert!(out.join("d0000").is_dir());
+    assert!(!out.join("secret.db").exists());
+    assert!(!out.join("private/inside").exists());
+}
+
+/// A rate limit of 0 is no limit, as in restic (it meant 1 byte/s: the mover hung
+/// without a word).
+#[test]
+fn rate_limits_of_zero_are_no_limit() {
+    let d = tmp();
+    let (src, repo, out) = (join(&d, "src"), join(&d, "repo"), join(&d, "out"));
+    trees::many_small(&src, 20, 1);
+    trees::write_random(&src.join("big.bin"), 2 << 20, 2);
+    let env = with(
+        local_env(&repo),
+        &[
+            ("STOWAGE_LIMIT_UPLOAD", "0"),
+            ("STOWAGE_LIMIT_DOWNLOAD", "0"),
+        ],
+    );
+    for args in [vec!["backup", path(&src)], vec!["restore", path(&out)]] {
+        let mut child = mover()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait().unwrap()));
+        // At 1 byte/s the first repository file alone takes minutes.
+        let status = rx.recv_timeout(Duration::from_secs(60)).ok();
+        if status.is_none() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{args:?} with limits of 0: {status:?} (none: still running after 60 s)"
+        );
+    }
+    assert_same_tree(&src, &out);
 }
 
 #[test]
@@ -257,13 +401,13 @@ fn wrong_password_is_a_clear_error_and_changes_nothing() {
     run(&local_env(&repo), &["backup", path(&src)]).ok();
     let before = fs::read_dir(repo.join("snapshots")).unwrap().count();
     let bad = with(local_env(&repo), &[("RESTIC_PASSWORD", "wrong")]);
-    let r = run(&bad, &["backup", path(&src)]).failed(1, "password opens no key");
+    let r = run(&bad, &["backup", path(&src)]).failed(12, "password opens no key");
     assert!(
         !r.stderr.contains("wrong"),
         "the password is not echoed: {}",
         r.stderr
     );
-    run(&bad, &["restore", path(&join(&d, "out"))]).failed(1, "password opens no key");
+    run(&bad, &["restore", path(&join(&d, "out"))]).failed(12, "password opens no key");
     assert_eq!(
         fs::read_dir(repo.join("snapshots")).unwrap().count(),
         before
@@ -316,6 +460,85 @@ fn bad_configuration_exits_2_and_names_the_problem() {
     .failed(2, "not supported");
 }
 
+/// An environment the mover cannot use still gets a result (reason `Config`) in the
+/// result file, where the scheduler reads why the Job failed.
+#[test]
+fn environment_errors_write_the_result_with_reason_config() {
+    let d = tmp();
+    let (src, res) = (join(&d, "src"), join(&d, "result"));
+    fs::create_dir_all(&src).unwrap();
+    let env = with(
+        local_env(&join(&d, "r")),
+        &[
+            ("STOWAGE_S3_CONCURRENCY", "many"),
+            ("STOWAGE_RESULT_FILE", path(&res)),
+        ],
+    );
+    let r = run(&env, &["backup", path(&src)]).failed(2, "STOWAGE_S3_CONCURRENCY");
+    let written: stowage_mover::report::RunResult =
+        serde_json::from_str(&fs::read_to_string(&res).unwrap()).unwrap();
+    assert_eq!(written, r.result());
+    assert!(!written.ok);
+    assert_eq!(written.reason.as_deref(), Some("Config"));
+    assert!(written.error.unwrap().contains("STOWAGE_S3_CONCURRENCY"));
+}
+
+/// A repository URL with `user:password@` is refused (it was accepted and logged at
+/// INFO); the password appears nowhere: not in the log, the result line or file.
+#[test]
+fn credentials_in_the_repository_url_are_refused_and_never_shown() {
+    let d = tmp();
+    let (src, res) = (join(&d, "src"), join(&d, "result"));
+    trees::many_small(&src, 3, 1);
+    let secret = "hunter2-in-the-url";
+    let env = with(
+        local_env(&join(&d, "r")),
+        &[
+            (
+                "RESTIC_REPOSITORY",
+                &format!("s3:https://AKIDEXAMPLE:{secret}@s3.lan/bucket/ns/pvc"),
+            ),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("STOWAGE_RESULT_FILE", path(&res)),
+            ("STOWAGE_LOG", "debug"),
+        ],
+    );
+    for cmd in ["backup", "restore"] {
+        let r = run(&env, &[cmd, path(&src)]).failed(2, "credentials in the URL are refused");
+        assert!(
+            r.stderr.contains("s3:https://***@s3.lan/bucket/ns/pvc"),
+            "{}",
+            r.stderr
+        );
+        let file = fs::read_to_string(&res).unwrap();
+        assert!(file.contains("\"reason\":\"Config\""), "{file}");
+        for (what, text) in [
+            ("stderr", &r.stderr),
+            ("stdout", &r.stdout),
+            ("result file", &file),
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{cmd}: the password is in {what}: {text}"
+            );
+        }
+    }
+}
+
+/// An invalid `STOWAGE_LOG` is a configuration error naming the variable and the value
+/// (it silently fell back to `info`).
+#[test]
+fn invalid_log_filter_is_a_configuration_error() {
+    let d = tmp();
+    let env = with(
+        local_env(&join(&d, "r")),
+        &[("STOWAGE_LOG", "info,stowage=loud")],
+    );
+    let r = run(&env, &["snapshots"]).failed(2, "STOWAGE_LOG");
+    assert!(r.stderr.contains("info,stowage=loud"), "{}", r.stderr);
+}
+
 #[test]
 fn password_file_and_repo_flags_work() {
     let d = tmp();
@@ -339,7 +562,7 @@ fn password_file_and_repo_flags_work() {
 }
 
 #[test]
-fn fresh_exclusive_lock_blocks_with_exit_3_and_stale_one_does_not() {
+fn fresh_exclusive_lock_blocks_with_exit_11_and_stale_one_does_not() {
     let d = tmp();
     let (src, repo) = (join(&d, "src"), join(&d, "repo"));
     trees::many_small(&src, 5, 1);
@@ -358,7 +581,7 @@ fn fresh_exclusive_lock_blocks_with_exit_3_and_stale_one_does_not() {
     info.hostname = "prune-host".into();
     let (name, data) = locks::encode(&key, &info);
     access.storage.write(locks::LOCKS_DIR, &name, data).unwrap();
-    let r = run(&env, &["backup", path(&src)]).failed(3, "exclusive lock");
+    let r = run(&env, &["backup", path(&src)]).failed(11, "exclusive lock");
     assert!(r.stderr.contains("prune-host"), "{}", r.stderr);
     // restic sees our lock file the same way.
     let listed = restic(&env, &["list", "locks", "--no-lock"], None).ok();
@@ -410,7 +633,7 @@ fn result_file_gets_the_json_line() {
         serde_json::from_str(&fs::read_to_string(&res).unwrap()).unwrap();
     assert_eq!(written, r);
     let bad = with(env, &[("RESTIC_PASSWORD", "nope")]);
-    run(&bad, &["backup", path(&src)]).failed(1, "password");
+    run(&bad, &["backup", path(&src)]).failed(12, "password");
     let failed: stowage_mover::report::RunResult =
         serde_json::from_str(&fs::read_to_string(&res).unwrap()).unwrap();
     assert!(!failed.ok && failed.error.unwrap().contains("password"));
@@ -427,6 +650,19 @@ fn help_is_there_for_every_command() {
     ] {
         let r = run(&[], &cmd).ok();
         assert!(r.stdout.contains("Usage:"), "{cmd:?}: {}", r.stdout);
+        for status in [
+            "3    partial backup",
+            "10   no repository",
+            "11   repository locked",
+            "12   wrong password",
+            "143 stopped by SIGTERM",
+        ] {
+            assert!(
+                r.stdout.contains(status),
+                "{cmd:?} lacks {status:?}: {}",
+                r.stdout
+            );
+        }
     }
 }
 

@@ -114,8 +114,8 @@ fn wrong_password_over_s3_is_named_and_writes_nothing() {
     let repo = repo("password");
     run(&s3_env(&repo), &["backup", path(&src)]).ok();
     let bad = with(s3_env(&repo), &[("RESTIC_PASSWORD", "not the password")]);
-    run(&bad, &["backup", path(&src)]).failed(1, "password opens no key");
-    run(&bad, &["restore", path(&join(&d, "out"))]).failed(1, "password opens no key");
+    run(&bad, &["backup", path(&src)]).failed(12, "password opens no key");
+    run(&bad, &["restore", path(&join(&d, "out"))]).failed(12, "password opens no key");
     let snaps = restic(&s3_env(&repo), &["snapshots", "--json"], None).ok();
     assert_eq!(
         serde_json::from_str::<Vec<serde_json::Value>>(&snaps.stdout)

@@ -36,6 +36,12 @@ pub enum Fault {
     TruncateBody,
     /// Forward after a delay.
     Delay(Duration),
+    /// Read the request, then neither answer nor close: a server that accepts
+    /// connections but is stopped or wedged (held until the proxy stops).
+    Hang,
+    /// Forward, send the response head and half the body, then hold the connection
+    /// open without sending more: a transfer that stops moving.
+    StallBody,
 }
 
 /// Faults at rates: each request gets at most one, chosen by a hash of (`seed`, its
@@ -49,6 +55,10 @@ pub struct Rates {
     pub truncate_body: f64,
     /// Share of requests delayed by `delay_by` (then forwarded).
     pub delay: f64,
+    /// Share of requests left without an answer ([`Fault::Hang`]).
+    pub hang: f64,
+    /// Share of requests whose answer stops halfway ([`Fault::StallBody`]).
+    pub stall_body: f64,
     pub delay_by: Duration,
     /// Only requests of this method (`GET`, `PUT`, `DELETE`...); `None`: all.
     pub method: Option<String>,
@@ -72,6 +82,8 @@ impl Rates {
             reset: 0.05,
             truncate_body: 0.05,
             delay: 0.05,
+            hang: 0.0,
+            stall_body: 0.0,
             delay_by: Duration::from_millis(200),
             method: None,
             path: None,
@@ -88,6 +100,8 @@ impl Rates {
             (self.reset, Fault::Reset),
             (self.truncate_body, Fault::TruncateBody),
             (self.delay, Fault::Delay(self.delay_by)),
+            (self.hang, Fault::Hang),
+            (self.stall_body, Fault::StallBody),
         ] {
             edge += rate;
             if u < edge {
@@ -115,11 +129,13 @@ pub struct Injected {
     pub reset: u64,
     pub truncate: u64,
     pub delay: u64,
+    /// Requests left hanging ([`Fault::Hang`], [`Fault::StallBody`]).
+    pub hang: u64,
 }
 
 impl Injected {
     pub fn total(&self) -> u64 {
-        self.slow_down + self.internal_error + self.reset + self.truncate + self.delay
+        self.slow_down + self.internal_error + self.reset + self.truncate + self.delay + self.hang
     }
 }
 
@@ -155,6 +171,7 @@ impl Shared {
             Fault::Reset => i.reset += 1,
             Fault::Truncate(_) | Fault::TruncateBody => i.truncate += 1,
             Fault::Delay(_) => i.delay += 1,
+            Fault::Hang | Fault::StallBody => i.hang += 1,
         }
     }
 
@@ -393,6 +410,10 @@ async fn handle(mut client: TcpStream, upstream: &str, shared: &Shared) -> std::
                 .await;
         }
         Some(Fault::Reset) => return Ok(()),
+        Some(Fault::Hang) => {
+            // Keep the connection (the task owns it) and say nothing.
+            std::future::pending::<()>().await;
+        }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         _ => {}
     }
@@ -427,7 +448,7 @@ async fn handle(mut client: TcpStream, upstream: &str, shared: &Shared) -> std::
                 }
                 Ok::<_, std::io::Error>(())
             }
-            Some(Fault::TruncateBody) => {
+            Some(Fault::TruncateBody | Fault::StallBody) => {
                 let mut got = Vec::new();
                 let mut b = [0u8; 8192];
                 let mut cut = None;
@@ -452,7 +473,12 @@ async fn handle(mut client: TcpStream, upstream: &str, shared: &Shared) -> std::
                     }
                 }
                 let c = cut.unwrap_or(got.len() / 2).min(got.len());
-                cw.write_all(&got[..c]).await
+                cw.write_all(&got[..c]).await?;
+                if fault == Some(Fault::StallBody) {
+                    cw.flush().await?;
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
             }
             _ => tokio::io::copy(&mut sr, &mut cw).await.map(|_| ()),
         }

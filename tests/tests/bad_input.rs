@@ -460,11 +460,11 @@ fn wrong_repository_password_is_named_and_writes_nothing() {
         "check RESTIC_PASSWORD",
     ];
     let backup = mover(&bad, &["backup", path(&src)]);
-    failed(&backup, 1, &needles);
+    failed(&backup, 12, &needles);
     assert_eq!(result_reason(&result), "WrongPassword");
     let target = d.path().join("out");
     let restore = mover(&bad, &["restore", path(&target)]);
-    failed(&restore, 1, &needles);
+    failed(&restore, 12, &needles);
     assert!(nothing_in(&target), "nothing restored");
     assert_eq!(snapshots(&env).len(), 1, "nothing written");
     assert_eq!(locks(&env), "", "no lock left behind");
@@ -472,6 +472,29 @@ fn wrong_repository_password_is_named_and_writes_nothing() {
     scan.secret("wrong password", wrong)
         .text("result", std::fs::read_to_string(&result).unwrap())
         .assert_clean();
+}
+
+/// An invalid `STOWAGE_LOG` filter is refused by every program, naming the variable
+/// and the value (it silently fell back to `info`).
+#[test]
+fn invalid_log_filter_is_refused_by_every_program() {
+    let env = vec![("STOWAGE_LOG".to_string(), "info,stowage=loud".to_string())];
+    for (name, args) in [
+        ("stowage-mover", &["snapshots"][..]),
+        ("stowage-scheduler", &[][..]),
+        ("stowage-gc", &[][..]),
+        ("stowage-prewarm", &[][..]),
+    ] {
+        let o = program(name, &env, args);
+        assert_eq!(code(&o), 2, "{name}: {}", log_of(&o));
+        let err = stderr(&o);
+        for needle in ["STOWAGE_LOG", "info,stowage=loud", "not a valid log filter"] {
+            assert!(
+                err.contains(needle),
+                "{name}: stderr lacks {needle:?}:\n{err}"
+            );
+        }
+    }
 }
 
 #[test]

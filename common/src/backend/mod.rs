@@ -28,10 +28,12 @@ pub struct BackendOptions {
 }
 
 impl BackendOptions {
+    /// A limit of 0 is no limit, as in restic (it used to mean 1 byte/s, and a run
+    /// hung without a word).
     pub fn from_env(common: &CommonEnv) -> Self {
         Self {
-            limit_upload: common.limit_upload,
-            limit_download: common.limit_download,
+            limit_upload: common.limit_upload.filter(|&k| k > 0),
+            limit_download: common.limit_download.filter(|&k| k > 0),
             read_budget_mib: common.read_budget_mib,
         }
     }
@@ -123,7 +125,7 @@ impl Storage {
             }
             Storage::S3(s3) => Ok(s3
                 .list_keys(dir)
-                .map_err(Error::Storage)?
+                .map_err(Error::from)?
                 .into_iter()
                 .filter_map(|(k, size)| Some((k.rsplit('/').next()?.to_string(), size)))
                 .collect()),
@@ -143,7 +145,7 @@ impl Storage {
             }
             Storage::S3(s3) => s3
                 .get_key(&s3.settings().location.key(&format!("{dir}/{name}")))
-                .map_err(Error::Storage),
+                .map_err(Error::from),
         }
     }
 
@@ -157,7 +159,7 @@ impl Storage {
             }
             Storage::S3(s3) => s3
                 .put_key(&s3.settings().location.key(&format!("{dir}/{name}")), data)
-                .map_err(Error::Storage),
+                .map_err(Error::from),
         }
     }
 
@@ -174,7 +176,7 @@ impl Storage {
             }
             Storage::S3(s3) => s3
                 .delete_key(&s3.settings().location.key(&format!("{dir}/{name}")))
-                .map_err(Error::Storage),
+                .map_err(Error::from),
         }
     }
 
@@ -183,11 +185,34 @@ impl Storage {
     pub fn check_access(&self) -> Result<(), Error> {
         match self {
             Storage::Local(_) => Ok(()),
-            Storage::S3(s3) => s3.check_bucket().map_err(Error::Storage),
+            Storage::S3(s3) => s3.check_bucket().map_err(Error::from),
         }
     }
 }
 
 fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
     Error::Storage(format!("cannot {op} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_of_zero_is_no_limit() {
+        let common = CommonEnv {
+            limit_upload: Some(0),
+            limit_download: Some(0),
+            ..Default::default()
+        };
+        let o = BackendOptions::from_env(&common);
+        assert_eq!((o.limit_upload, o.limit_download), (None, None));
+        let common = CommonEnv {
+            limit_upload: Some(512),
+            limit_download: None,
+            ..Default::default()
+        };
+        let o = BackendOptions::from_env(&common);
+        assert_eq!((o.limit_upload, o.limit_download), (Some(512), None));
+    }
 }

@@ -38,7 +38,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::s3::{Failure, S3Settings, classify, describe};
+use crate::s3::{Failure, S3Error, S3Settings, stuck_message};
 
 /// Byte and request counters, for progress, summaries and tests.
 #[derive(Debug, Default)]
@@ -91,7 +91,7 @@ impl Inner {
 }
 
 /// A queued pack upload.
-type Upload = JoinHandle<Result<(), String>>;
+type Upload = JoinHandle<Result<(), S3Error>>;
 
 /// The S3 backend. Cheap to clone; clones share the runtime and the upload queue.
 #[derive(Clone)]
@@ -100,7 +100,7 @@ pub struct S3Backend {
     rt: Arc<Runtime>,
     permits: Arc<Semaphore>,
     pending: Arc<Mutex<Vec<Upload>>>,
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Option<S3Error>>>,
     tree_packs: Arc<TreePacks>,
 }
 
@@ -131,6 +131,18 @@ impl std::fmt::Debug for S3Backend {
 
 fn backend_error(msg: String) -> Box<RusticError> {
     RusticError::new(ErrorKind::Backend, msg)
+}
+
+/// A failed request as rustic_core carries it; a stuck one keeps its kind (see
+/// [`crate::Error::StorageTimeout`]).
+fn request_error(e: S3Error) -> Box<RusticError> {
+    let stuck = e.failure == Failure::Timeout;
+    let err = backend_error(e.message);
+    if stuck {
+        err.attach_error_code(crate::error::STUCK_REQUEST_CODE)
+    } else {
+        err
+    }
 }
 
 impl S3Backend {
@@ -198,8 +210,11 @@ impl S3Backend {
         let handles: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap());
         self.settle(handles);
         match &*self.failed.lock().unwrap() {
-            Some(e) => Err(backend_error(format!(
-                "an earlier pack upload failed, so nothing that refers to it is written: {e}"
+            Some(e) => Err(request_error(S3Error::new(
+                e.failure,
+                format!(
+                    "an earlier pack upload failed, so nothing that refers to it is written: {e}"
+                ),
             ))),
             None => Ok(()),
         }
@@ -211,14 +226,16 @@ impl S3Backend {
             let err = match self.rt.block_on(h) {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => e,
-                Err(join) => format!("pack upload task failed: {join}"),
+                Err(join) => {
+                    S3Error::new(Failure::Other, format!("pack upload task failed: {join}"))
+                }
             };
             self.failed.lock().unwrap().get_or_insert(err);
         }
     }
 
     /// Lists `(key, size)` of all objects under `dir/` of the repository.
-    pub fn list_keys(&self, dir: &str) -> Result<Vec<(String, u64)>, String> {
+    pub fn list_keys(&self, dir: &str) -> Result<Vec<(String, u64)>, S3Error> {
         let inner = self.inner.clone();
         let prefix = format!("{}/", inner.settings.location.key(dir));
         self.rt
@@ -226,26 +243,26 @@ impl S3Backend {
     }
 
     /// Reads a whole object by key. `Ok(None)` when it does not exist.
-    pub fn get_key(&self, key: &str) -> Result<Option<Bytes>, String> {
+    pub fn get_key(&self, key: &str) -> Result<Option<Bytes>, S3Error> {
         let inner = self.inner.clone();
         let key = key.to_string();
         self.rt.block_on(async move {
             match get_object(&inner, &key, None).await {
                 Ok(b) => Ok(Some(b)),
-                Err((Failure::NotFound, _)) => Ok(None),
-                Err((_, msg)) => Err(msg),
+                Err(e) if e.failure == Failure::NotFound => Ok(None),
+                Err(e) => Err(e),
             }
         })
     }
 
-    pub fn put_key(&self, key: &str, body: Bytes) -> Result<(), String> {
+    pub fn put_key(&self, key: &str, body: Bytes) -> Result<(), S3Error> {
         let inner = self.inner.clone();
         let key = key.to_string();
         self.rt
             .block_on(async move { put_object(&inner, &key, Payload::Whole(body)).await })
     }
 
-    pub fn delete_key(&self, key: &str) -> Result<(), String> {
+    pub fn delete_key(&self, key: &str) -> Result<(), S3Error> {
         let inner = self.inner.clone();
         let key = key.to_string();
         self.rt.block_on(async move {
@@ -258,12 +275,12 @@ impl S3Backend {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| describe(&e, "delete", &key, &inner.settings))
+                .map_err(|e| S3Error::from_sdk(&e, "delete", &key, &inner.settings))
         })
     }
 
     /// Checks that the bucket exists and the keys may use it.
-    pub fn check_bucket(&self) -> Result<(), String> {
+    pub fn check_bucket(&self) -> Result<(), S3Error> {
         let inner = self.inner.clone();
         self.rt.block_on(async move {
             inner.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -278,12 +295,12 @@ impl S3Backend {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| describe(&e, "access to", "the bucket", &inner.settings))
+                .map_err(|e| S3Error::from_sdk(&e, "access to", "the bucket", &inner.settings))
         })
     }
 }
 
-async fn list_prefix(inner: &Inner, prefix: &str) -> Result<Vec<(String, u64)>, String> {
+async fn list_prefix(inner: &Inner, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -296,7 +313,7 @@ async fn list_prefix(inner: &Inner, prefix: &str) -> Result<Vec<(String, u64)>, 
             .set_continuation_token(token.take())
             .send()
             .await
-            .map_err(|e| describe(&e, "list", prefix, &inner.settings))?;
+            .map_err(|e| S3Error::from_sdk(&e, "list", prefix, &inner.settings))?;
         for obj in resp.contents() {
             if let Some(k) = obj.key() {
                 out.push((k.to_string(), obj.size().unwrap_or(0).max(0) as u64));
@@ -311,12 +328,9 @@ async fn list_prefix(inner: &Inner, prefix: &str) -> Result<Vec<(String, u64)>, 
 }
 
 /// GET with retries that also cover a connection dropped while the body streams
-/// (the SDK retries only until the response headers arrive).
-async fn get_object(
-    inner: &Inner,
-    key: &str,
-    range: Option<(u64, u32)>,
-) -> Result<Bytes, (Failure, String)> {
+/// (the SDK retries only until the response headers arrive) and a body that stops
+/// moving for the stuck-request timeout.
+async fn get_object(inner: &Inner, key: &str, range: Option<(u64, u32)>) -> Result<Bytes, S3Error> {
     let settings = &inner.settings;
     let mut attempt = 0;
     loop {
@@ -335,48 +349,86 @@ async fn get_object(
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return Err((classify(&e), describe(&e, "read", key, settings))),
+            Err(e) => return Err(S3Error::from_sdk(&e, "read", key, settings)),
         };
-        match resp.body.collect().await {
-            Ok(data) => {
-                let bytes = data.into_bytes();
-                if let Some((_, len)) = range
-                    && bytes.len() != len as usize
-                {
-                    if attempt < settings.max_attempts {
-                        tracing::warn!(
-                            key,
-                            attempt,
-                            got = bytes.len(),
-                            want = len,
-                            "short read from S3, retrying"
-                        );
-                        backoff(settings, attempt).await;
-                        continue;
-                    }
-                    return Err((
-                        Failure::Other,
-                        format!("S3 read {key}: got {} bytes, expected {len}", bytes.len()),
-                    ));
-                }
-                inner
-                    .stats
-                    .downloaded_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                return Ok(bytes);
-            }
+        let body = match read_body(resp.body, settings.stall_timeout).await {
+            Ok(b) => b,
             Err(e) if attempt < settings.max_attempts => {
                 tracing::warn!(key, attempt, error = %e, "S3 read interrupted, retrying");
                 backoff(settings, attempt).await;
+                continue;
             }
-            Err(e) => {
-                return Err((
+            Err(BodyError::Stuck) => {
+                return Err(S3Error::new(
+                    Failure::Timeout,
+                    stuck_message("read", key, settings),
+                ));
+            }
+            Err(BodyError::Lost(e)) => {
+                return Err(S3Error::new(
                     Failure::Unreachable,
                     format!(
                         "S3 read {key}: connection lost while reading ({e}), gave up after {attempt} attempts"
                     ),
                 ));
             }
+        };
+        if let Some((_, len)) = range
+            && body.len() != len as usize
+        {
+            if attempt < settings.max_attempts {
+                tracing::warn!(
+                    key,
+                    attempt,
+                    got = body.len(),
+                    want = len,
+                    "short read from S3, retrying"
+                );
+                backoff(settings, attempt).await;
+                continue;
+            }
+            return Err(S3Error::new(
+                Failure::Other,
+                format!("S3 read {key}: got {} bytes, expected {len}", body.len()),
+            ));
+        }
+        inner
+            .stats
+            .downloaded_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        return Ok(body);
+    }
+}
+
+/// Why a response body could not be read.
+#[derive(Debug)]
+enum BodyError {
+    /// Nothing arrived for the stuck-request timeout.
+    Stuck,
+    /// The connection failed.
+    Lost(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Stuck => f.write_str("no data for the stuck-request timeout"),
+            BodyError::Lost(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Reads a whole body; each piece must arrive within `stuck` of the one before (the
+/// SDK's stalled-stream protection is off for downloads so that this is known for what
+/// it is).
+async fn read_body(mut body: ByteStream, stuck: Duration) -> Result<Bytes, BodyError> {
+    let mut parts = Vec::new();
+    loop {
+        match tokio::time::timeout(stuck, body.next()).await {
+            Err(_) => return Err(BodyError::Stuck),
+            Ok(None) => return Ok(concat(parts)),
+            Ok(Some(Ok(b))) => parts.push(b),
+            Ok(Some(Err(e))) => return Err(BodyError::Lost(e.to_string())),
         }
     }
 }
@@ -410,7 +462,7 @@ impl Payload {
     }
 }
 
-async fn put_object(inner: &Inner, key: &str, payload: Payload) -> Result<(), String> {
+async fn put_object(inner: &Inner, key: &str, payload: Payload) -> Result<(), S3Error> {
     let settings = &inner.settings;
     let len = payload.len();
     if len > settings.multipart_threshold {
@@ -437,7 +489,7 @@ async fn put_object(inner: &Inner, key: &str, payload: Payload) -> Result<(), St
         };
         req.send()
             .await
-            .map_err(|e| describe(&e, "write", key, settings))?;
+            .map_err(|e| S3Error::from_sdk(&e, "write", key, settings))?;
     }
     inner.stats.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
     inner.stats.uploaded_objects.fetch_add(1, Ordering::Relaxed);
@@ -509,7 +561,7 @@ impl Intercept for PayloadHash {
     }
 }
 
-async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), String> {
+async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), S3Error> {
     let settings = &inner.settings;
     let bucket = &settings.location.bucket;
     inner.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -520,14 +572,19 @@ async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), Stri
         .key(key)
         .send()
         .await
-        .map_err(|e| describe(&e, "start multipart upload of", key, settings))?;
+        .map_err(|e| S3Error::from_sdk(&e, "start multipart upload of", key, settings))?;
     inner
         .stats
         .multipart_uploads
         .fetch_add(1, Ordering::Relaxed);
     let upload_id = created
         .upload_id()
-        .ok_or_else(|| format!("S3 multipart upload of {key}: server returned no upload id"))?
+        .ok_or_else(|| {
+            S3Error::new(
+                Failure::Other,
+                format!("S3 multipart upload of {key}: server returned no upload id"),
+            )
+        })?
         .to_string();
     let result = async {
         let mut parts = Vec::new();
@@ -552,7 +609,7 @@ async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), Stri
             }
             .send()
             .await
-            .map_err(|e| describe(&e, &format!("upload part {n} of"), key, settings))?;
+            .map_err(|e| S3Error::from_sdk(&e, &format!("upload part {n} of"), key, settings))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(n)
@@ -574,8 +631,8 @@ async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), Stri
             )
             .send()
             .await
-            .map_err(|e| describe(&e, "complete multipart upload of", key, settings))?;
-        Ok::<(), String>(())
+            .map_err(|e| S3Error::from_sdk(&e, "complete multipart upload of", key, settings))?;
+        Ok::<(), S3Error>(())
     }
     .await;
     if result.is_err() {
@@ -593,15 +650,20 @@ async fn put_multipart(inner: &Inner, key: &str, body: Bytes) -> Result<(), Stri
     result
 }
 
-/// An attempt timeout
-/// that lets a pack through a slow home uplink (at least 64 KiB/s assumed) while a
-/// hung connection is still cut and retried.
+/// The attempt timeout of an upload of `len` bytes: the stuck-request timeout plus
+/// the time the body takes over a slow home uplink (at least 64 KiB/s assumed). A body
+/// that stops moving is cut off sooner, after the stuck-request timeout (the client's
+/// stalled-stream protection, see `S3Settings::client`).
+pub fn upload_attempt_timeout(stuck: Duration, len: u64) -> Duration {
+    stuck + Duration::from_secs(len / (64 * 1024))
+}
+
 fn with_timeout<T, E, B>(
     req: aws_sdk_s3::client::customize::CustomizableOperation<T, E, B>,
     settings: &S3Settings,
     len: u64,
 ) -> aws_sdk_s3::client::customize::CustomizableOperation<T, E, B> {
-    let secs = (len / (64 * 1024)).max(settings.attempt_timeout.as_secs());
+    let secs = upload_attempt_timeout(settings.stuck_timeout, len).as_secs();
     req.config_override(
         aws_sdk_s3::config::Builder::default().timeout_config(
             aws_sdk_s3::config::timeout::TimeoutConfig::builder()
@@ -647,12 +709,12 @@ impl ReadBackend for S3Backend {
                         .await
                         .map(|v| v.into_iter().find(|(k, _)| *k == key))
                 })
-                .map_err(backend_error)?;
+                .map_err(request_error)?;
             return Ok(found
                 .map(|(_, size)| vec![(Id::default(), u32::try_from(size).unwrap_or(u32::MAX))])
                 .unwrap_or_default());
         }
-        let keys = self.list_keys(tpe.dirname()).map_err(backend_error)?;
+        let keys = self.list_keys(tpe.dirname()).map_err(request_error)?;
         Ok(keys
             .into_iter()
             .filter_map(|(k, size)| {
@@ -668,7 +730,7 @@ impl ReadBackend for S3Backend {
         let inner = self.inner.clone();
         self.rt
             .block_on(async move { get_object(&inner, &key, None).await })
-            .map_err(|(_, m)| backend_error(m))
+            .map_err(request_error)
     }
 
     fn read_partial(
@@ -702,7 +764,7 @@ impl ReadBackend for S3Backend {
             .block_on(
                 async move { get_object(&inner, &key, Some((u64::from(offset), length))).await },
             )
-            .map_err(|(_, m)| backend_error(m))
+            .map_err(request_error)
     }
 
     fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
@@ -713,7 +775,7 @@ impl ReadBackend for S3Backend {
 impl WriteBackend for S3Backend {
     fn create(&self) -> RusticResult<()> {
         // S3 has no directories; only make sure the bucket is there and usable.
-        self.check_bucket().map_err(backend_error)
+        self.check_bucket().map_err(request_error)
     }
 
     fn write_bytes(
@@ -732,14 +794,17 @@ impl WriteBackend for S3Backend {
             return self
                 .rt
                 .block_on(async move { put_object(&inner, &key, body).await })
-                .map_err(backend_error);
+                .map_err(request_error);
         }
         let body = Payload::Pack {
             parts: buf.into_vec(),
             sha256: id.to_hex().to_string(),
         };
         if let Some(e) = &*self.failed.lock().unwrap() {
-            return Err(backend_error(format!("an earlier pack upload failed: {e}")));
+            return Err(request_error(S3Error::new(
+                e.failure,
+                format!("an earlier pack upload failed: {e}"),
+            )));
         }
         // Bounded queue: at most `concurrency` packs in flight (and in memory).
         let permit = self
@@ -767,6 +832,6 @@ impl WriteBackend for S3Backend {
     fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
         self.flush()?;
         let key = self.key_of(tpe, id);
-        self.delete_key(&key).map_err(backend_error)
+        self.delete_key(&key).map_err(request_error)
     }
 }

@@ -73,8 +73,13 @@ impl Shaped {
                 released: Condvar::new(),
                 total,
             }),
-            up: up_kib.map(|k| RateLimiter::new(k * 1024)),
-            down: down_kib.map(|k| RateLimiter::new(k * 1024)),
+            // 0 is no limit (restic's meaning).
+            up: up_kib
+                .filter(|&k| k > 0)
+                .map(|k| RateLimiter::new(k * 1024)),
+            down: down_kib
+                .filter(|&k| k > 0)
+                .map(|k| RateLimiter::new(k * 1024)),
         }
     }
 
