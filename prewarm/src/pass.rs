@@ -295,6 +295,7 @@ async fn repo_credentials(
             access_key_id: central.access_key_id,
             secret_access_key: central.secret_access_key,
             region: region(&ctx.cfg),
+            ca_bundle: credentials::load_ca_bundle(&ctx.cfg.common, &ctx.cfg.restic)?,
         });
     };
     let s = Api::<Secret>::namespaced(ctx.client.clone(), &u.namespace)
@@ -336,6 +337,7 @@ async fn repo_credentials(
         access_key_id: get(k::AWS_ACCESS_KEY_ID).unwrap_or_default(),
         secret_access_key: get(k::AWS_SECRET_ACCESS_KEY).unwrap_or_default(),
         region: get(k::AWS_DEFAULT_REGION).or_else(|| region(&ctx.cfg)),
+        ca_bundle: credentials::load_ca_bundle(&ctx.cfg.common, &ctx.cfg.restic)?,
     })
 }
 
@@ -1344,6 +1346,21 @@ async fn start_job(
     snapshot: &str,
     report: &mut Report,
 ) -> Result<(), String> {
+    // Restores follow the PVC's annotation only: prewarm reads no backup policies.
+    let deadline = match mover_job::deadline(
+        u.size.as_deref().map(quantity_bytes).unwrap_or_default(),
+        None,
+        u.annotations
+            .get(contract::user::MOVER_DEADLINE)
+            .map(String::as_str),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            note(ctx, u, reason::INVALID_MOVER_DEADLINE, &e, true).await;
+            report.waiting.insert(u.key(), e);
+            return Ok(());
+        }
+    };
     let creds =
         match repo_credentials(ctx, u, prime.secret.as_deref(), &prime.repository, None).await {
             Ok(c) => c,
@@ -1372,8 +1389,8 @@ async fn start_job(
     // replaces whatever a killed attempt left.
     spec.args = vec!["--snapshot".into(), snapshot.into(), "--replace".into()];
     spec.env = mover_env(&ctx.cfg);
-    spec.active_deadline_seconds =
-        mover_job::active_deadline_for(u.size.as_deref().map(quantity_bytes).unwrap_or_default());
+    spec.active_deadline_seconds = deadline;
+    spec.ca_from_secret = creds.ca_bundle.is_some();
     spec.annotations.insert(pc::prime::FOR_PVC.into(), u.key());
     let job = mover_job::mover_job(&spec);
     let jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns);

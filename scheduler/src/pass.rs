@@ -773,6 +773,7 @@ async fn run_credentials(
             .aws_default_region
             .clone()
             .or_else(|| ctx.cfg.restic.aws_region.clone()),
+        ca_bundle: credentials::load_ca_bundle(&ctx.cfg.common, &ctx.cfg.restic)?,
     }))
 }
 
@@ -1190,7 +1191,8 @@ async fn start_backup(
     if let Some(c) = &start.cpu {
         spec.cpu = c.clone();
     }
-    spec.active_deadline_seconds = mover_job::active_deadline_for(f.capacity_bytes);
+    spec.active_deadline_seconds = start.deadline_seconds;
+    spec.ca_from_secret = creds.as_ref().is_some_and(|c| c.ca_bundle.is_some());
     spec.env = mover_env(ctx.cfg, start);
     if let Some(p) = &prepared {
         spec.claim = p.claim.clone();

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{NodeSelector, Toleration};
 use stowage_common::k8s::contract::{self, consistency, user};
 use stowage_common::k8s::copy::CopyMethod;
 use stowage_common::k8s::hooks::{self, Hook, Phase};
-use stowage_common::k8s::mover_job::{Placement, RunAs};
+use stowage_common::k8s::mover_job::{self, Placement, RunAs};
 use stowage_common::k8s::naming::{self, Operation};
 use stowage_common::k8s::policy::{Policies, PolicyProblem};
 use stowage_common::schedule::{self, Due, RunHistory};
@@ -99,6 +99,7 @@ pub enum SkipReason {
     NoMoverUser,
     InvalidCopyMethod,
     InvalidHook,
+    InvalidDeadline,
     ConcurrencyLimit,
 }
 
@@ -119,6 +120,7 @@ impl SkipReason {
             SkipReason::NoMoverUser => "no_mover_user",
             SkipReason::InvalidCopyMethod => "invalid_copy_method",
             SkipReason::InvalidHook => "invalid_hook",
+            SkipReason::InvalidDeadline => "invalid_deadline",
             SkipReason::ConcurrencyLimit => "concurrency_limit",
         }
     }
@@ -134,6 +136,7 @@ impl SkipReason {
             SkipReason::NoMoverUser => Some(r::MOVER_USER_UNKNOWN),
             SkipReason::InvalidCopyMethod => Some(consistency::reason::INVALID_COPY_METHOD),
             SkipReason::InvalidHook => Some(consistency::reason::INVALID_HOOK),
+            SkipReason::InvalidDeadline => Some(r::INVALID_MOVER_DEADLINE),
             _ => None,
         }
     }
@@ -155,6 +158,8 @@ pub struct Start {
     pub memory: Option<String>,
     pub cpu: Option<String>,
     pub upload_kib_per_sec: Option<u64>,
+    /// The Job's activeDeadlineSeconds (PVC annotation, policy, or by size).
+    pub deadline_seconds: i64,
     pub adopt_history: bool,
     pub excludes: Option<String>,
     pub policy: String,
@@ -576,6 +581,14 @@ fn decide_one(
             }
         }
     };
+    let deadline_seconds = match mover_job::deadline(
+        pvc.capacity_bytes,
+        policy.limits.job_deadline.as_deref(),
+        a.get(user::MOVER_DEADLINE).map(String::as_str),
+    ) {
+        Ok(d) => d,
+        Err(e) => return skip(SkipReason::InvalidDeadline, e),
+    };
     let adopt_history = a.get(user::ADOPT_REPOSITORY).is_some_and(|v| v == "true")
         || a.contains_key(contract::status::POPULATED_FROM);
     Decision::Start(Box::new(Start {
@@ -596,6 +609,7 @@ fn decide_one(
             .cloned()
             .or_else(|| policy.limits.mover_cpu.clone()),
         upload_kib_per_sec: policy.limits.upload_kib_per_sec,
+        deadline_seconds,
         adopt_history,
         excludes: a.get(user::EXCLUDES).cloned(),
         policy: policy_name.to_string(),
@@ -770,6 +784,44 @@ broken: { schedule: "0 3 * * 8" }
         let s = start(&out[0]);
         assert_eq!(s.since, t("2026-11-20T11:00:00Z"));
         assert_eq!(s.missed, 71);
+    }
+
+    #[test]
+    fn mover_deadline_from_the_pvc_the_policy_or_the_size() {
+        let now = "2026-11-23T10:00:00Z";
+        let policies = Policies::parse(
+            "slow: {schedule: \"@hourly\", limits: {jobDeadline: 14h}}\n\
+             hourly: {schedule: \"@hourly\"}\n",
+        )
+        .unwrap();
+        let mut by_size = pvc("a", "by-size", "hourly");
+        by_size.capacity_bytes = 100 << 30;
+        let mut by_policy = pvc("a", "by-policy", "slow");
+        by_policy.capacity_bytes = 100 << 30;
+        let mut by_pvc = pvc("a", "by-pvc", "slow");
+        by_pvc
+            .annotations
+            .insert(user::MOVER_DEADLINE.into(), "2d".into());
+        let mut typo = pvc("a", "typo", "slow");
+        typo.annotations
+            .insert(user::MOVER_DEADLINE.into(), "2 days".into());
+        let out = plan(
+            t(now),
+            &settings(),
+            &policies,
+            &BTreeMap::new(),
+            &[by_size, by_policy, by_pvc, typo],
+            &[],
+        );
+        let get = |name: &str| out.iter().find(|p| p.pvc == name).unwrap();
+        assert_eq!(start(get("by-size")).deadline_seconds, 3600 + 12_800);
+        assert_eq!(start(get("by-policy")).deadline_seconds, 14 * 3600);
+        assert_eq!(start(get("by-pvc")).deadline_seconds, 2 * 86_400);
+        assert_eq!(reason(get("typo")), Some(SkipReason::InvalidDeadline));
+        assert_eq!(
+            SkipReason::InvalidDeadline.event_reason(),
+            Some(contract::reason::INVALID_MOVER_DEADLINE)
+        );
     }
 
     #[test]

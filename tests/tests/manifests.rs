@@ -3,13 +3,13 @@
 //! in alerts and the dashboard are ones the programs really push; no unencrypted Secret.
 //! (Rendering and schema validation: `scripts/check-manifests.sh`.)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
 use stowage_common::env::{self, GcEnv, SchedulerEnv};
-use stowage_common::k8s::contract::{self, app, secret_keys};
+use stowage_common::k8s::contract::{self, app, run_secret_keys as secret_keys_run, secret_keys};
 use stowage_common::k8s::mover_job;
 use stowage_common::k8s::naming::Operation;
 use stowage_common::k8s::pod_security::restricted_violations;
@@ -79,7 +79,8 @@ fn names_and_keys_are_the_ones_common_defines() {
     let k = kustomization();
     assert_eq!(k["namespace"], s.system_namespace.as_str());
     assert_eq!(g.system_namespace, s.system_namespace);
-    find(&objs, "Namespace", &s.system_namespace);
+    let ns = docs_of(&root().join("kustomize/components/namespace/namespace.yaml"));
+    find(&ns, "Namespace", &s.system_namespace);
 
     // The policies ConfigMap: the name and key the programs read, every policy valid.
     assert_eq!(g.policies_configmap, s.policies_configmap);
@@ -185,22 +186,20 @@ fn names_and_keys_are_the_ones_common_defines() {
         app::MANAGED_BY,
         app::STOWAGE,
         "stowage-mover",
-        &s.system_namespace,
+        secret_keys_run::CA_CERT,
     ] {
         assert!(
             vap.contains(needle),
             "admission policy does not mention {needle}"
         );
     }
+    // The service accounts by name; their namespace is wherever stowage was rendered
+    // (app_and_components_render_into_another_namespace).
     for c in cronjobs(&objs) {
-        let user = format!(
-            "system:serviceaccount:{}:{}",
-            s.system_namespace,
-            pod_spec(c)["serviceAccountName"].as_str().unwrap()
-        );
+        let account = format!("'{}'", pod_spec(c)["serviceAccountName"].as_str().unwrap());
         assert!(
-            vap.contains(&user),
-            "admission policy does not cover {user}"
+            vap.contains(&account),
+            "admission policy does not cover {account}"
         );
     }
 }
@@ -492,4 +491,534 @@ fn no_unencrypted_secret_is_committed() {
         }
     }
     assert!(checked > 0, "the example credentials Secret is checked");
+}
+
+// ---------------------------------------------------------------------------------
+// Rendered with `kubectl kustomize` (the kustomize Flux's kustomize-controller embeds),
+// then Flux's postBuild substitution as Flux does it.
+
+/// kubectl: `$KUBECTL`, else the one `scripts/check-manifests.sh --install` puts in its
+/// tool cache, else `kubectl` on the PATH.
+fn kubectl() -> PathBuf {
+    if let Some(k) = std::env::var_os("KUBECTL") {
+        return k.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
+    if let Some(c) = cache {
+        let k = c.join("stowage-manifest-tools/bin/kubectl");
+        if k.exists() {
+            return k;
+        }
+    }
+    PathBuf::from("kubectl")
+}
+
+/// `kubectl kustomize dir`, one YAML text per object.
+fn kustomize_texts(dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new(kubectl())
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): install it with `bash scripts/check-manifests.sh \
+                 --install` or set KUBECTL",
+                kubectl().display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line == "---" {
+            docs.push(String::new());
+        } else {
+            let d = docs.last_mut().unwrap();
+            d.push_str(line);
+            d.push('\n');
+        }
+    }
+    docs.retain(|d| !d.trim().is_empty());
+    docs
+}
+
+/// Flux's postBuild substitution (drone/envsubst forms `${NAME}`, `${NAME:=default}`,
+/// `${NAME:-default}`, `${NAME=default}`, `${NAME-default}`) in one object's YAML text:
+/// a variable set in `vars` wins, else the default; an unset variable without a default
+/// fails the test (Flux would render it empty).
+fn flux_substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after.find('}').expect("unterminated ${");
+        let expr = &after[..end];
+        let name_end = expr
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(expr.len());
+        let (name, op) = expr.split_at(name_end);
+        let default = [":=", ":-", "=", "-"]
+            .iter()
+            .find_map(|o| op.strip_prefix(o));
+        assert!(
+            op.is_empty() || default.is_some(),
+            "unsupported substitution ${{{expr}}}"
+        );
+        match (vars.get(name), default) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => panic!("${{{name}}} has no default and is not set"),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Rendered objects after Flux's substitution (objects annotated
+/// `kustomize.toolkit.fluxcd.io/substitute: disabled` are left alone, as Flux does).
+fn render(dir: &Path, vars: &BTreeMap<String, String>) -> Vec<Value> {
+    kustomize_texts(dir)
+        .iter()
+        .map(|t| {
+            let obj: Value = serde_saphyr::from_str(t).unwrap();
+            if obj["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/substitute"]
+                == "disabled"
+            {
+                obj
+            } else {
+                serde_saphyr::from_str(&flux_substitute(t, vars))
+                    .unwrap_or_else(|e| panic!("after substitution: {e}\n{t}"))
+            }
+        })
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let target = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
+    }
+}
+
+/// A scratch copy of kustomize/ (kustomize only reads below its kustomization's
+/// directory, so overlays live inside the copy).
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("kustomize");
+    copy_dir(&root().join("kustomize"), &k);
+    (dir, k)
+}
+
+fn write_kustomization(dir: &Path, k: &Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    // JSON is YAML.
+    std::fs::write(dir.join("kustomization.yaml"), k.to_string()).unwrap();
+}
+
+/// Components rendered with the app (mover-network-policy belongs in app namespaces;
+/// no-monitoring only deletes).
+fn app_components() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join("kustomize/components"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|c| c != "mover-network-policy" && c != "no-monitoring")
+        .collect();
+    out.sort();
+    out
+}
+
+/// The variables the example ks.yaml sets (what a user sets), plus `extra`.
+fn vars(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let ks = docs_of(&root().join("kustomize/examples/flux/ks.yaml"));
+    let app = ks
+        .iter()
+        .find(|d| d["spec"]["path"] == "./kustomize/app")
+        .unwrap();
+    let mut out: BTreeMap<String, String> = app["spec"]["postBuild"]["substitute"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    for (k, v) in extra {
+        out.insert(k.to_string(), v.to_string());
+    }
+    out
+}
+
+fn no_vars() -> BTreeMap<String, String> {
+    vars(&[])
+}
+
+/// Kinds whose objects live in no namespace.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "ClusterPolicy",
+    "VolumePopulator",
+];
+
+fn all_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| all_strings(x, out)),
+        Value::Object(m) => m.values().for_each(|x| all_strings(x, out)),
+        _ => {}
+    }
+}
+
+/// `matchLabels` and `matchExpressions` values of every selector in `v`.
+fn selector_labels(v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "matchLabels" {
+                    for (l, val) in x.as_object().into_iter().flatten() {
+                        out.push((l.clone(), val.as_str().unwrap_or_default().into()));
+                    }
+                } else if k == "matchExpressions" {
+                    for e in x.as_array().into_iter().flatten() {
+                        for val in e["values"].as_array().into_iter().flatten() {
+                            out.push((
+                                e["key"].as_str().unwrap_or_default().into(),
+                                val.as_str().unwrap_or_default().into(),
+                            ));
+                        }
+                    }
+                } else {
+                    selector_labels(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| selector_labels(x, out)),
+        _ => {}
+    }
+}
+
+/// Everything that would still tie the objects to the namespace `old`.
+fn references_to_namespace(objs: &[Value], old: &str, new: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let needles = [
+        format!("serviceaccount:{old}:"),
+        format!("namespace == '{old}'"),
+        format!("namespace=\"{old}\""),
+        format!("namespace: {old}\n"),
+    ];
+    for o in objs {
+        let what = format!("{} {}", o["kind"], o["metadata"]["name"]);
+        let kind = o["kind"].as_str().unwrap();
+        if CLUSTER_SCOPED.contains(&kind) {
+            if kind == "Namespace" && o["metadata"]["name"] != new {
+                problems.push(format!("{what}: Namespace is not {new}"));
+            }
+        } else if o["metadata"]["namespace"] != new {
+            problems.push(format!(
+                "{what}: metadata.namespace {}",
+                o["metadata"]["namespace"]
+            ));
+        }
+        for s in o["subjects"].as_array().into_iter().flatten() {
+            if s["kind"] == "ServiceAccount" && s["namespace"] != new {
+                problems.push(format!(
+                    "{what}: subject {} in {}",
+                    s["name"], s["namespace"]
+                ));
+            }
+        }
+        // Settings, environment values and namespace selectors that name it.
+        for (k, v) in o["data"].as_object().into_iter().flatten() {
+            if v == old {
+                problems.push(format!("{what}: data.{k} is {old:?}"));
+            }
+        }
+        let mut labels = Vec::new();
+        selector_labels(o, &mut labels);
+        for (k, v) in labels {
+            if k == "kubernetes.io/metadata.name" && v == old {
+                problems.push(format!("{what}: selects namespace {old}"));
+            }
+        }
+        if kind == "CronJob" {
+            for c in pod_spec(o)["containers"].as_array().unwrap() {
+                let env = c["env"].as_array().cloned().unwrap_or_default();
+                for e in &env {
+                    if e["value"] == old {
+                        problems.push(format!("{what}: env {} is {old:?}", e["name"]));
+                    }
+                }
+                let ns = env
+                    .iter()
+                    .find(|e| e["name"] == "STOWAGE_SYSTEM_NAMESPACE")
+                    .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone());
+                if ns != Some(Value::from("metadata.namespace")) {
+                    problems.push(format!(
+                        "{what}: STOWAGE_SYSTEM_NAMESPACE is not the pod's namespace: {ns:?}"
+                    ));
+                }
+            }
+        }
+        // The alert expressions are the alerts work's (prometheusrule.yaml): they still
+        // select namespace="stowage" (left to that work).
+        if kind == "PrometheusRule" {
+            continue;
+        }
+        let mut strings = Vec::new();
+        all_strings(o, &mut strings);
+        for s in strings {
+            for n in &needles {
+                if s.contains(n.as_str()) {
+                    problems.push(format!("{what}: {s:?} contains {n:?}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Flux's `targetNamespace` and a user's `namespace:` are the same kustomize namespace
+/// transformer (Flux's kustomize-controller sets `namespace:` in the kustomization of
+/// `spec.path` and appends `spec.components` to it); both are rendered here, with the
+/// app, every component and the Namespace component.
+#[test]
+fn app_and_components_render_into_another_namespace() {
+    let s = SchedulerEnv::default();
+    let new = "backup-system";
+    let comps = app_components();
+    for c in [
+        "namespace",
+        "admission-policy",
+        "kyverno",
+        "consistency",
+        "custom-ca",
+    ] {
+        assert!(comps.iter().any(|x| x == c), "component {c}");
+    }
+
+    // The default still is stowage's own namespace, RBAC subjects included.
+    let (_tmp, k) = scratch();
+    let objs = render(&k.join("app"), &no_vars());
+    let subjects: Vec<&Value> = objs
+        .iter()
+        .flat_map(|o| o["subjects"].as_array().into_iter().flatten())
+        .collect();
+    assert!(!subjects.is_empty());
+    for sub in subjects {
+        assert_eq!(sub["namespace"], s.system_namespace.as_str(), "{sub}");
+    }
+
+    // A user's kustomization with `namespace:`.
+    let overlay = k.join("overlay");
+    write_kustomization(
+        &overlay,
+        &serde_json::json!({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "namespace": new,
+            "resources": ["../app"],
+            "components": comps.iter().map(|c| format!("../components/{c}")).collect::<Vec<_>>(),
+        }),
+    );
+    let user = render(&overlay, &no_vars());
+    let problems = references_to_namespace(&user, &s.system_namespace, new);
+    assert!(
+        problems.is_empty(),
+        "namespace: {new}\n{}",
+        problems.join("\n")
+    );
+
+    // Flux: path ./kustomize/app, targetNamespace, spec.components.
+    let mut flux = docs_of(&k.join("app/kustomization.yaml")).remove(0);
+    flux["namespace"] = Value::from(new);
+    flux["components"] = comps
+        .iter()
+        .map(|c| Value::from(format!("../components/{c}")))
+        .collect();
+    write_kustomization(&k.join("app"), &flux);
+    let targeted = render(&k.join("app"), &no_vars());
+    let problems = references_to_namespace(&targeted, &s.system_namespace, new);
+    assert!(
+        problems.is_empty(),
+        "targetNamespace: {new}\n{}",
+        problems.join("\n")
+    );
+    assert_eq!(user.len(), targeted.len());
+    // The admission policy names the service accounts of the CronJobs it must narrow.
+    let vap = targeted
+        .iter()
+        .find(|o| o["kind"] == "ValidatingAdmissionPolicy")
+        .unwrap();
+    let text = vap.to_string();
+    for c in cronjobs(&targeted) {
+        let sa = pod_spec(c)["serviceAccountName"].as_str().unwrap();
+        assert!(text.contains(&format!("'{sa}'")), "{sa}");
+    }
+}
+
+#[test]
+fn the_namespace_object_is_a_component() {
+    let s = SchedulerEnv::default();
+    let (_tmp, k) = scratch();
+    let base = render(&k.join("app"), &no_vars());
+    assert!(
+        !base.iter().any(|o| o["kind"] == "Namespace"),
+        "kustomize/app renders a Namespace: repositories that manage namespaces get a second owner"
+    );
+    let dir = k.join("with-namespace");
+    write_kustomization(
+        &dir,
+        &serde_json::json!({
+            "resources": ["../app"],
+            "components": ["../components/namespace"],
+        }),
+    );
+    let objs = render(&dir, &no_vars());
+    let ns = find(&objs, "Namespace", &s.system_namespace);
+    // Zero-touch restore movers run there as root with a few capabilities.
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    // The example Flux Kustomization keeps creating it.
+    let ks = docs_of(&root().join("kustomize/examples/flux/ks.yaml"));
+    let app = ks
+        .iter()
+        .find(|d| d["spec"]["path"] == "./kustomize/app")
+        .unwrap();
+    assert!(
+        app["spec"]["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "../components/namespace"),
+        "the example ks.yaml lists ../components/namespace"
+    );
+}
+
+/// The label key of `STOWAGE_BACKUP_LABEL`, set the way docs/install-flux.md says
+/// (postBuild.substitute), reaches both the programs' settings and the Kyverno policy.
+#[test]
+fn kyverno_policy_follows_the_configured_label_key() {
+    let (_tmp, k) = scratch();
+    let dir = k.join("with-kyverno");
+    write_kustomization(
+        &dir,
+        &serde_json::json!({"resources": ["../app"], "components": ["../components/kyverno"]}),
+    );
+    for key in [
+        SchedulerEnv::default().backup_label.as_str(),
+        "example.org/backup-policy",
+    ] {
+        let objs = render(&dir, &vars(&[("STOWAGE_BACKUP_LABEL", key)]));
+        let settings = find(&objs, "ConfigMap", "stowage-settings");
+        assert_eq!(settings["data"]["STOWAGE_BACKUP_LABEL"], key);
+        let policy = objs.iter().find(|o| o["kind"] == "ClusterPolicy").unwrap();
+        let rule = &policy["spec"]["rules"][0];
+        let matches = rule["match"]["any"].as_array().unwrap();
+        let (mut pvc, mut ns) = (false, false);
+        for m in matches {
+            for (sel, seen) in [("selector", &mut pvc), ("namespaceSelector", &mut ns)] {
+                for e in m["resources"][sel]["matchExpressions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    assert_eq!(e["key"], key, "{sel}: {e}");
+                    if e["operator"] == "Exists" {
+                        *seen = true;
+                    }
+                    if e["operator"] == "NotIn" {
+                        for v in contract::OPT_OUT_VALUES {
+                            assert!(e["values"].as_array().unwrap().iter().any(|x| x == v));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(pvc && ns, "the PVC's label and its namespace's opt in");
+        let pre = rule["preconditions"]["all"].to_string();
+        assert!(
+            pre.contains(&format!("labels.\\\"{key}\\\"")),
+            "the opt-out precondition reads label {key}: {pre}"
+        );
+        let all = policy.to_string();
+        assert!(!all.contains("labels.backup"), "{all}");
+    }
+}
+
+/// The custom-ca component gives every CronJob the bundle where the programs read it
+/// (they copy it into their movers' per-run Secrets, mover_job.rs).
+#[test]
+fn custom_ca_reaches_every_cronjob() {
+    let (_tmp, k) = scratch();
+    let dir = k.join("with-ca");
+    write_kustomization(
+        &dir,
+        &serde_json::json!({"resources": ["../app"], "components": ["../components/custom-ca"]}),
+    );
+    let objs = render(&dir, &vars(&[("STOWAGE_CA_CONFIGMAP", "internal-ca")]));
+    let file = format!("{}/{}", contract::MOVER_CA_DIR, secret_keys_run::CA_CERT);
+    let cjs = cronjobs(&objs);
+    assert_eq!(cjs.len(), cronjobs(&app()).len());
+    for c in cjs {
+        let name = &c["metadata"]["name"];
+        let pod = pod_spec(c);
+        let ctr = &pod["containers"][0];
+        let env: Vec<(String, String)> = ctr["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        assert!(
+            env.contains(&("STOWAGE_CA_BUNDLE".into(), file.clone())),
+            "{name}"
+        );
+        env::check_unknown(env.iter().cloned()).unwrap();
+        let mount = ctr["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == contract::MOVER_CA_DIR)
+            .unwrap_or_else(|| panic!("{name}: nothing mounted at the CA path"));
+        let vol = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(vol["configMap"]["name"], "internal-ca", "{name}");
+        assert_eq!(
+            vol["configMap"]["items"][0]["key"],
+            secret_keys_run::CA_CERT
+        );
+        assert_eq!(
+            vol["configMap"]["items"][0]["path"],
+            secret_keys_run::CA_CERT
+        );
+    }
 }

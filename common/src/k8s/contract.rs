@@ -47,6 +47,9 @@ pub mod user {
     pub const MOVER_MEMORY: &str = "stowage.io/mover-memory";
     /// Mover CPU request, e.g. `1` or `250m`.
     pub const MOVER_CPU: &str = "stowage.io/mover-cpu";
+    /// How long this PVC's mover Jobs may run (`12h`, `2d`), instead of the policy's
+    /// `limits.jobDeadline` or the computed default.
+    pub const MOVER_DEADLINE: &str = "stowage.io/mover-deadline";
     /// User the mover runs as: `UID` or `UID:GID`.
     pub const MOVER_USER: &str = "stowage.io/mover-user";
     /// Any new value requests a backup at the next scheduler pass.
@@ -108,6 +111,9 @@ pub mod run_secret_keys {
     pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
     pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
     pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+    /// PEM bundle of the CAs the mover trusts for S3 (VolSync's `customCA` key): copied
+    /// from the program's own `STOWAGE_CA_BUNDLE`, mounted into the mover.
+    pub const CA_CERT: &str = "ca.crt";
 }
 
 /// Key of the policies ConfigMap holding the YAML/JSON document.
@@ -119,6 +125,9 @@ pub const MOVER_DATA_PATH: &str = "/data";
 pub const MOVER_TMP_PATH: &str = "/tmp";
 /// Kubernetes' default termination message file, read back by the scheduler.
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// Where a mover Job mounts the [`run_secret_keys::CA_CERT`] of its per-run Secret (and
+/// where the custom-ca component mounts the CA into stowage's own CronJobs).
+pub const MOVER_CA_DIR: &str = "/etc/stowage/ca";
 
 /// Event reasons (the troubleshooting docs have a section per reason).
 pub mod reason {
@@ -132,6 +141,8 @@ pub mod reason {
     pub const MOVER_USER_UNKNOWN: &str = "MoverUserUnknown";
     pub const FOREIGN_HISTORY: &str = "ForeignHistory";
     pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+    /// The PVC's `stowage.io/mover-deadline` is not a duration (no Job is started).
+    pub const INVALID_MOVER_DEADLINE: &str = "InvalidMoverDeadline";
     /// gc found a repository damaged (check failed, cannot be opened).
     pub const REPOSITORY_DAMAGED: &str = "RepositoryDamaged";
     /// gc removed a stale lock from a repository.

@@ -50,6 +50,39 @@ pub struct RunCredentials {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub region: Option<String>,
+    /// PEM bundle of extra trusted CAs ([`load_ca_bundle`]), key `ca.crt`: the mover
+    /// Job mounts it ([`super::mover_job::MoverJobSpec::ca_from_secret`]). A ConfigMap
+    /// cannot be mounted across namespaces, so the CA travels with the credentials.
+    pub ca_bundle: Option<String>,
+}
+
+/// The CA bundle a program was given (`STOWAGE_CA_BUNDLE`, else `RESTIC_CACERT`: the
+/// file the custom-ca component mounts), for its movers. None: no custom CA.
+pub fn load_ca_bundle(
+    common: &crate::env::CommonEnv,
+    restic: &crate::env::ResticEnv,
+) -> Result<Option<String>, String> {
+    let (var, path) = match (&common.ca_bundle, &restic.restic_cacert) {
+        (Some(p), _) => ("STOWAGE_CA_BUNDLE", p),
+        (None, Some(p)) => ("RESTIC_CACERT", p),
+        (None, None) => return Ok(None),
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "{var}={}: cannot read the CA bundle ({e}): check the ConfigMap the custom-ca \
+             component mounts (key {})",
+            path.display(),
+            keys::CA_CERT
+        )
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{var}={}: no PEM certificate in the CA bundle (expected -----BEGIN \
+             CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(Some(pem))
 }
 
 /// The per-run Secret in the PVC's namespace, owned by the mover Job (deleted with it).
@@ -71,6 +104,9 @@ pub fn run_secret(
     put(keys::AWS_SECRET_ACCESS_KEY, &creds.secret_access_key);
     if let Some(r) = &creds.region {
         put(keys::AWS_DEFAULT_REGION, r);
+    }
+    if let Some(ca) = &creds.ca_bundle {
+        put(keys::CA_CERT, ca);
     }
     Secret {
         metadata: ObjectMeta {
@@ -184,6 +220,7 @@ mod tests {
                 access_key_id: "AK".into(),
                 secret_access_key: "SK".into(),
                 region: Some("garage".into()),
+                ca_bundle: None,
             },
         );
         let data = s.data.unwrap();
@@ -200,5 +237,64 @@ mod tests {
         );
         assert_eq!(data["RESTIC_PASSWORD"].0, b"pw");
         assert_eq!(s.immutable, Some(true));
+    }
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn run_secret_carries_the_ca_bundle_for_the_mover() {
+        let s = run_secret(
+            "db",
+            "stowage-backup-pg-0123456789",
+            BTreeMap::new(),
+            None,
+            &RunCredentials {
+                repository: "s3:https://s3.lan/b/db/pg".into(),
+                password: "pw".into(),
+                access_key_id: "AK".into(),
+                secret_access_key: "SK".into(),
+                region: None,
+                ca_bundle: Some(PEM.into()),
+            },
+        );
+        assert_eq!(s.data.unwrap()["ca.crt"].0, PEM.as_bytes());
+    }
+
+    #[test]
+    fn ca_bundle_is_read_from_the_programs_own_setting() {
+        use crate::env::{CommonEnv, ResticEnv};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.crt");
+        std::fs::write(&file, PEM).unwrap();
+        let none = load_ca_bundle(&CommonEnv::default(), &ResticEnv::default());
+        assert_eq!(none, Ok(None));
+        let common = CommonEnv {
+            ca_bundle: Some(file.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            load_ca_bundle(&common, &ResticEnv::default()),
+            Ok(Some(PEM.into()))
+        );
+        let restic = ResticEnv {
+            restic_cacert: Some(file.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            load_ca_bundle(&CommonEnv::default(), &restic),
+            Ok(Some(PEM.into()))
+        );
+        let missing = CommonEnv {
+            ca_bundle: Some(dir.path().join("absent")),
+            ..Default::default()
+        };
+        let err = load_ca_bundle(&missing, &ResticEnv::default()).unwrap_err();
+        assert!(
+            err.contains("STOWAGE_CA_BUNDLE") && err.contains("absent"),
+            "{err}"
+        );
+        std::fs::write(&file, "not a certificate").unwrap();
+        let err = load_ca_bundle(&common, &ResticEnv::default()).unwrap_err();
+        assert!(err.contains("PEM"), "{err}");
     }
 }

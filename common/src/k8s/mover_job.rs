@@ -5,15 +5,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    SecretEnvSource, SecurityContext, Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, KeyToPath,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecretEnvSource, SecretVolumeSource, SecurityContext,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::contract::{self, app, label};
+use super::contract::{self, app, label, run_secret_keys};
 use super::naming::Operation;
 use crate::env::PREFIX as ENV;
 
@@ -70,6 +71,10 @@ pub struct MoverJobSpec {
     pub image: String,
     /// Secret with RESTIC_REPOSITORY, RESTIC_PASSWORD and S3 keys (`envFrom`).
     pub secret: String,
+    /// The Secret holds a CA bundle (key `ca.crt`, see
+    /// [`super::credentials::RunCredentials::ca_bundle`]): mount it and point
+    /// `STOWAGE_CA_BUNDLE` at it.
+    pub ca_from_secret: bool,
     pub placement: Placement,
     pub tolerations: Vec<Toleration>,
     pub run_as: RunAs,
@@ -108,6 +113,7 @@ impl MoverJobSpec {
             claim: None,
             image: image.into(),
             secret: secret.into(),
+            ca_from_secret: false,
             placement: Placement::Anywhere,
             tolerations: Vec::new(),
             run_as: RunAs::User {
@@ -129,10 +135,39 @@ impl MoverJobSpec {
     }
 }
 
-/// Deadline for a volume of `capacity_bytes`: an hour, plus the time to move the whole
-/// volume at 8 MiB/s (a slow home link), so a hung run ends but a big one finishes.
+/// Default deadline for a volume of `capacity_bytes`: an hour, plus the time to move the
+/// whole volume at 8 MiB/s, so a hung run ends but a big one on a fast link finishes.
+/// Slower links set [`deadline`]'s policy or PVC value.
 pub fn active_deadline_for(capacity_bytes: u64) -> i64 {
     3600 + (capacity_bytes / (8 << 20)) as i64
+}
+
+/// The activeDeadlineSeconds of a mover Job: the PVC's annotation
+/// (`stowage.io/mover-deadline`) wins over the policy's `limits.jobDeadline`, which wins
+/// over the computed [`active_deadline_for`]. Err: the annotation is not a duration
+/// (the policy's value was checked when the policies were read); the message names
+/// the annotation and the fix.
+pub fn deadline(
+    capacity_bytes: u64,
+    policy: Option<&str>,
+    annotation: Option<&str>,
+) -> Result<i64, String> {
+    if let Some(a) = annotation.filter(|a| !a.trim().is_empty()) {
+        return super::policy::parse_job_deadline(a)
+            .map(|s| s as i64)
+            .map_err(|e| {
+                format!(
+                    "annotation {}: {e}; fix or remove it",
+                    contract::user::MOVER_DEADLINE
+                )
+            });
+    }
+    if let Some(p) = policy
+        && let Ok(s) = super::policy::parse_job_deadline(p)
+    {
+        return Ok(s as i64);
+    }
+    Ok(active_deadline_for(capacity_bytes))
 }
 
 /// Labels of every mover Job and pod: `app.kubernetes.io/*` plus what finds them again.
@@ -181,6 +216,65 @@ pub fn mover_job(s: &MoverJobSpec) -> Job {
     ];
     debug_assert!(ENV == "STOWAGE_");
     env.extend(s.env.iter().map(|(k, v)| env_var(k, v)));
+    let ca_file = format!("{}/{}", contract::MOVER_CA_DIR, run_secret_keys::CA_CERT);
+    if s.ca_from_secret {
+        env.push(env_var("STOWAGE_CA_BUNDLE", &ca_file));
+    }
+    let mut mounts = vec![
+        VolumeMount {
+            name: "data".into(),
+            mount_path: contract::MOVER_DATA_PATH.into(),
+            read_only: Some(backup),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: contract::MOVER_TMP_PATH.into(),
+            ..Default::default()
+        },
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: s.claim.clone().unwrap_or_else(|| s.pvc.clone()),
+                read_only: Some(backup),
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("1Gi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if s.ca_from_secret {
+        // Only the CA key: the credentials reach the mover as environment variables.
+        mounts.push(VolumeMount {
+            name: "ca".into(),
+            mount_path: contract::MOVER_CA_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(s.secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: run_secret_keys::CA_CERT.into(),
+                    path: run_secret_keys::CA_CERT.into(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o444),
+                optional: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
 
     let (pod_sc, container_sc) = security(&s.run_as, s.operation);
     let mut args = vec![s.operation.as_str().to_string()];
@@ -198,19 +292,7 @@ pub fn mover_job(s: &MoverJobSpec) -> Job {
             }),
             ..Default::default()
         }]),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: contract::MOVER_DATA_PATH.into(),
-                read_only: Some(backup),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: contract::MOVER_TMP_PATH.into(),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), Quantity(s.cpu.clone())),
@@ -258,24 +340,7 @@ pub fn mover_job(s: &MoverJobSpec) -> Job {
         affinity,
         tolerations: (!s.tolerations.is_empty()).then(|| s.tolerations.clone()),
         containers: vec![container],
-        volumes: Some(vec![
-            Volume {
-                name: "data".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: s.claim.clone().unwrap_or_else(|| s.pvc.clone()),
-                    read_only: Some(backup),
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: Some(Quantity("1Gi".into())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
+        volumes: Some(volumes),
         ..Default::default()
     };
 
@@ -497,6 +562,49 @@ mod tests {
     }
 
     #[test]
+    fn mover_with_a_custom_ca_mounts_it_from_its_secret() {
+        let mut s = spec();
+        s.operation = Operation::Restore;
+        s.ca_from_secret = true;
+        let job = serde_json::to_value(mover_job(&s)).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        let ctr = &pod["containers"][0];
+        assert_eq!(
+            ctr["env"].as_array().unwrap().last().unwrap(),
+            &json!({"name": "STOWAGE_CA_BUNDLE", "value": "/etc/stowage/ca/ca.crt"})
+        );
+        assert_eq!(
+            ctr["volumeMounts"],
+            json!([
+                {"name": "data", "mountPath": "/data", "readOnly": false},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "ca", "mountPath": "/etc/stowage/ca", "readOnly": true}
+            ])
+        );
+        assert_eq!(
+            pod["volumes"],
+            json!([
+                {"name": "data", "persistentVolumeClaim": {"claimName": "data-pg-0", "readOnly": false}},
+                {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                {"name": "ca", "secret": {
+                    "secretName": "stowage-backup-data-pg-0-0123456789",
+                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    "defaultMode": 0o444,
+                    "optional": false
+                }}
+            ])
+        );
+        // Still admitted under `restricted` (Secret volumes are allowed).
+        let typed = mover_job(&s).spec.unwrap().template.spec.unwrap();
+        assert_eq!(restricted_violations(&typed), Vec::<String>::new());
+        // Without a CA: nothing of it.
+        s.ca_from_secret = false;
+        let job = serde_json::to_value(mover_job(&s)).unwrap();
+        let text = job.to_string();
+        assert!(!text.contains("STOWAGE_CA_BUNDLE") && !text.contains("ca.crt"));
+    }
+
+    #[test]
     fn default_mover_passes_pod_security_restricted() {
         let job = mover_job(&spec());
         let pod = job.spec.unwrap().template.spec.unwrap();
@@ -615,5 +723,24 @@ mod tests {
     fn deadline_scales_with_size() {
         assert_eq!(active_deadline_for(0), 3600);
         assert_eq!(active_deadline_for(10 << 30), 3600 + 1280);
+    }
+
+    #[test]
+    fn deadline_follows_the_pvc_then_the_policy_then_the_size() {
+        // A first backup of 100 GiB over a 20 Mbit/s uplink takes about 12 hours; the
+        // computed default gives it under 5.
+        let size = 100u64 << 30;
+        let needed = (size * 8 / 20_000_000) as i64;
+        assert!(deadline(size, None, None).unwrap() < needed);
+        assert_eq!(deadline(size, None, None), Ok(3600 + 12_800));
+        assert_eq!(deadline(size, Some("14h"), None), Ok(14 * 3600));
+        assert!(deadline(size, Some("14h"), None).unwrap() > needed);
+        assert_eq!(deadline(size, Some("14h"), Some("2d")), Ok(2 * 86_400));
+        assert_eq!(deadline(size, None, Some(" ")), Ok(3600 + 12_800));
+        let err = deadline(size, Some("14h"), Some("forever")).unwrap_err();
+        assert!(
+            err.contains("stowage.io/mover-deadline") && err.contains("forever"),
+            "{err}"
+        );
     }
 }

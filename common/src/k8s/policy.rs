@@ -7,7 +7,7 @@
 //!   retention: { keepWithin: 720h, keepHourly: 24, keepDaily: 7 }
 //! nightly:
 //!   schedule: "30 2 * * *"
-//!   limits: { moverMemory: 1Gi }
+//!   limits: { moverMemory: 1Gi, jobDeadline: 12h }
 //! ```
 //!
 //! Each policy is parsed on its own: one broken policy gives an error for the PVCs
@@ -73,6 +73,11 @@ pub struct Limits {
     pub mover_cpu: Option<String>,
     /// Upload limit in KiB/s (restic's `--limit-upload`).
     pub upload_kib_per_sec: Option<u64>,
+    /// How long a mover Job may run (`12h`, `90m`, `2d`; the Job's
+    /// activeDeadlineSeconds) instead of the computed default
+    /// ([`crate::k8s::mover_job::active_deadline_for`]): a first backup over a slow
+    /// uplink needs more. The PVC annotation `stowage.io/mover-deadline` wins.
+    pub job_deadline: Option<String>,
 }
 
 /// The parsed ConfigMap: good policies, and an error text per broken one.
@@ -141,8 +146,59 @@ impl Policy {
         if let Some(w) = &self.retention.keep_within {
             parse_keep_within(w)?;
         }
+        if let Some(d) = &self.limits.job_deadline {
+            parse_job_deadline(d).map_err(|e| format!("limits.jobDeadline: {e}"))?;
+        }
         Ok(())
     }
+}
+
+/// Longest mover deadline accepted (a week): longer is a typo, and the Job's lock on the
+/// repository would block every other run for that long.
+pub const MAX_JOB_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
+/// Parses a mover deadline (`12h`, `90m`, `1d12h`, `3600s`: numbers with the units d,
+/// h, m, s) into seconds, between a minute and [`MAX_JOB_DEADLINE_SECS`].
+pub fn parse_job_deadline(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a duration: expected numbers with units d, h, m or s, such as 12h, \
+             90m or 1d12h"
+        )
+    };
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|x| total.checked_add(x))
+            .ok_or_else(bad)?;
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        return Err(bad());
+    }
+    if !(60..=MAX_JOB_DEADLINE_SECS).contains(&total) {
+        return Err(format!(
+            "{s:?} is outside the accepted range of 1m to {}d",
+            MAX_JOB_DEADLINE_SECS / 86_400
+        ));
+    }
+    Ok(total)
 }
 
 /// Parses a restic-style duration (`720h`, `30d`, `1y2m3d4h`) into a calendar span.
@@ -233,6 +289,45 @@ badttl:
                 known: vec!["hourly".into(), "nightly".into()]
             })
         );
+    }
+
+    #[test]
+    fn job_deadline_is_a_duration_and_a_bad_one_invalidates_the_policy() {
+        let p = Policies::parse(
+            "slow: {schedule: \"@daily\", limits: {jobDeadline: 12h}}\n\
+             typo: {schedule: \"@daily\", limits: {jobDeadline: 12hours}}\n\
+             zero: {schedule: \"@daily\", limits: {jobDeadline: 0h}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.get("slow").unwrap().limits.job_deadline.as_deref(),
+            Some("12h")
+        );
+        for name in ["typo", "zero"] {
+            match p.get(name) {
+                Err(PolicyProblem::Invalid(e)) => assert!(e.contains("jobDeadline"), "{e}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_job_deadline("12h"), Ok(12 * 3600));
+        assert_eq!(
+            parse_job_deadline("1d12h30m"),
+            Ok(86_400 + 12 * 3600 + 1800)
+        );
+        assert_eq!(parse_job_deadline(" 90m "), Ok(5400));
+        assert_eq!(parse_job_deadline("3600s"), Ok(3600));
+        for bad in [
+            "",
+            "12",
+            "h",
+            "12x",
+            "-1h",
+            "30s",
+            "8d",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_job_deadline(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
