@@ -39,7 +39,7 @@ use stowage_common::{Error, locks, logging, metrics};
         and the AWS variables, without the cluster: `check` only reads, `forget` only lists \
         unless given --yes, `prune` and `unlock` do one thing each.\n\n\
         Exit status: 0 done, 1 a repository is damaged or something failed (see the log; a \
-        pass still maintained the other repositories), 2 bad configuration or usage, 3 \
+        pass still maintained the other repositories), 2 bad configuration or usage, 11 \
         (`repo`) the repository is locked by someone else: retry later.",
     after_help = "Examples:\n  \
         stowage-gc --dry-run                                   # what a pass would do\n  \
@@ -89,7 +89,7 @@ pub enum RepoVerb {
         stowage-gc repo check --read-data-subset 1/10   # and a tenth of the data\n  \
         stowage-gc repo check --read-data               # and all of it\n\n\
         Exit status: 0 clean, 1 damaged (the findings are logged) or failed, 2 bad \
-        configuration, 3 locked exclusively by someone else (a prune): retry later.")]
+        configuration, 11 locked exclusively by someone else (a prune): retry later.")]
     Check(CheckArgs),
     /// Apply retention rules (restic's --keep-*). Lists the snapshots the rules would
     /// forget and changes nothing, unless given --yes: then it forgets exactly those.
@@ -99,7 +99,7 @@ pub enum RepoVerb {
         stowage-gc repo forget --keep-within 720h        # what gc's default retention forgets\n  \
         stowage-gc repo forget --keep-daily 7 --keep-weekly 4\n  \
         stowage-gc repo forget --keep-daily 7 --keep-weekly 4 --yes\n\n\
-        Exit status: 0 done (or listed), 1 failed, 2 bad configuration or no rule given, 3 \
+        Exit status: 0 done (or listed), 1 failed, 2 bad configuration or no rule given, 11 \
         locked by someone else: retry later.")]
     Forget(ForgetArgs),
     /// Remove data that no snapshot uses any more (after a forget), under an exclusive
@@ -108,7 +108,7 @@ pub enum RepoVerb {
     #[command(after_help = "Examples:\n  \
         stowage-gc repo prune --dry-run   # how much it would remove\n  \
         stowage-gc repo prune\n\n\
-        Exit status: 0 done, 1 failed, 2 bad configuration, 3 locked by someone else (a \
+        Exit status: 0 done, 1 failed, 2 bad configuration, 11 locked by someone else (a \
         backup runs): retry later.")]
     Prune,
     /// Remove stale locks: those of processes of this host that are gone, and those
@@ -117,7 +117,7 @@ pub enum RepoVerb {
     #[command(after_help = "Examples:\n  \
         stowage-gc repo unlock --dry-run\n  \
         stowage-gc repo unlock --stale-lock-minutes 120\n\n\
-        Exit status: 0 done, 1 failed, 2 bad configuration, 3 a fresh lock is held (a \
+        Exit status: 0 done, 1 failed, 2 bad configuration, 11 a fresh lock is held (a \
         backup or prune runs): nothing removed, retry later.")]
     Unlock(UnlockArgs),
 }
@@ -202,8 +202,8 @@ fn parse_subset(s: &str) -> Result<(u32, u32), String> {
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
-/// `repo`: someone else holds a lock; retry later.
-pub const EXIT_BUSY: u8 = 3;
+/// `repo`: someone else holds a lock; retry later (restic's and the mover's code).
+pub const EXIT_BUSY: u8 = 11;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
