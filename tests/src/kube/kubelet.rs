@@ -192,6 +192,7 @@ impl Kubelet {
             runs: Mutex::new(BTreeMap::new()),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let count = nodes.len();
         for node in nodes {
             let (shared, ready) = (shared.clone(), ready_tx.clone());
             rt.spawn(async move {
@@ -203,8 +204,13 @@ impl Kubelet {
             });
         }
         drop(ready_tx);
-        // Every node is registered before the first pod is created.
-        while ready_rx.recv().is_ok() {}
+        // Every node is registered before the first pod is created (a task that
+        // panicked drops its sender: recv fails instead of waiting).
+        for _ in 0..count {
+            if ready_rx.recv().is_err() {
+                break;
+            }
+        }
         Kubelet { shared, _rt: rt }
     }
 
@@ -455,7 +461,7 @@ async fn run_pod(shared: Arc<Shared>, client: Client, pod: Pod, mut kill: onesho
     let status = tokio::select! {
         s = child.0.wait() => s,
         _ = &mut kill => {
-            // Closing the keeper's stdin kills the program (SIGTERM).
+            // Closing the keeper's stdin kills the program.
             drop(child.1.take());
             child.0.wait().await
         }
@@ -603,7 +609,7 @@ async fn prepare(
     // pod deletion, and when the test process exits however it exits.
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
-        .arg(r#"exec 3<&0; "$@" </dev/null & p=$!; (read _ <&3; kill $p 2>/dev/null) & wait $p"#)
+        .arg(r#"exec 3<&0; "$@" </dev/null & p=$!; (trap '' TERM; read _ <&3; kill -9 $p 2>/dev/null) & wait $p"#)
         .arg(name)
         .arg(&binary)
         .args(&args)

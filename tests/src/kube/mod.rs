@@ -114,8 +114,8 @@ pub fn command(name: &str) -> PathBuf {
     binary().with_file_name(name)
 }
 
-/// A component process. It runs under a shell that kills it when the shell's stdin
-/// closes, which happens when the test process exits however it exits; the shell
+/// A component process. It runs under a shell that kills it (SIGKILL: an API server
+/// whose etcd is gone hangs in its graceful shutdown) when the shell's stdin closes, which happens when the test process exits however it exits; the shell
 /// itself exits with the component, so that a crash is seen.
 struct Component {
     name: &'static str,
@@ -128,7 +128,7 @@ struct Component {
 fn keep(name: &'static str, program: &Path, args: &[String], log: PathBuf) -> Component {
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"exec 3<&0; log="$1"; shift; "$@" >>"$log" 2>&1 & p=$!; (read _ <&3; kill $p 2>/dev/null) & wait $p"#)
+        .arg(r#"exec 3<&0; log="$1"; shift; "$@" >>"$log" 2>&1 & p=$!; (trap '' TERM; read _ <&3; kill -9 $p 2>/dev/null) & wait $p"#)
         .arg(name)
         .arg(&log)
         .arg(program)
@@ -275,6 +275,7 @@ pub struct ControlPlane {
     components: Mutex<Vec<Component>>,
     counter: AtomicU32,
     issuer: Mutex<Issuer<'static, KeyPair>>,
+    _cleaner: Mutex<(Child, ChildStdin)>,
     _keep: tempfile::TempDir,
 }
 
@@ -400,6 +401,16 @@ impl ControlPlane {
                 ]),
             ),
         ];
+        // The run's directory goes when the test process exits (the static is never
+        // dropped): a shell waits for its stdin to close.
+        let mut cleaner = Command::new("sh")
+            .arg("-c")
+            .arg(r#"trap '' TERM; read _; rm -rf "$0""#)
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start the run directory's cleaner");
+        let cleaner_stdin = cleaner.stdin.take().expect("piped stdin");
         let cp = ControlPlane {
             server: server.clone(),
             ca: pki.ca.clone(),
@@ -407,6 +418,7 @@ impl ControlPlane {
             dir: dir.clone(),
             logs: logs.clone(),
             components: Mutex::new(Vec::new()),
+            _cleaner: Mutex::new((cleaner, cleaner_stdin)),
             counter: AtomicU32::new(0),
             issuer: Mutex::new(issuer),
             _keep: run_dir,
