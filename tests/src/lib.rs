@@ -2,12 +2,14 @@
 //! a real S3 server process (Garage) on loopback, a fault-injecting proxy in front of
 //! it, generators of directory trees with every kind of entry a volume can hold, the
 //! fake Kubernetes API and the cluster simulator, a world with stowage installed in it,
-//! and a scan for secret values in everything the programs produced.
+//! a real Kubernetes control plane with a process kubelet and node-local storage
+//! ([`kube`]), and a scan for secret values in everything the programs produced.
 
 pub mod bins;
 pub mod fakeapi;
 pub mod garage;
 pub mod gate;
+pub mod kube;
 pub mod proxy;
 pub mod pushgateway;
 pub mod secrets;
