@@ -248,12 +248,7 @@ async fn the_app_with_every_component_installs_on_a_real_api_server() {
 /// kustomization with `namespace: other`): every binding names the ServiceAccounts of
 /// that namespace, and the API server accepts every object there (checked with a
 /// server-side dry run: the shared control plane keeps the `stowage` install).
-///
-/// Fails today: kustomize's namespace transformer leaves the RoleBinding subjects and
-/// the gc and prewarm ClusterRoleBinding subjects in `stowage` (the manifests are being
-/// fixed on another branch); run it with `--ignored` until that is merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kustomize/ leaves binding subjects in `stowage` under targetNamespace (fix pending on another branch)"]
 async fn the_app_rendered_into_another_namespace_binds_its_own_service_accounts() {
     let cp = cluster::shared();
     let _scope = cp.scope("target-namespace");
