@@ -73,6 +73,14 @@ impl Location {
     /// paths.
     pub fn parse(input: &str, default_endpoint: Option<&str>) -> Result<Self, Error> {
         let input = input.trim();
+        if let Some(redacted) = with_userinfo_redacted(input) {
+            // The input itself is never echoed: it holds a secret.
+            return Err(Error::Config(format!(
+                "repository {redacted}: credentials in the repository URL are not accepted \
+                 (they would show in logs, Events and results). Remove `user:password@` and give \
+                 the S3 keys as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            )));
+        }
         if input.is_empty() {
             return Err(Error::Config(
                 "no repository given: set RESTIC_REPOSITORY (or STOWAGE_REPOSITORY, or --repo)"
@@ -124,6 +132,21 @@ impl Location {
         }
         Ok(Location::Local(PathBuf::from(input)))
     }
+}
+
+/// For a URL-like repository with `user[:password]@` before its host, the input with
+/// that part replaced by `***@`; `None` otherwise (local paths may contain `@`).
+fn with_userinfo_redacted(input: &str) -> Option<String> {
+    let (head, rest) = if let Some(i) = input.find("://") {
+        input.split_at(i + 3)
+    } else if let Some(rest) = input.strip_prefix("s3:") {
+        input.split_at(input.len() - rest.len())
+    } else {
+        return None;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let at = authority.rfind('@')?;
+    Some(format!("{head}***@{}", &rest[at + 1..]))
 }
 
 fn normalize_endpoint(endpoint: &str, input: &str) -> Result<String, Error> {
@@ -247,6 +270,28 @@ mod tests {
         assert!(!aws.is_plain_http());
         assert!(!aws.default_path_style());
         assert_eq!(aws.key("config"), "config");
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_and_never_echoed() {
+        for input in [
+            "s3:https://admin:hunter2@minio.lan:9000/b/p",
+            "s3:admin:hunter2@minio.lan/b",
+            "s3://admin:hunter2@bucket/p",
+            "rest:https://admin:hunter2@host/",
+        ] {
+            let err = Location::parse(input, None).unwrap_err().to_string();
+            assert!(!err.contains("hunter2") && !err.contains("admin"), "{err}");
+            assert!(err.contains("***@"), "{err}");
+            assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+        }
+        // A local path may hold an `@`.
+        assert_eq!(
+            Location::parse("/srv/backup@2/repo", None).unwrap(),
+            Location::Local("/srv/backup@2/repo".into())
+        );
+        // An `@` in the object prefix is no credential.
+        assert!(Location::parse("s3:https://h/b/x@y", None).is_ok());
     }
 
     #[test]

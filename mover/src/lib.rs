@@ -30,6 +30,8 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
 /// The repository is locked by another process: retry later.
 pub const EXIT_LOCKED: u8 = 3;
+/// A restore of a particular snapshot found no repository (as restic).
+pub const EXIT_NO_REPOSITORY: u8 = 10;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -59,6 +61,10 @@ pub fn main() -> ExitCode {
                     ok: false,
                     error: Some(message),
                     reason: Some(failure_reason(&e).into()),
+                    snapshot: e
+                        .downcast_ref::<restore::RestoringSnapshot>()
+                        .map(|s| s.0.clone()),
+                    repository: repository_of(&cli, &cfg),
                     ..Default::default()
                 }
                 .write(cfg.mover.result_file.as_deref());
@@ -73,6 +79,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
         Some(Error::Config(_)) => EXIT_CONFIG,
         Some(Error::Locked(_)) => EXIT_LOCKED,
+        _ if e.downcast_ref::<restore::NoRepository>().is_some() => EXIT_NO_REPOSITORY,
         _ => EXIT_FAILURE,
     }
 }
@@ -89,13 +96,28 @@ pub fn failure_reason(e: &anyhow::Error) -> &'static str {
     if e.downcast_ref::<restore::TargetNotEmpty>().is_some() {
         return reason::TARGET_NOT_EMPTY;
     }
+    if e.downcast_ref::<restore::NoRepository>().is_some() {
+        return reason::NO_REPOSITORY;
+    }
+    if e.downcast_ref::<restore::NoSnapshot>().is_some() {
+        return reason::NO_SNAPSHOT;
+    }
     match e.downcast_ref::<Error>() {
         Some(Error::Config(_)) => reason::CONFIG,
         Some(Error::Locked(_)) => reason::LOCKED,
         Some(Error::WrongPassword(_)) => reason::WRONG_PASSWORD,
         Some(Error::Storage(_)) => reason::STORAGE,
+        Some(Error::Damaged(_)) => reason::DAMAGED_REPOSITORY,
         _ => reason::FAILED,
     }
+}
+
+/// The repository location for a failure result (never with credentials), when it
+/// resolves.
+fn repository_of(cli: &Cli, cfg: &MoverConfig) -> Option<String> {
+    stowage_common::repo::resolve_location(&cfg.restic, &cfg.common, cli.global.repo.as_deref())
+        .ok()
+        .map(|l| l.to_string())
 }
 
 fn access(cli: &Cli, cfg: &MoverConfig) -> Result<RepoAccess> {
@@ -163,11 +185,11 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<()> {
             result.write(m.result_file.as_deref());
         }
         Command::Snapshots(a) => {
-            let snaps = snapshots::list(&access(cli, cfg)?)?;
+            let (snaps, damaged) = snapshots::list(&access(cli, cfg)?)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&snaps)?);
             } else {
-                print!("{}", snapshots::table(&snaps));
+                print!("{}", snapshots::table(&snaps, &damaged));
             }
         }
         Command::Demo(a) => demo::run(a, interval)?,
