@@ -20,6 +20,10 @@ pub enum Error {
     /// Another process holds a lock that forbids this operation.
     #[error("{0}")]
     Locked(String),
+    /// The location holds repository objects but not a whole repository (a missing
+    /// `config`, say): refused, never written over.
+    #[error("{0}")]
+    Damaged(String),
     /// An error reported by rustic_core (repository format level).
     #[error("{0}")]
     Repository(String),

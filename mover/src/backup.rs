@@ -82,7 +82,10 @@ pub fn run(access: &RepoAccess, plan: &BackupPlan) -> Result<RunResult> {
     let key = locks::LockKey::from_master(&repo.key())?;
     let lock = locks::acquire(&access.storage, &key, false)?;
 
-    let snaps = repo.get_all_snapshots().map_err(Error::from_rustic)?;
+    // Damaged snapshot files are skipped with a warning (one listing for every command).
+    let listing = stowage_common::repo::list_snapshots(&repo)?;
+    listing.warn(&access.location);
+    let snaps = listing.snapshots;
     let infos: Vec<_> = snaps.iter().map(snap_info).collect();
     if let Some(uid) = plan.pvc_uid.as_deref()
         && !plan.adopt_history

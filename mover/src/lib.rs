@@ -127,6 +127,10 @@ pub fn main() -> ExitCode {
                     ok: false,
                     error: Some(message),
                     reason: Some(reason.into()),
+                    snapshot: e
+                        .downcast_ref::<restore::RestoringSnapshot>()
+                        .map(|s| s.0.clone()),
+                    repository: repository_of(&cli, &cfg),
                     ..Default::default()
                 }
                 .write(result_file.as_deref());
@@ -153,14 +157,29 @@ pub fn failure_reason(e: &anyhow::Error) -> &'static str {
     if e.downcast_ref::<restore::TargetNotEmpty>().is_some() {
         return reason::TARGET_NOT_EMPTY;
     }
+    if e.downcast_ref::<restore::NoRepository>().is_some() {
+        return reason::NO_REPOSITORY;
+    }
+    if e.downcast_ref::<restore::NoSnapshot>().is_some() {
+        return reason::NO_SNAPSHOT;
+    }
     match e.downcast_ref::<Error>() {
         Some(Error::Config(_)) => reason::CONFIG,
         Some(Error::Locked(_)) => reason::LOCKED,
         Some(Error::WrongPassword(_)) => reason::WRONG_PASSWORD,
         Some(Error::StorageTimeout(_)) => reason::STORAGE_TIMEOUT,
         Some(Error::Storage(_)) => reason::STORAGE,
+        Some(Error::Damaged(_)) => reason::DAMAGED_REPOSITORY,
         _ => reason::FAILED,
     }
+}
+
+/// The repository location for a failure result (never with credentials), when it
+/// resolves.
+fn repository_of(cli: &Cli, cfg: &MoverConfig) -> Option<String> {
+    stowage_common::repo::resolve_location(&cfg.restic, &cfg.common, cli.global.repo.as_deref())
+        .ok()
+        .map(|l| l.to_string())
 }
 
 fn access(cli: &Cli, cfg: &MoverConfig) -> Result<RepoAccess> {
@@ -231,11 +250,11 @@ fn run(cli: &Cli, cfg: &MoverConfig) -> Result<u8> {
             return Ok(exit_for_result(&result));
         }
         Command::Snapshots(a) => {
-            let snaps = snapshots::list(&access(cli, cfg)?)?;
+            let (snaps, damaged) = snapshots::list(&access(cli, cfg)?)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&snaps)?);
             } else {
-                print!("{}", snapshots::table(&snaps));
+                print!("{}", snapshots::table(&snaps, &damaged));
             }
         }
         Command::Demo(a) => demo::run(a, interval)?,

@@ -3,8 +3,7 @@
 use anyhow::Result;
 use rustic_core::NoProgressBars;
 use rustic_core::repofile::SnapshotFile;
-use stowage_common::Error;
-use stowage_common::repo::RepoAccess;
+use stowage_common::repo::{DamagedSnapshot, RepoAccess, damaged_summary, list_snapshots};
 
 use crate::progress::human_bytes;
 use crate::select::SnapInfo;
@@ -21,22 +20,20 @@ pub fn snap_info(s: &SnapshotFile) -> SnapInfo {
     }
 }
 
-/// All snapshots, oldest first. An absent repository has none.
-pub fn list(access: &RepoAccess) -> Result<Vec<SnapInfo>> {
+/// All readable snapshots, oldest first, and the damaged snapshot files (each named in
+/// a warning). An absent repository has none; a damaged one is an error.
+pub fn list(access: &RepoAccess) -> Result<(Vec<SnapInfo>, Vec<DamagedSnapshot>)> {
     let Some(repo) = access.open(NoProgressBars)? else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
-    let mut infos: Vec<_> = repo
-        .get_all_snapshots()
-        .map_err(Error::from_rustic)?
-        .iter()
-        .map(snap_info)
-        .collect();
+    let listing = list_snapshots(&repo)?;
+    listing.warn(&access.location);
+    let mut infos: Vec<_> = listing.snapshots.iter().map(snap_info).collect();
     infos.sort_by_key(|s| s.time);
-    Ok(infos)
+    Ok((infos, listing.damaged))
 }
 
-pub fn table(snaps: &[SnapInfo]) -> String {
+pub fn table(snaps: &[SnapInfo], damaged: &[DamagedSnapshot]) -> String {
     let mut rows = vec![[
         "ID".to_string(),
         "Time".into(),
@@ -70,6 +67,38 @@ pub fn table(snaps: &[SnapInfo]) -> String {
         out += line.join("  ").trim_end();
         out.push('\n');
     }
-    out += &format!("{} snapshot(s)\n", snaps.len());
+    for d in damaged {
+        out += &format!(
+            "{}  DAMAGED: snapshots/{} cannot be read ({})\n",
+            &d.id[..d.id.len().min(8)],
+            d.id,
+            d.error
+        );
+    }
+    out += &format!("{} snapshot(s)", snaps.len());
+    if let Some(skipped) = damaged_summary(damaged) {
+        out += &format!(", {skipped}");
+    }
+    out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_damaged_snapshot_files() {
+        let d = DamagedSnapshot {
+            id: "ab12cd34".repeat(8),
+            error: "does not decrypt".into(),
+        };
+        let t = table(&[], &[d]);
+        assert!(t.contains("DAMAGED: snapshots/ab12cd34ab12"), "{t}");
+        assert!(
+            t.ends_with("0 snapshot(s), 1 damaged snapshot file skipped: snapshots/ab12cd34\n"),
+            "{t}"
+        );
+        assert!(table(&[], &[]).ends_with("0 snapshot(s)\n"));
+    }
 }

@@ -290,3 +290,71 @@ fn tls_with_a_custom_ca() {
     // restic 0.14 takes the CA as a flag (RESTIC_CACERT came later).
     restic(&env, &["--cacert", ca, "check", "--read-data"], None).ok();
 }
+
+fn s3_access(env: &[(String, String)]) -> stowage_common::repo::RepoAccess {
+    let cfg = stowage_common::env::MoverConfig::from_vars(env).unwrap();
+    stowage_common::repo::RepoAccess::from_env(&cfg.restic, &cfg.common, None, None).unwrap()
+}
+
+/// Every object of the repository, by key.
+fn objects(s3: &stowage_common::backend::S3Backend) -> Vec<(String, u64)> {
+    let mut all = Vec::new();
+    for dir in ["keys", "snapshots", "index", "data", "locks"] {
+        all.extend(s3.list_keys(dir).unwrap());
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn a_repository_without_config_over_s3_is_damaged_and_never_written_over() {
+    let d = tmp();
+    let src = join(&d, "src");
+    trees::many_small(&src, 10, 1);
+    let env = s3_env(&repo("noconfig"));
+    run(&env, &["backup", path(&src)]).ok();
+    let access = s3_access(&env);
+    let stowage_common::backend::Storage::S3(s3) = &access.storage else {
+        panic!("S3")
+    };
+    let config = s3.settings().location.key("config");
+    s3.delete_key(&config).unwrap();
+    let before = objects(s3);
+
+    let r = run(&env, &["backup", path(&src)]).failed(1, "no config object");
+    assert_eq!(r.result().reason.as_deref(), Some("DamagedRepository"));
+    assert!(r.result().error.unwrap().contains("keys/ (1 file)"));
+    let r = run(&env, &["restore", path(&join(&d, "out"))]).failed(1, "no config object");
+    assert_eq!(r.result().reason.as_deref(), Some("DamagedRepository"));
+    run(&env, &["snapshots"]).failed(1, "no config object");
+    assert_eq!(s3.get_key(&config).unwrap(), None, "no new repository");
+    assert_eq!(objects(s3), before, "nothing written");
+}
+
+#[test]
+fn a_damaged_snapshot_object_over_s3_blocks_nothing_else() {
+    let d = tmp();
+    let (src, out) = (join(&d, "src"), join(&d, "out"));
+    trees::many_small(&src, 10, 1);
+    let env = s3_env(&repo("badsnap"));
+    let b = run(&env, &["backup", path(&src)]).ok().result();
+    let access = s3_access(&env);
+    let stowage_common::backend::Storage::S3(s3) = &access.storage else {
+        panic!("S3")
+    };
+    let bad = "cd".repeat(32);
+    s3.put_key(
+        &s3.settings().location.key(&format!("snapshots/{bad}")),
+        "garbage".into(),
+    )
+    .unwrap();
+    let r = run(&env, &["restore", path(&out)]).ok();
+    assert!(
+        r.stderr.contains(&format!("snapshots/{bad}")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.result().snapshot, b.snapshot);
+    assert_same_tree(&src, &out);
+    run(&env, &["backup", path(&src)]).ok();
+}

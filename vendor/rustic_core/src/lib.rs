@@ -161,7 +161,10 @@ pub use crate::{
         prune::{LimitOption, PruneOptions, PrunePlan, PruneStats},
         repair::{index::RepairIndexOptions, snapshots::RepairSnapshotsOptions},
         repoinfo::{BlobInfo, IndexInfos, PackInfo, RepoFileInfo, RepoFileInfos},
-        restore::{FileDirStats, RestoreOptions, RestorePlan, RestoreStats},
+        restore::{
+            FileDirStats, RESTORE_PACK_DAMAGED, RESTORE_PACK_UNREADABLE, RESTORE_TARGET_FAILED,
+            RestoreOptions, RestorePlan, RestoreStats,
+        },
         rewrite::RewriteOptions,
     },
     error::{ErrorKind, RusticError, RusticResult, Severity, Status},

@@ -16,7 +16,7 @@ use crate::{
     backend::{
         FileType, ReadBackend,
         decrypt::DecryptReadBackend,
-        local_destination::LocalDestination,
+        local_destination::{LocalDestination, LocalDestinationErrorKind},
         node::{Node, NodeType},
     },
     blob::{BlobLocation, BlobLocations},
@@ -31,6 +31,30 @@ pub(crate) mod constants {
     /// stowage patch: the largest pack range one restore read coalesces (a single
     /// larger blob is read alone).
     pub(crate) const LIMIT_RESTORE_READ: u32 = 4 * 1024 * 1024;
+}
+
+/// stowage patch: error codes of a failed restore, so callers can tell damaged
+/// repository data from a storage failure and from a failing restore target.
+/// A pack could not be read (missing, short, or the storage failed).
+pub const RESTORE_PACK_UNREADABLE: &str = "STOWAGE-PACK-UNREADABLE";
+/// A blob of a pack does not decrypt or decompress: the pack is damaged.
+pub const RESTORE_PACK_DAMAGED: &str = "STOWAGE-PACK-DAMAGED";
+/// Writing into (or reading from) the restore target failed, e.g. a full disk.
+pub const RESTORE_TARGET_FAILED: &str = "STOWAGE-TARGET-FAILED";
+
+/// stowage patch: the I/O error in plain words (`No space left on device (os error
+/// 28)`), not the `Debug` form the variants print.
+fn io_cause(err: &LocalDestinationErrorKind) -> String {
+    use LocalDestinationErrorKind as K;
+    match err {
+        K::DirectoryCreationFailed(e)
+        | K::OpeningFileFailed(e)
+        | K::SettingFileLengthFailed(e)
+        | K::CouldNotSeekToPositionInFile(e)
+        | K::CouldNotWriteToBuffer(e)
+        | K::ReadingExactLengthOfFileFailed(e) => e.to_string(),
+        other => other.to_string(),
+    }
 }
 
 type Filenames = Vec<PathBuf>;
@@ -66,6 +90,11 @@ pub struct RestoreOptions {
     /// Restore sparse files
     #[cfg_attr(feature = "clap", clap(long))]
     pub sparse: Option<SparseRestore>,
+
+    /// stowage patch: with `delete`, keep a `lost+found` directory at the top of the
+    /// destination (a filesystem's own, which fsck expects; never in a snapshot).
+    #[cfg_attr(feature = "clap", clap(long))]
+    pub keep_lost_found: bool,
 }
 
 #[derive(Serialize, Default, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,8 +230,16 @@ pub(crate) fn collect_and_prepare<S: IndexedFull>(
                 return Ok(next_entry(walker));
             }
 
-            debug!("additional {}", entry.path().display());
             let is_dir = entry.file_type().is_dir();
+            if opts.keep_lost_found
+                && is_dir
+                && entry.depth() == 1
+                && entry.file_name() == "lost+found"
+            {
+                walker.skip_current_dir();
+                return Ok(next_entry(walker));
+            }
+            debug!("additional {}", entry.path().display());
             if is_dir {
                 stats.dirs.additional += 1;
             } else {
@@ -603,6 +640,10 @@ fn restore_contents<S: Open>(
             .attach_context("num_threads", threads.to_string())
         })?;
 
+    // stowage patch: a failed read, decryption or write ends the restore with an error
+    // that names the pack or file (the first failure; the other tasks stop), instead
+    // of a panic in the pool that surfaced as a debug dump with a backtrace.
+    let first_error: &Mutex<Option<Box<RusticError>>> = &Mutex::new(None);
     pool.in_place_scope(|s| {
         for PackInfo {
             pack_id,
@@ -618,71 +659,129 @@ fn restore_contents<S: Open>(
             let p = &p;
 
             if !blobs.is_empty() {
-                // TODO: error handling!
                 s.spawn(move |_| {
-                    let read_data = match &from_file {
-                        Some((file_idx, offset_file, length_file)) => {
-                            // read from existing file
-                            dest.read_at(&filenames[*file_idx], *offset_file, (*length_file).into())
-                                .unwrap()
-                        }
-                        None => {
-                            // read needed part of the pack
-                            be.read_partial(FileType::Pack, &pack_id, false, offset, length)
-                                .unwrap()
-                        }
+                    if first_error.lock().unwrap().is_some() {
+                        return;
+                    }
+                    let first_path = blobs
+                        .first()
+                        .and_then(|(_, dests)| dests.first())
+                        .map(|(i, _)| filenames[*i].display().to_string())
+                        .unwrap_or_default();
+                    let target_error = |path: &PathBuf, what: &str, err: LocalDestinationErrorKind| {
+                        RusticError::with_source(
+                            ErrorKind::InputOutput,
+                            "Failed to {what} `{path}` in the restore target.",
+                            io_cause(&err),
+                        )
+                        .attach_context("what", what.to_string())
+                        .attach_context("path", path.display().to_string())
+                        .attach_error_code(RESTORE_TARGET_FAILED)
                     };
-
-                    // save into needed files in parallel
-                    for (bl, name_dests) in blobs {
-                        let size = bl.data_length().into();
-                        let data = if from_file.is_some() {
-                            read_data.clone()
-                        } else {
-                            let start = usize::try_from(bl.offset - offset)
-                                .expect("convert from u32 to usize should not fail!");
-                            let end = usize::try_from(bl.offset + bl.length - offset)
-                                .expect("convert from u32 to usize should not fail!");
-                            be.read_encrypted_from_partial(
-                                &read_data[start..end],
-                                bl.uncompressed_length,
-                            )
-                            .unwrap()
-                        };
-                        let is_sparse = match sparse {
-                            SparseRestore::ByContent => data.iter().all(|&b| b == 0),
-                            SparseRestore::No => false,
-                        };
-
-                        // stowage patch: written here, one blob after the other,
-                        // instead of in a task per blob: the tasks waited in the pool
-                        // holding their decrypted blob, without bound (64 MiB of
-                        // blobs in flight on a restore of 50,000 small files).
-                        for (file_idx, start) in name_dests {
-                            let path = &filenames[file_idx];
-                            // Allocate file if it is not yet allocated
-                            let mut sizes_guard = sizes.lock().unwrap();
-                            let filesize = sizes_guard[file_idx];
-                            sizes_guard[file_idx] = 0;
-                            drop(sizes_guard);
-                            if filesize > 0 && start == 0 && filesize == size && !is_sparse {
-                                // The whole file is this blob (a small file).
-                                dest.write_whole(path, &data).unwrap();
-                            } else {
-                                if filesize > 0 {
-                                    dest.set_length(path, filesize).unwrap();
-                                }
-                                if !is_sparse {
-                                    dest.write_at(path, start, &data).unwrap();
-                                }
+                    let work = || -> RusticResult<()> {
+                        let read_data = match &from_file {
+                            Some((file_idx, offset_file, length_file)) => {
+                                // read from existing file
+                                let path = &filenames[*file_idx];
+                                dest.read_at(path, *offset_file, (*length_file).into())
+                                    .map_err(|err| target_error(path, "read", err))?
                             }
-                            p.inc(size);
+                            None => {
+                                // read needed part of the pack
+                                be.read_partial(FileType::Pack, &pack_id, false, offset, length)
+                                    .map_err(|err| {
+                                        err.prepend_guidance_line(
+                                            "Failed to read pack `{pack}` (content of `{file}`).",
+                                        )
+                                        .attach_context("pack", pack_id.to_hex().to_string())
+                                        .attach_context("file", first_path.clone())
+                                        .attach_error_code(RESTORE_PACK_UNREADABLE)
+                                    })?
+                            }
+                        };
+
+                        // save into needed files in parallel
+                        for (bl, name_dests) in blobs {
+                            let size = bl.data_length().into();
+                            let data = if from_file.is_some() {
+                                read_data.clone()
+                            } else {
+                                let start = usize::try_from(bl.offset - offset)
+                                    .expect("convert from u32 to usize should not fail!");
+                                let end = usize::try_from(bl.offset + bl.length - offset)
+                                    .expect("convert from u32 to usize should not fail!");
+                                let file = name_dests
+                                    .first()
+                                    .map(|(i, _)| filenames[*i].display().to_string())
+                                    .unwrap_or_default();
+                                read_data
+                                    .get(start..end)
+                                    .ok_or_else(|| {
+                                        RusticError::new(
+                                            ErrorKind::Internal,
+                                            "Pack `{pack}` is shorter than its index says.",
+                                        )
+                                    })
+                                    .and_then(|raw| {
+                                        be.read_encrypted_from_partial(raw, bl.uncompressed_length)
+                                    })
+                                    .map_err(|err| {
+                                        err.prepend_guidance_line(
+                                            "Pack `{pack}` is damaged: a blob of `{file}` does not decrypt or decompress.",
+                                        )
+                                        .attach_context("pack", pack_id.to_hex().to_string())
+                                        .attach_context("file", file)
+                                        .attach_error_code(RESTORE_PACK_DAMAGED)
+                                    })?
+                            };
+                            let is_sparse = match sparse {
+                                SparseRestore::ByContent => data.iter().all(|&b| b == 0),
+                                SparseRestore::No => false,
+                            };
+
+                            // stowage patch: written here, one blob after the other,
+                            // instead of in a task per blob: the tasks waited in the pool
+                            // holding their decrypted blob, without bound (64 MiB of
+                            // blobs in flight on a restore of 50,000 small files).
+                            for (file_idx, start) in name_dests {
+                                let path = &filenames[file_idx];
+                                // Allocate file if it is not yet allocated
+                                let mut sizes_guard = sizes.lock().unwrap();
+                                let filesize = sizes_guard[file_idx];
+                                sizes_guard[file_idx] = 0;
+                                drop(sizes_guard);
+                                if filesize > 0 && start == 0 && filesize == size && !is_sparse {
+                                    // The whole file is this blob (a small file).
+                                    dest.write_whole(path, &data)
+                                        .map_err(|err| target_error(path, "write", err))?;
+                                } else {
+                                    if filesize > 0 {
+                                        dest.set_length(path, filesize)
+                                            .map_err(|err| target_error(path, "allocate", err))?;
+                                    }
+                                    if !is_sparse {
+                                        dest.write_at(path, start, &data)
+                                            .map_err(|err| target_error(path, "write", err))?;
+                                    }
+                                }
+                                p.inc(size);
+                            }
+                        }
+                        Ok(())
+                    };
+                    if let Err(err) = work() {
+                        let mut guard = first_error.lock().unwrap();
+                        if guard.is_none() {
+                            *guard = Some(err);
                         }
                     }
                 });
             }
         }
     });
+    if let Some(err) = first_error.lock().unwrap().take() {
+        return Err(err);
+    }
 
     p.finish();
 
