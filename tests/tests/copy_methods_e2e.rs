@@ -550,14 +550,12 @@ async fn direct_hooks_run_around_the_mover_and_on_error_decides() {
 async fn post_hook_runs_after_a_failed_backup() {
     let w = World::new("failed-backup-hooks");
     let hooks = freeze_hooks();
+    // The namespace's own repository, on an endpoint nobody answers: the mover fails.
+    let broken = format!("s3:http://127.0.0.1:9/{}/db/broken", w.bucket);
     let dir = w
         .app(
             "broken",
-            // A repository nobody can write to: the mover fails.
-            &[(
-                "stowage.io/repository",
-                "s3:http://127.0.0.1:9/nowhere/db/broken",
-            )],
+            &[("stowage.io/repository", broken.as_str())],
             &hooks,
             &[("f", "x")],
         )
