@@ -1011,7 +1011,7 @@ async fn an_unreachable_storage_is_probed_once_per_pass_and_resumes_by_itself() 
         "no per-PVC problem: {:?}",
         r.problems
     );
-    let probe = w.jobs().into_iter().find(|j| facts_unfinished(j)).unwrap();
+    let probe = w.jobs().into_iter().find(facts_unfinished).unwrap();
     // While the probe runs nothing else of that storage starts; no second Event.
     let r = w.pass(&cfg, "2026-11-23T11:05:00Z").await.unwrap();
     assert!(r.started.is_empty());
