@@ -256,6 +256,17 @@ else
   echo "FAIL PrometheusRule: promtool check rules"
   status=1
 fi
+# Unit tests of the alerts (tests/alerts/*.yaml name the rendered rules file).
+for t in tests/alerts/*.yaml; do
+  [ -e "$t" ] || continue
+  cp "$t" "$out/"
+  if promtool test rules "$out/$(basename "$t")"; then
+    echo "$t: promtool test rules passed"
+  else
+    echo "FAIL $t: promtool test rules"
+    status=1
+  fi
+done
 
 if [ -f docker/Dockerfile ]; then
   if "$TOOLS/bin/hadolint" --failure-threshold warning docker/Dockerfile; then

@@ -25,6 +25,16 @@ pub mod names {
     pub const BACKUP_RESULTS: &str = "stowage_backup_results";
     pub const BACKUP_LAST_SUCCESS: &str = "stowage_backup_last_success_timestamp_seconds";
     pub const BACKUP_LAST_FAILED: &str = "stowage_backup_last_failed";
+    /// Per opted-in PVC: the longest gap between two scheduled times of its policy.
+    pub const BACKUP_EXPECTED_INTERVAL: &str = "stowage_backup_expected_interval_seconds";
+    /// Per opted-in PVC: when the scheduler first saw it opted in.
+    pub const BACKUP_OPTED_IN: &str = "stowage_backup_opted_in_timestamp_seconds";
+    /// Per PVC with a problem in this pass (1), by reason.
+    pub const BACKUP_PROBLEM: &str = "stowage_backup_problem";
+    /// Per storage (endpoint/bucket): 1 while the circuit breaker is open.
+    pub const STORAGE_UNREACHABLE: &str = "stowage_storage_unreachable";
+    /// Per storage: consecutive backup results that failed to reach it.
+    pub const STORAGE_FAILURES: &str = "stowage_storage_consecutive_failures";
     pub const PASS_DURATION: &str = "stowage_pass_duration_seconds";
     pub const PASS_LAST_RUN: &str = "stowage_pass_last_run_timestamp_seconds";
     pub const GC_REPOSITORIES: &str = "stowage_gc_repositories";

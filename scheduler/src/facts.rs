@@ -38,6 +38,7 @@ pub fn quantity_bytes(q: &str) -> u64 {
 pub fn namespace_facts(ns: &Namespace) -> NamespaceFacts {
     NamespaceFacts {
         labels: ns.metadata.labels.clone().unwrap_or_default(),
+        annotations: ns.metadata.annotations.clone().unwrap_or_default(),
         terminating: ns.metadata.deletion_timestamp.is_some()
             || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating"),
     }

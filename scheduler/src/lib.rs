@@ -23,8 +23,12 @@ use stowage_common::{logging, metrics};
         Runs as a CronJob in the stowage namespace; `kubectl create job --from=cronjob/\
         stowage-scheduler now` runs a pass by hand, and running it twice starts nothing twice. \
         Configuration comes from STOWAGE_* variables (see the README).\n\n\
-        Exit status: 0 pass done, 1 the pass or some PVC failed (see the log), 2 bad \
-        configuration.",
+        Exit status: 0 pass done (one PVC's problems are Events on it and \
+        stowage_backup_problem series, not a failed run), 1 the pass failed for every PVC \
+        (API down, policies ConfigMap unreadable, central Secret missing; see the log), 2 bad \
+        configuration, 3 the pass was done but its metrics could not be pushed to \
+        STOWAGE_PUSHGATEWAY_URL (the failed Job is what alerts: a Pushgateway that is down \
+        cannot carry that news).",
     after_help = "Examples:\n  stowage-scheduler --dry-run\n  \
         stowage-scheduler repo-password s3:https://s3.lan/backups/db/data-pg-0 < master-password"
 )]
@@ -55,6 +59,8 @@ pub enum Command {
 /// Exit status for a failed pass.
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
+/// The pass was done, its metrics were not pushed.
+pub const EXIT_METRICS_NOT_PUSHED: u8 = 3;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -119,24 +125,34 @@ async fn run(cli: Cli, cfg: SchedulerConfig) -> ExitCode {
     for e in &report.errors {
         tracing::error!("{e}");
     }
+    for p in &report.problems {
+        tracing::warn!(namespace = %p.namespace, pvc = %p.pvc, reason = %p.reason, "{}", p.message);
+    }
     tracing::info!(
         started = report.started.len(),
         recorded = report.recorded.len(),
         errors = report.errors.len(),
+        problems = report.problems.len(),
         skipped = ?report.skipped,
         dry_run = cli.dry_run,
         "pass done"
     );
+    let mut pushed = true;
     if let Some(url) = &cfg.scheduler.pushgateway_url
         && !cli.dry_run
         && let Err(e) = metrics::push(url, pass::PROGRAM, &report.metrics).await
     {
-        // Metrics are for alerting; the pass itself did its work.
-        tracing::warn!("metrics not pushed: {e}");
+        // The alerts on pushed metrics are blind now, and a Pushgateway that is down
+        // cannot say so: the failed Job is what StowageJobFailed and
+        // StowageCronJobNotSucceeding (kube-state-metrics) see.
+        tracing::error!("metrics not pushed: {e}");
+        pushed = false;
     }
-    if report.errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    if !report.errors.is_empty() {
         ExitCode::from(EXIT_FAILURE)
+    } else if !pushed {
+        ExitCode::from(EXIT_METRICS_NOT_PUSHED)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -19,7 +19,7 @@ use stowage_common::k8s::contract::{self, reason, secret_keys, status, user};
 use stowage_common::k8s::credentials::{self, RunCredentials};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::mover_job::{self, MoverJobSpec};
-use stowage_common::k8s::naming::{self, Operation};
+use stowage_common::k8s::naming::Operation;
 use stowage_common::k8s::policy::Policies;
 use stowage_common::k8s::{describe_kube_error, is_status};
 use stowage_common::metrics::{Registry, names};
@@ -42,8 +42,40 @@ pub struct PassReport {
     pub started: Vec<(String, String, String)>,
     pub skipped: BTreeMap<String, usize>,
     pub recorded: Vec<(String, String, bool)>,
+    /// What stopped the pass for everyone (policies unreadable, the central Secret
+    /// missing while PVCs need it): the run fails.
     pub errors: Vec<String>,
+    /// One PVC's problems: an Event on it and a `stowage_backup_problem` series; the
+    /// run does not fail for them.
+    pub problems: Vec<Problem>,
     pub metrics: Registry,
+}
+
+/// A problem of one PVC in this pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub namespace: String,
+    pub pvc: String,
+    /// Metric label (`credentials_missing`, `unknown_policy`, `api_error`, ...).
+    pub reason: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}: {}", self.namespace, self.pvc, self.message)
+    }
+}
+
+impl PassReport {
+    fn problem(&mut self, pvc: &PersistentVolumeClaim, reason: &str, message: String) {
+        self.problems.push(Problem {
+            namespace: pvc.namespace().unwrap_or_default(),
+            pvc: pvc.name_any(),
+            reason: reason.to_string(),
+            message,
+        });
+    }
 }
 
 pub struct PassOptions {
@@ -57,11 +89,12 @@ struct Ctx<'a> {
     events: Events,
     dry_run: bool,
     now: Timestamp,
-    central: Option<Result<Secret, String>>,
+    central: Option<Result<Central, String>>,
 }
 
 /// Runs one pass. Errors that stop the whole pass (listing PVCs forbidden, API down)
-/// are returned; per-PVC problems are in the report's `errors`.
+/// are returned; what keeps every PVC from being backed up is in the report's
+/// `errors`, one PVC's problems in its `problems`.
 pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Result<PassReport> {
     let started = std::time::Instant::now();
     let instance = std::env::var("POD_NAME").ok();
@@ -76,7 +109,13 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
     let s = &cfg.scheduler;
     let mut report = PassReport::default();
 
-    let policies = load_policies(&ctx, &mut report).await;
+    let policies = match load_policies(&ctx).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            report.errors.push(e);
+            None
+        }
+    };
     let lp = ListParams::default();
     let namespaces = Api::<Namespace>::all(ctx.client.clone())
         .list(&lp)
@@ -128,7 +167,7 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
                     a.insert(status::LAST_JOB.into(), name);
                     a.insert(status::LAST_ATTEMPT.into(), created.to_string());
                 }
-                Err(e) => report.errors.push(e),
+                Err(e) => report.problem(pvc, "api_error", e),
             }
         }
     }
@@ -144,7 +183,7 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
                     pvc_uid: pvc.metadata.uid.clone().unwrap_or_default(),
                 }),
                 Ok(None) => {}
-                Err(e) => report.errors.push(e),
+                Err(e) => report.problem(pvc, "api_error", e),
             }
         }
         sweep_copies(&ctx, &pvcs.items, &jobs.items, &mut report).await;
@@ -154,7 +193,7 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         pvs.items.iter().map(|p| (p.name_any(), p)).collect();
     let pods_by_ns = facts::pods_by_namespace(pods.items);
     let no_pods = Vec::new();
-    let facts: Vec<plan::PvcFacts> = pvcs
+    let mut facts: Vec<plan::PvcFacts> = pvcs
         .items
         .iter()
         .map(|pvc| {
@@ -173,6 +212,7 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         include_namespaces: list(s.include_namespaces.as_deref()),
         exclude_namespaces: list(s.exclude_namespaces.as_deref()),
         default_snapshot_class: s.volume_snapshot_class.clone(),
+        repository_base: s.repository_base.clone(),
     };
 
     // Results of finished Jobs first: they free their PVC and may fail the guard.
@@ -186,19 +226,36 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         .iter()
         .map(|p| (p.metadata.uid.as_deref().unwrap_or(""), p))
         .collect();
-    for f in &facts {
+    let breakers_before = plan::breakers(&settings, &ns_facts, &facts);
+    for f in facts.iter_mut() {
         let Some(pvc) = by_uid.get(f.uid.as_str()) else {
             continue;
         };
-        if let Err(e) = harvest(&ctx, pvc, &jobs_by_key, &mut report).await {
-            report.errors.push(e);
+        match harvest(&ctx, pvc, &jobs_by_key, &mut report).await {
+            // What was recorded decides this pass too (breaker, metrics).
+            Ok(recorded) => {
+                for (k, v) in recorded {
+                    match v {
+                        Some(v) => f.annotations.insert(k, v),
+                        None => f.annotations.remove(&k),
+                    };
+                }
+            }
+            Err(e) => report.problem(pvc, "api_error", e),
         }
     }
+    let breakers = plan::breakers(&settings, &ns_facts, &facts);
+    storage_events(&ctx, &breakers_before, &breakers, &mut report).await;
 
     let mut active = facts::active_jobs(&jobs.items);
     // A pass holding hooks (between pre and post) owns its PVC like a running Job.
     active.extend(holding);
-    let planned = plan::plan(ctx.now, &settings, &policies, &ns_facts, &facts, &active);
+    // Without the policies nothing is decided (and no PVC is told its policy is
+    // unknown): results are recorded, the run fails.
+    let planned = match &policies {
+        Some(policies) => plan::plan(ctx.now, &settings, policies, &ns_facts, &facts, &active),
+        None => Vec::new(),
+    };
     report.metrics.gauge(
         names::SCHEDULER_PVCS,
         "PVCs that opted in to backups",
@@ -239,7 +296,17 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
                                 1.0,
                             );
                         }
-                        report.errors.push(e);
+                        if why == "api_error" && !ctx.dry_run {
+                            ctx.events
+                                .warning(
+                                    &pvc_ref(pvc),
+                                    reason::BACKUP_NOT_STARTED,
+                                    "Backup",
+                                    format!("{e}. The next pass retries."),
+                                )
+                                .await;
+                        }
+                        report.problem(pvc, &why, e);
                     }
                 }
             }
@@ -260,10 +327,25 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
                 }
                 if let Some(r) = reason.event_reason() {
                     note_skip(&ctx, pvc, p, r, message).await;
+                    report.problem(pvc, reason.as_str(), message.clone());
                 }
             }
         }
     }
+    // The central Secret is everyone's: its absence fails the run once (each PVC that
+    // needed it has its Event and problem too).
+    if let Some(Err(e)) = &ctx.central {
+        report.errors.push(e.clone());
+    }
+    backup_series(
+        &ctx,
+        &policies,
+        &planned,
+        &facts_by_uid,
+        &by_uid,
+        &mut report,
+    )
+    .await;
     report.metrics.gauge(
         names::SCHEDULER_DUE,
         "PVCs due for a backup in this pass",
@@ -278,40 +360,10 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
     );
     report.metrics.gauge(
         names::SCHEDULER_ERRORS,
-        "Errors in this pass",
+        "Errors in this pass that keep every PVC from being backed up (the run fails)",
         &[],
         report.errors.len() as f64,
     );
-    for f in &facts {
-        if plan::policy_of(
-            &f.labels,
-            &ns_facts
-                .get(&f.namespace)
-                .cloned()
-                .unwrap_or_default()
-                .labels,
-            &s.backup_label,
-        )
-        .is_none()
-        {
-            continue;
-        }
-        if let Some(t) = f
-            .annotations
-            .get(status::LAST_BACKUP)
-            .and_then(|v| v.parse::<Timestamp>().ok())
-        {
-            report.metrics.gauge(
-                names::BACKUP_LAST_SUCCESS,
-                "Time of the last successful backup of a PVC",
-                &[
-                    ("namespace", &f.namespace),
-                    ("persistentvolumeclaim", &f.name),
-                ],
-                t.as_second() as f64,
-            );
-        }
-    }
     report.metrics.gauge(
         names::PASS_DURATION,
         "Duration of the last pass",
@@ -375,7 +427,9 @@ fn count_skip(report: &mut PassReport, reason: &str) {
     );
 }
 
-async fn load_policies(ctx: &Ctx<'_>, report: &mut PassReport) -> Policies {
+/// The policies ConfigMap. Err: it cannot be read at all (then nothing is decided);
+/// a broken policy is only its PVCs' problem.
+async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
     let s = &ctx.cfg.scheduler;
     let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &s.system_namespace);
     let doc = match api.get_opt(&s.policies_configmap).await {
@@ -384,40 +438,184 @@ async fn load_policies(ctx: &Ctx<'_>, report: &mut PassReport) -> Policies {
             .and_then(|d| d.get(contract::POLICIES_KEY).cloned())
             .unwrap_or_default(),
         Ok(None) => {
-            report.errors.push(format!(
+            return Err(format!(
                 "policies ConfigMap {}/{} not found: no PVC can be backed up (deploy \
                  kustomize/ or set STOWAGE_POLICIES_CONFIGMAP)",
                 s.system_namespace, s.policies_configmap
             ));
-            String::new()
         }
         Err(e) => {
-            report.errors.push(describe_kube_error(
+            return Err(describe_kube_error(
                 &e,
                 &format!(
                     "get configmap {}/{}",
                     s.system_namespace, s.policies_configmap
                 ),
             ));
-            String::new()
         }
     };
-    match Policies::parse(&doc) {
-        Ok(p) => {
-            for (name, e) in &p.invalid {
-                tracing::warn!(policy = %name, "invalid backup policy: {e}");
+    let p = Policies::parse(&doc).map_err(|e| {
+        format!(
+            "ConfigMap {}/{} key {}: {e}",
+            s.system_namespace,
+            s.policies_configmap,
+            contract::POLICIES_KEY
+        )
+    })?;
+    for (name, e) in &p.invalid {
+        tracing::warn!(policy = %name, "invalid backup policy: {e}");
+    }
+    Ok(p)
+}
+
+/// The object storage Events are about: the scheduler's CronJob.
+fn scheduler_ref(ctx: &Ctx<'_>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("batch/v1".into()),
+        kind: Some("CronJob".into()),
+        name: Some(PROGRAM.into()),
+        namespace: Some(ctx.cfg.scheduler.system_namespace.clone()),
+        ..Default::default()
+    }
+}
+
+/// One Event when a storage's breaker opens or closes in this pass (not one per PVC),
+/// and its series.
+async fn storage_events(
+    ctx: &Ctx<'_>,
+    before: &BTreeMap<String, plan::Breaker>,
+    after: &BTreeMap<String, plan::Breaker>,
+    report: &mut PassReport,
+) {
+    for (storage, b) in after {
+        let was_open = before.get(storage).is_some_and(|b| b.is_open());
+        report.metrics.gauge(
+            names::STORAGE_UNREACHABLE,
+            "1 while backups of a storage keep failing to reach it (one probe per pass)",
+            &[("storage", storage)],
+            if b.is_open() { 1.0 } else { 0.0 },
+        );
+        report.metrics.gauge(
+            names::STORAGE_FAILURES,
+            "Newest backup results of a storage that failed to reach it, in a row",
+            &[("storage", storage)],
+            b.failures() as f64,
+        );
+        if ctx.dry_run {
+            continue;
+        }
+        if b.is_open() && !was_open {
+            tracing::warn!(%storage, failures = b.failures(), "storage unreachable: one probe backup per pass until it answers");
+            ctx.events
+                .warning(
+                    &scheduler_ref(ctx),
+                    reason::STORAGE_UNREACHABLE,
+                    "Backup",
+                    format!(
+                        "the last {} backups of storage {storage} could not reach it: until one \
+                         does, one probe backup starts per pass and the other PVCs of this \
+                         storage wait (their backups start by themselves once it answers)",
+                        b.failures()
+                    ),
+                )
+                .await;
+        } else if was_open && !b.is_open() {
+            tracing::info!(%storage, "storage reachable again: backups resume");
+            ctx.events
+                .normal(
+                    &scheduler_ref(ctx),
+                    reason::STORAGE_REACHABLE,
+                    "Backup",
+                    format!("a backup reached storage {storage} again: backups resume"),
+                )
+                .await;
+        }
+    }
+}
+
+/// Series of every opted-in PVC (labelled with its policy), from the first pass: when
+/// it opted in, its last success, the expected interval of its policy; and one series
+/// per problem.
+async fn backup_series(
+    ctx: &Ctx<'_>,
+    policies: &Option<Policies>,
+    planned: &[Planned],
+    facts_by_uid: &BTreeMap<&str, &plan::PvcFacts>,
+    by_uid: &BTreeMap<&str, &PersistentVolumeClaim>,
+    report: &mut PassReport,
+) {
+    let mut intervals: BTreeMap<&str, Option<i64>> = BTreeMap::new();
+    for p in planned {
+        let f = facts_by_uid[p.uid.as_str()];
+        let labels = [
+            ("namespace", p.namespace.as_str()),
+            ("persistentvolumeclaim", p.pvc.as_str()),
+            ("policy", p.policy.as_str()),
+        ];
+        let opted_in = match f
+            .annotations
+            .get(status::OPTED_IN_AT)
+            .and_then(|v| v.parse::<Timestamp>().ok())
+        {
+            Some(t) => t,
+            None => {
+                if !ctx.dry_run
+                    && let Err(e) = patch_pvc(
+                        ctx,
+                        by_uid[p.uid.as_str()],
+                        json!({ status::OPTED_IN_AT: ctx.now.to_string() }),
+                    )
+                    .await
+                {
+                    tracing::warn!("{e}");
+                }
+                ctx.now
             }
-            p
+        };
+        report.metrics.gauge(
+            names::BACKUP_OPTED_IN,
+            "Time the scheduler first saw a PVC opted in to backups",
+            &labels,
+            opted_in.as_second() as f64,
+        );
+        if let Some(t) = f
+            .annotations
+            .get(status::LAST_BACKUP)
+            .and_then(|v| v.parse::<Timestamp>().ok())
+        {
+            report.metrics.gauge(
+                names::BACKUP_LAST_SUCCESS,
+                "Time of the last successful backup of a PVC",
+                &labels,
+                t.as_second() as f64,
+            );
         }
-        Err(e) => {
-            report.errors.push(format!(
-                "ConfigMap {}/{} key {}: {e}",
-                s.system_namespace,
-                s.policies_configmap,
-                contract::POLICIES_KEY
-            ));
-            Policies::default()
+        let interval = *intervals.entry(p.policy.as_str()).or_insert_with(|| {
+            policies
+                .as_ref()
+                .and_then(|ps| ps.get(&p.policy).ok())
+                .and_then(|policy| plan::expected_interval(&policy.schedule))
+        });
+        if let Some(i) = interval {
+            report.metrics.gauge(
+                names::BACKUP_EXPECTED_INTERVAL,
+                "Longest time between two scheduled backups of a PVC's policy",
+                &labels,
+                i as f64,
+            );
         }
+    }
+    for pr in &report.problems {
+        report.metrics.gauge(
+            names::BACKUP_PROBLEM,
+            "1 for a PVC that has a problem in this pass, by reason (Events on the PVC)",
+            &[
+                ("namespace", pr.namespace.as_str()),
+                ("persistentvolumeclaim", pr.pvc.as_str()),
+                ("reason", pr.reason.as_str()),
+            ],
+            1.0,
+        );
     }
 }
 
@@ -465,25 +663,43 @@ async fn note_skip(
     }
 }
 
+/// Annotations a pass recorded on a PVC (None: removed).
+type Recorded = Vec<(String, Option<String>)>;
+
+fn recorded_of(ann: &serde_json::Value) -> Recorded {
+    ann.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string)))
+        .collect()
+}
+
 /// Reads the result of the PVC's last backup Job, once it finished, into the PVC's
-/// annotations and an Event.
+/// annotations and an Event. Returns the annotations recorded.
+///
+/// A partial backup (reason `Partial`: a snapshot was stored but entries the mover
+/// could not read are missing) is a failure of its own kind: `Failed: Partial`, a
+/// `BackupPartial` Event naming the count and the first paths, the snapshot recorded
+/// in `stowage.io/last-partial-snapshot`, and `stowage.io/last-backup` (the last
+/// success) left where it was, so the backup-missing alert fires if only partial
+/// backups happen.
 async fn harvest(
     ctx: &Ctx<'_>,
     pvc: &PersistentVolumeClaim,
     jobs: &BTreeMap<(String, String), &Job>,
     report: &mut PassReport,
-) -> Result<(), String> {
+) -> Result<Recorded, String> {
     let a = pvc.annotations();
     let Some(job_name) = a.get(status::LAST_JOB) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     if a.get(status::RECORDED_JOB) == Some(job_name) {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ns = pvc.namespace().unwrap_or_default();
     let (ok, result) = match jobs.get(&(ns.clone(), job_name.clone())) {
         Some(job) => match facts::job_finished(job) {
-            None => return Ok(()),
+            None => return Ok(Vec::new()),
             Some(ok) => (ok, job_result(ctx, &ns, job).await?),
         },
         None => (
@@ -537,8 +753,11 @@ async fn harvest(
         }
         hooks_note = Some(post);
     }
-    let post_hook_failed_only =
-        hooks_note.as_ref().is_some_and(|p| p.fail) && result.snapshot.is_some();
+    // Only when the post hook is the whole failure (a partial backup's snapshot is no
+    // success, whatever its hooks did).
+    let post_hook_failed_only = hooks_note.as_ref().is_some_and(|p| p.fail)
+        && result.reason.as_deref() == Some(cons::RESULT_POST_HOOK_FAILED)
+        && result.snapshot.is_some();
     let copied = a
         .get(cons::LAST_COPY_METHOD)
         .is_some_and(|m| m != CopyMethod::Direct.as_str());
@@ -548,30 +767,36 @@ async fn harvest(
     {
         tracing::warn!("{e}");
     }
+    let partial = !ok && result.reason.as_deref() == Some(stowage_common::result::reason::PARTIAL);
     report.recorded.push((ns.clone(), pvc_name.clone(), ok));
     report.metrics.add(
         names::BACKUP_RESULTS,
         "Backup results recorded in this pass",
-        &[("result", if ok { "succeeded" } else { "failed" })],
+        &[(
+            "result",
+            match (ok, partial) {
+                (true, _) => "succeeded",
+                (false, true) => "partial",
+                (false, false) => "failed",
+            },
+        )],
         1.0,
     );
     if ctx.dry_run {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let on = pvc_ref(pvc);
+    let at = ctx.now.to_string();
     if ok {
         let snapshot = result.snapshot.clone().unwrap_or_default();
-        patch_pvc(
-            ctx,
-            pvc,
-            json!({
-                status::RECORDED_JOB: job_name,
-                status::LAST_RESULT: "Succeeded",
-                status::LAST_BACKUP: ctx.now.to_string(),
-                status::LAST_SNAPSHOT: snapshot,
-            }),
-        )
-        .await?;
+        let ann = json!({
+            status::RECORDED_JOB: job_name,
+            status::LAST_RESULT: "Succeeded",
+            status::LAST_RESULT_AT: at,
+            status::LAST_BACKUP: at,
+            status::LAST_SNAPSHOT: snapshot,
+        });
+        patch_pvc(ctx, pvc, ann.clone()).await?;
         ctx.events
             .normal(
                 &on,
@@ -588,6 +813,7 @@ async fn harvest(
             )
             .await;
         tracing::info!(namespace = %ns, pvc = %pvc_name, snapshot = %snapshot, job = %job_name, "backup succeeded");
+        Ok(recorded_of(&ann))
     } else {
         let why = result
             .error
@@ -597,29 +823,61 @@ async fn harvest(
         let mut ann = json!({
             status::RECORDED_JOB: job_name,
             status::LAST_RESULT: format!("Failed: {kind}"),
+            status::LAST_RESULT_AT: at,
         });
         // The data is in the repository; only the post hook (on-error: Fail) failed.
         if post_hook_failed_only {
-            ann[status::LAST_BACKUP] = json!(ctx.now.to_string());
+            ann[status::LAST_BACKUP] = json!(at);
             ann[status::LAST_SNAPSHOT] = json!(result.snapshot.clone().unwrap_or_default());
         }
-        patch_pvc(ctx, pvc, ann).await?;
-        let event_reason = if kind == stowage_common::result::reason::FOREIGN_HISTORY {
-            reason::FOREIGN_HISTORY
-        } else {
-            reason::BACKUP_FAILED
-        };
-        ctx.events
-            .warning(
-                &on,
-                event_reason,
-                "Backup",
+        if partial && let Some(snap) = &result.snapshot {
+            ann[status::LAST_PARTIAL_SNAPSHOT] = json!(snap);
+        }
+        patch_pvc(ctx, pvc, ann.clone()).await?;
+        let (event_reason, note) = if partial {
+            (reason::BACKUP_PARTIAL, partial_note(job_name, &result))
+        } else if kind == stowage_common::result::reason::FOREIGN_HISTORY {
+            (
+                reason::FOREIGN_HISTORY,
                 format!("Job {job_name}: {why}. The next scheduled time retries."),
             )
-            .await;
-        tracing::warn!(namespace = %ns, pvc = %pvc_name, job = %job_name, reason = %kind, "backup failed: {why}");
+        } else {
+            (
+                reason::BACKUP_FAILED,
+                format!("Job {job_name}: {why}. The next scheduled time retries."),
+            )
+        };
+        ctx.events.warning(&on, event_reason, "Backup", note).await;
+        tracing::warn!(namespace = %ns, pvc = %pvc_name, job = %job_name, reason = %kind, skipped = result.skipped, "backup failed: {why}");
+        Ok(recorded_of(&ann))
     }
-    Ok(())
+}
+
+/// The Event of a partial backup: what was stored, how much is missing, the first
+/// paths, what to do.
+fn partial_note(job_name: &str, result: &RunResult) -> String {
+    let snapshot = result.snapshot.as_deref().unwrap_or("");
+    let named = result.skipped_paths.len() as u64;
+    let more = result.skipped.saturating_sub(named);
+    format!(
+        "Job {job_name} stored snapshot {} but {} entries could not be read and are missing \
+         from it: {}{}. Give the mover a user that can read them (annotation {}) or exclude \
+         them (annotation {}); the last complete backup stays the last success.",
+        snapshot.get(..8).unwrap_or(snapshot),
+        result.skipped.max(named),
+        if result.skipped_paths.is_empty() {
+            "(no paths reported)".to_string()
+        } else {
+            result.skipped_paths.join(", ")
+        },
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        },
+        user::MOVER_USER,
+        user::EXCLUDES
+    )
 }
 
 /// The mover's result from the termination message of the Job's last pod; a Job that
@@ -673,15 +931,17 @@ async fn job_result(ctx: &Ctx<'_>, ns: &str, job: &Job) -> Result<Option<RunResu
 }
 
 /// Credentials for a PVC's mover: its own Secret (annotation), or a per-run Secret
-/// from the central one. Err: (skip reason, message).
+/// from the central one for the repository the plan allowed. Err: message.
 async fn run_credentials(
     ctx: &mut Ctx<'_>,
     f: &plan::PvcFacts,
+    start: &Start,
 ) -> Result<Option<RunCredentials>, String> {
     let s = &ctx.cfg.scheduler;
-    if let Some(name) = f.annotations.get(user::SECRET) {
+    let Some(repository) = start.repository.clone() else {
+        let name = f.annotations.get(user::SECRET).cloned().unwrap_or_default();
         let api = Api::<Secret>::namespaced(ctx.client.clone(), &f.namespace);
-        return match api.get_opt(name).await {
+        return match api.get_opt(&name).await {
             Ok(Some(_)) => Ok(None),
             Ok(None) => Err(format!(
                 "Secret {}/{name} named by annotation {} does not exist: create it (keys \
@@ -695,11 +955,11 @@ async fn run_credentials(
                 &format!("get secret {}/{name}", f.namespace),
             )),
         };
-    }
+    };
     if ctx.central.is_none() {
         let api = Api::<Secret>::namespaced(ctx.client.clone(), &s.system_namespace);
         ctx.central = Some(match api.get_opt(&s.credentials_secret).await {
-            Ok(Some(sec)) => Ok(sec),
+            Ok(Some(sec)) => central_keys(ctx.cfg, &sec),
             Ok(None) => Err(format!(
                 "credentials Secret {}/{} not found: create it (see the README: keys {}, {}, \
                  {}) or give the PVC its own Secret with annotation {}",
@@ -722,9 +982,33 @@ async fn run_credentials(
         .expect("set above")
         .as_ref()
         .map_err(Clone::clone)?;
+    Ok(Some(RunCredentials {
+        password: credentials::derive_repository_password(&central.master, &repository),
+        repository,
+        access_key_id: central.access_key_id.clone(),
+        secret_access_key: central.secret_access_key.clone(),
+        region: ctx
+            .cfg
+            .restic
+            .aws_default_region
+            .clone()
+            .or_else(|| ctx.cfg.restic.aws_region.clone()),
+        ca_bundle: credentials::load_ca_bundle(&ctx.cfg.common, &ctx.cfg.restic)?,
+    }))
+}
+
+/// What the scheduler uses of the central Secret.
+struct Central {
+    master: String,
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+/// The keys of the central Secret; Err names the first one missing.
+fn central_keys(cfg: &SchedulerConfig, sec: &Secret) -> Result<Central, String> {
+    let s = &cfg.scheduler;
     let get = |k: &str| -> Result<String, String> {
-        central
-            .data
+        sec.data
             .as_ref()
             .and_then(|d| d.get(k))
             .map(|v| {
@@ -746,35 +1030,11 @@ async fn run_credentials(
                 )
             })
     };
-    let repository = match f.annotations.get(user::REPOSITORY) {
-        Some(r) => r.clone(),
-        None => {
-            let base = s.repository_base.as_deref().ok_or_else(|| {
-                format!(
-                    "no repository for PVC {}/{}: set STOWAGE_REPOSITORY_BASE (e.g. \
-                     s3:https://s3.example/bucket) or annotate the PVC {}",
-                    f.namespace,
-                    f.name,
-                    user::REPOSITORY
-                )
-            })?;
-            naming::repository_for(base, &f.namespace, &f.name)
-        }
-    };
-    let master = get(secret_keys::MASTER_PASSWORD)?;
-    Ok(Some(RunCredentials {
-        password: credentials::derive_repository_password(&master, &repository),
-        repository,
+    Ok(Central {
+        master: get(secret_keys::MASTER_PASSWORD)?,
         access_key_id: get(secret_keys::MOVER_ACCESS_KEY_ID)?,
         secret_access_key: get(secret_keys::MOVER_SECRET_ACCESS_KEY)?,
-        region: ctx
-            .cfg
-            .restic
-            .aws_default_region
-            .clone()
-            .or_else(|| ctx.cfg.restic.aws_region.clone()),
-        ca_bundle: credentials::load_ca_bundle(&ctx.cfg.common, &ctx.cfg.restic)?,
-    }))
+    })
 }
 
 /// Settings the mover inherits from the scheduler, plus the PVC's own.
@@ -1084,7 +1344,8 @@ async fn sweep_copies(
         ) {
             tracing::info!(namespace = %ns, pvc = %p.name_any(), "removing a temporary backup volume");
             if let Err(e) = consistency::delete_pvc(&ctx.client, &ns, &p.name_any()).await {
-                report.errors.push(e);
+                // Retried by the next pass; only this copy's problem.
+                report.problem(p, "cleanup", e);
             }
         }
     }
@@ -1106,12 +1367,14 @@ async fn sweep_copies(
                 if stale(&ns, &job, created) {
                     tracing::info!(namespace = %ns, snapshot = %name, "removing a temporary VolumeSnapshot");
                     if let Err(e) = consistency::delete_snapshot(&ctx.client, &ns, &name).await {
-                        report.errors.push(e);
+                        tracing::warn!("{e} (the next pass retries)");
                     }
                 }
             }
         }
-        Err(e) => report.errors.push(e),
+        // Only the sweep of leftovers is lost (the next pass retries); backups that
+        // need snapshots fail with their own Event.
+        Err(e) => tracing::warn!("{e}"),
     }
 }
 
@@ -1122,7 +1385,7 @@ async fn start_backup(
     f: &plan::PvcFacts,
     start: &Start,
 ) -> Result<bool, (String, String)> {
-    let creds = match run_credentials(ctx, f).await {
+    let creds = match run_credentials(ctx, f, start).await {
         Ok(c) => c,
         Err(e) => {
             if !ctx.dry_run {
@@ -1268,13 +1531,20 @@ async fn start_backup(
                 reason::BACKUP_STARTED,
                 "Backup",
                 format!(
-                    "Job {} started (policy {}{})",
+                    "Job {} started (policy {}{}{})",
                     start.job_name,
                     start.policy,
                     if start.missed > 0 {
                         format!(", {} scheduled backups missed", start.missed)
                     } else {
                         String::new()
+                    },
+                    match (&start.storage, start.probe) {
+                        (Some(st), true) => format!(
+                            "; the probe of unreachable storage {st}: its result decides \
+                             whether the other backups of that storage resume"
+                        ),
+                        _ => String::new(),
                     }
                 ),
             )

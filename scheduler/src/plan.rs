@@ -8,11 +8,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{NodeSelector, Toleration};
 use stowage_common::k8s::contract::{self, consistency, user};
 use stowage_common::k8s::copy::CopyMethod;
+use stowage_common::k8s::grant;
 use stowage_common::k8s::hooks::{self, Hook, Phase};
 use stowage_common::k8s::mover_job::{self, Placement, RunAs};
 use stowage_common::k8s::naming::{self, Operation};
 use stowage_common::k8s::policy::{Policies, PolicyProblem};
-use stowage_common::schedule::{self, Due, RunHistory};
+use stowage_common::location::Location;
+use stowage_common::schedule::{self, Due, RunHistory, Schedule};
 
 /// What the pass knows about one PVC (gathered from the API by `facts`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -61,6 +63,8 @@ pub struct Consumer {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NamespaceFacts {
     pub labels: BTreeMap<String, String>,
+    /// The Namespace's annotations (the repository grant).
+    pub annotations: BTreeMap<String, String>,
     pub terminating: bool,
 }
 
@@ -81,6 +85,8 @@ pub struct PassSettings {
     pub exclude_namespaces: Vec<String>,
     /// VolumeSnapshotClass when a PVC names none (None: the cluster's default).
     pub default_snapshot_class: Option<String>,
+    /// `STOWAGE_REPOSITORY_BASE`: repositories are `<base>/<namespace>/<pvc>`.
+    pub repository_base: Option<String>,
 }
 
 /// Why a PVC is not backed up in this pass.
@@ -100,6 +106,9 @@ pub enum SkipReason {
     InvalidCopyMethod,
     InvalidHook,
     InvalidDeadline,
+    RepositoryNotGranted,
+    RepositoryRefused,
+    StorageUnreachable,
     ConcurrencyLimit,
 }
 
@@ -121,6 +130,9 @@ impl SkipReason {
             SkipReason::InvalidCopyMethod => "invalid_copy_method",
             SkipReason::InvalidHook => "invalid_hook",
             SkipReason::InvalidDeadline => "invalid_deadline",
+            SkipReason::RepositoryNotGranted => "repository_not_granted",
+            SkipReason::RepositoryRefused => "repository_refused",
+            SkipReason::StorageUnreachable => "storage_unreachable",
             SkipReason::ConcurrencyLimit => "concurrency_limit",
         }
     }
@@ -137,6 +149,9 @@ impl SkipReason {
             SkipReason::InvalidCopyMethod => Some(consistency::reason::INVALID_COPY_METHOD),
             SkipReason::InvalidHook => Some(consistency::reason::INVALID_HOOK),
             SkipReason::InvalidDeadline => Some(r::INVALID_MOVER_DEADLINE),
+            SkipReason::RepositoryNotGranted => Some(r::REPOSITORY_NOT_GRANTED),
+            SkipReason::RepositoryRefused => Some(r::REPOSITORY_REFUSED),
+            // One Event for the storage, not one per PVC (see `breakers`).
             _ => None,
         }
     }
@@ -167,6 +182,14 @@ pub struct Start {
     pub copy: CopyPlan,
     /// Hooks of the app pods, in the order they run.
     pub hooks: Vec<PodHooks>,
+    /// The repository whose password the scheduler derives; None: the PVC's own
+    /// Secret (`stowage.io/secret`) names it.
+    pub repository: Option<String>,
+    /// The storage of that repository ([`storage_key`]).
+    pub storage: Option<String>,
+    /// The one backup of an unreachable storage allowed in this pass (circuit breaker
+    /// half-open): its result closes or keeps open the breaker.
+    pub probe: bool,
 }
 
 /// The copy method of one backup and what its temporary objects are made of.
@@ -199,6 +222,8 @@ pub struct Planned {
     pub namespace: String,
     pub pvc: String,
     pub uid: String,
+    /// The policy the PVC follows (opted in).
+    pub policy: String,
     pub decision: Decision,
 }
 
@@ -418,7 +443,15 @@ pub fn plan(
         let Some(policy_name) = policy_of(&pvc.labels, &ns.labels, &settings.backup_label) else {
             continue;
         };
-        let decision = decide_one(now, settings, policies, &ns, pvc, &policy_name, &busy);
+        let decision = decide_one(
+            now,
+            settings,
+            policies,
+            namespaces,
+            pvc,
+            &policy_name,
+            &busy,
+        );
         if let Decision::Start(s) = &decision {
             due.push((s.since, out.len()));
         }
@@ -426,11 +459,54 @@ pub fn plan(
             namespace: pvc.namespace.clone(),
             pvc: pvc.name.clone(),
             uid: pvc.uid.clone(),
+            policy: policy_name,
             decision,
         });
     }
     // Most overdue first; the rest wait for a free slot (next pass).
     due.sort();
+    // An unreachable storage gets one probe backup (its most overdue PVC), and none
+    // while a Job of it runs; its other PVCs wait without taking a slot.
+    let breakers = breakers(settings, namespaces, pvcs);
+    let storage_of_uid: BTreeMap<&str, String> = pvcs
+        .iter()
+        .filter_map(|p| Some((p.uid.as_str(), pvc_storage(p, settings, namespaces)?)))
+        .collect();
+    let running: BTreeSet<&String> = active
+        .iter()
+        .filter_map(|j| storage_of_uid.get(j.pvc_uid.as_str()))
+        .collect();
+    let mut probed: BTreeSet<String> = BTreeSet::new();
+    due.retain(|&(_, i)| {
+        let Decision::Start(s) = &mut out[i].decision else {
+            return false;
+        };
+        let Some(storage) = s.storage.clone() else {
+            return true;
+        };
+        let Some(b) = breakers.get(&storage) else {
+            return true;
+        };
+        match gate(b, running.contains(&storage), probed.contains(&storage)) {
+            Gate::Start => true,
+            Gate::Probe => {
+                s.probe = true;
+                probed.insert(storage);
+                true
+            }
+            Gate::Block => {
+                out[i].decision = skip(
+                    SkipReason::StorageUnreachable,
+                    format!(
+                        "the storage {storage} is unreachable ({} backups in a row could not \
+                         reach it): one probe backup per pass, the others wait",
+                        b.failures()
+                    ),
+                );
+                false
+            }
+        }
+    });
     let free = settings.max_concurrent_jobs.saturating_sub(active.len());
     for (_, i) in due.into_iter().skip(free) {
         out[i].decision = Decision::Skip {
@@ -456,11 +532,12 @@ fn decide_one(
     now: Timestamp,
     settings: &PassSettings,
     policies: &Policies,
-    ns: &NamespaceFacts,
+    namespaces: &BTreeMap<String, NamespaceFacts>,
     pvc: &PvcFacts,
     policy_name: &str,
     busy: &BTreeSet<&str>,
 ) -> Decision {
+    let ns = &namespaces.get(&pvc.namespace).cloned().unwrap_or_default();
     if ns.terminating {
         return skip(
             SkipReason::NamespaceTerminating,
@@ -513,6 +590,10 @@ fn decide_one(
                 ),
             );
         }
+    };
+    let repository = match repository_of(pvc, settings.repository_base.as_deref(), namespaces) {
+        Ok(r) => r,
+        Err((reason, message)) => return skip(reason, message),
     };
     if pvc.block_mode {
         return skip(
@@ -615,7 +696,288 @@ fn decide_one(
         policy: policy_name.to_string(),
         copy,
         hooks,
+        storage: repository.as_deref().and_then(storage_key),
+        repository,
+        probe: false,
     }))
+}
+
+/// The repository whose password the scheduler derives for `pvc`; Ok(None): the PVC
+/// names its own Secret. Under `STOWAGE_REPOSITORY_BASE` a repository belongs to the
+/// namespace of its first path segment after the base: another namespace's needs its
+/// grant ([`grant`]). Outside the base no namespace owns it by layout, so any other
+/// namespace could name it too and obtain the same derived password: refused without
+/// the PVC's own Secret. Locations are compared as the password derivation sees them
+/// (bucket and prefix; endpoint, scheme, `//` and trailing `/` do not matter).
+pub fn repository_of(
+    pvc: &PvcFacts,
+    base: Option<&str>,
+    namespaces: &BTreeMap<String, NamespaceFacts>,
+) -> Result<Option<String>, (SkipReason, String)> {
+    if pvc.annotations.contains_key(user::SECRET) {
+        return Ok(None);
+    }
+    let refused = |m: String| Err((SkipReason::RepositoryRefused, m));
+    let Some(url) = pvc.annotations.get(user::REPOSITORY) else {
+        return match base {
+            Some(b) => Ok(Some(naming::repository_for(b, &pvc.namespace, &pvc.name))),
+            None => refused(format!(
+                "no repository: set STOWAGE_REPOSITORY_BASE (e.g. s3:https://s3.example/bucket) \
+                 in the scheduler, or give the PVC its own Secret with annotation {}",
+                user::SECRET
+            )),
+        };
+    };
+    let own_secret = format!(
+        "give the PVC its own Secret with annotation {} (keys RESTIC_REPOSITORY, \
+         RESTIC_PASSWORD, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+        user::SECRET
+    );
+    let Some(base) = base else {
+        return refused(format!(
+            "{} {url:?}: without STOWAGE_REPOSITORY_BASE no namespace owns a repository, so \
+             the scheduler derives no password for it; {own_secret}",
+            user::REPOSITORY
+        ));
+    };
+    let (Some(want), Some(root)) = (segments(url), segments(base)) else {
+        return refused(format!(
+            "{} {url:?} is not a repository location stowage reads (s3:https://host/bucket/path \
+             or a local path); fix the annotation",
+            user::REPOSITORY
+        ));
+    };
+    if want.1.iter().any(|s| s == "." || s == "..") {
+        return refused(format!(
+            "{} {url:?}: `.` and `..` segments are not allowed in a repository path",
+            user::REPOSITORY
+        ));
+    }
+    let under = want.0 == root.0 && want.1.starts_with(&root.1);
+    if !under {
+        return refused(format!(
+            "{} {url:?} is outside STOWAGE_REPOSITORY_BASE {base}: no namespace owns it, so \
+             another namespace could obtain the same password; {own_secret}",
+            user::REPOSITORY
+        ));
+    }
+    let Some(owner) = want.1.get(root.1.len()) else {
+        return refused(format!(
+            "{} {url:?} is STOWAGE_REPOSITORY_BASE itself, not a namespace's repository \
+             (<base>/<namespace>/<pvc>)",
+            user::REPOSITORY
+        ));
+    };
+    let annotations = namespaces.get(owner).map(|n| &n.annotations);
+    if !grant::allows(owner, annotations, &pvc.namespace) {
+        return Err((
+            SkipReason::RepositoryNotGranted,
+            format!(
+                "{} {url:?} is a repository of namespace {owner}: {}",
+                user::REPOSITORY,
+                grant::how_to_grant(owner, &pvc.namespace)
+            ),
+        ));
+    }
+    Ok(Some(url.clone()))
+}
+
+/// A location as the password derivation identifies it: (kind and bucket, path
+/// segments), None when unreadable.
+fn segments(url: &str) -> Option<(String, Vec<String>)> {
+    let split = |p: &str| -> Vec<String> {
+        p.split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    match Location::parse(url, Some("https://s3.invalid")).ok()? {
+        Location::S3(s) => Some((format!("s3:{}", s.bucket), split(&s.prefix))),
+        Location::Local(p) => Some(("local".into(), split(&p.to_string_lossy()))),
+    }
+}
+
+/// The storage a repository lives on, as the circuit breaker counts it: endpoint host
+/// and bucket (`s3.lan/backups`), `local` for local paths. Never credentials.
+pub fn storage_key(repository: &str) -> Option<String> {
+    match Location::parse(repository, None).ok()? {
+        Location::S3(s) => {
+            let host = s
+                .endpoint
+                .as_deref()
+                .map(|e| e.split_once("://").map_or(e, |(_, h)| h))
+                .map(|h| {
+                    h.rsplit_once('@')
+                        .map_or(h, |(_, h)| h)
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_else(|| "s3.amazonaws.com".into());
+            Some(format!("{host}/{}", s.bucket))
+        }
+        Location::Local(_) => Some("local".into()),
+    }
+}
+
+/// The storage of a PVC whose repository the scheduler derives (None: own Secret,
+/// refused, or unreadable).
+pub fn pvc_storage(
+    pvc: &PvcFacts,
+    settings: &PassSettings,
+    namespaces: &BTreeMap<String, NamespaceFacts>,
+) -> Option<String> {
+    repository_of(pvc, settings.repository_base.as_deref(), namespaces)
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(storage_key)
+}
+
+/// Consecutive backup results that failed to reach a storage before it counts as
+/// unreachable.
+pub const STORAGE_FAILURE_THRESHOLD: usize = 3;
+
+/// One recorded backup result of a storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageOutcome {
+    pub at: Timestamp,
+    /// The mover could not reach the storage (reason `Storage` or `StorageTimeout`).
+    pub unreachable: bool,
+}
+
+/// The circuit breaker of one storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    /// Jobs start as usual.
+    Closed { failures: usize },
+    /// The newest `failures` results all failed to reach the storage, the first of
+    /// them at `since`: one probe backup per pass (half-open), the others wait.
+    Open { failures: usize, since: Timestamp },
+}
+
+impl Breaker {
+    pub fn failures(&self) -> usize {
+        match *self {
+            Breaker::Closed { failures } | Breaker::Open { failures, .. } => failures,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self, Breaker::Open { .. })
+    }
+}
+
+/// The breaker of a storage from its results (any order): open once the newest
+/// `threshold` or more all failed to reach it; any other result (a success, or a
+/// failure the storage answered, like a wrong password) closes it.
+pub fn breaker(outcomes: &[StorageOutcome], threshold: usize) -> Breaker {
+    let mut sorted = outcomes.to_vec();
+    sorted.sort_by_key(|o| std::cmp::Reverse(o.at));
+    let run: Vec<&StorageOutcome> = sorted.iter().take_while(|o| o.unreachable).collect();
+    match run.last() {
+        Some(first) if run.len() >= threshold.max(1) => Breaker::Open {
+            failures: run.len(),
+            since: first.at,
+        },
+        _ => Breaker::Closed {
+            failures: run.len(),
+        },
+    }
+}
+
+/// What a due backup of a storage may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Start,
+    /// Start it as the pass's one probe of an open breaker.
+    Probe,
+    /// Wait: the storage is unreachable and a probe runs or was started.
+    Block,
+}
+
+/// The gate of a due backup: `probe_running`, a Job of this storage is still running
+/// (the last probe); `probed`, this pass started a probe already.
+pub fn gate(b: &Breaker, probe_running: bool, probed: bool) -> Gate {
+    match b {
+        Breaker::Closed { .. } => Gate::Start,
+        Breaker::Open { .. } if probe_running || probed => Gate::Block,
+        Breaker::Open { .. } => Gate::Probe,
+    }
+}
+
+/// The outcome recorded on a PVC (`last-result`, `last-result-at`), if any.
+pub fn recorded_outcome(annotations: &BTreeMap<String, String>) -> Option<StorageOutcome> {
+    let at = parse_time(annotations, contract::status::LAST_RESULT_AT)?;
+    let result = annotations.get(contract::status::LAST_RESULT)?;
+    let kind = result.strip_prefix("Failed: ").unwrap_or("");
+    use stowage_common::result::reason as r;
+    Some(StorageOutcome {
+        at,
+        unreachable: kind == r::STORAGE || kind == r::STORAGE_TIMEOUT,
+    })
+}
+
+/// The breaker of every storage that the opted-in PVCs' recorded results name.
+pub fn breakers(
+    settings: &PassSettings,
+    namespaces: &BTreeMap<String, NamespaceFacts>,
+    pvcs: &[PvcFacts],
+) -> BTreeMap<String, Breaker> {
+    let mut by_storage: BTreeMap<String, Vec<StorageOutcome>> = BTreeMap::new();
+    for p in pvcs {
+        if p.managed_by_stowage || !namespace_in_scope(&p.namespace, settings) {
+            continue;
+        }
+        let (Some(storage), Some(o)) = (
+            pvc_storage(p, settings, namespaces),
+            recorded_outcome(&p.annotations),
+        ) else {
+            continue;
+        };
+        by_storage.entry(storage).or_default().push(o);
+    }
+    by_storage
+        .into_iter()
+        .map(|(k, v)| (k, breaker(&v, STORAGE_FAILURE_THRESHOLD)))
+        .collect()
+}
+
+/// The longest time between two scheduled times of `schedule` (UTC), in seconds: the
+/// age a last successful backup may reach before the next one is due. Scheduled times
+/// of a day are the same on every day that matches (cron's minute and hour fields do
+/// not depend on the day), so the gaps are those within one matching day and those
+/// from the last time of a matching day to the first of the next. Eight years are
+/// scanned (a 29 February schedule has four-year gaps). None: it never runs.
+pub fn expected_interval(schedule: &Schedule) -> Option<i64> {
+    const DAY: i64 = 86_400;
+    // A fixed start keeps the result a function of the schedule alone.
+    let start: Timestamp = "2024-01-01T00:00:00Z".parse().ok()?;
+    let end = start.as_second() + 8 * 366 * DAY;
+    let day_of = |t: Timestamp| t.as_second().div_euclid(DAY);
+    let mut first = schedule.next_after(Timestamp::from_second(start.as_second() - 1).ok()?)?;
+    // Gaps within a matching day.
+    let mut longest = 0i64;
+    let mut t = first;
+    while let Some(n) = schedule.next_after(t) {
+        if day_of(n) != day_of(first) {
+            break;
+        }
+        longest = longest.max(n.as_second() - t.as_second());
+        t = n;
+    }
+    // From the last time of each matching day to the first of the next.
+    let mut last_of_day = t;
+    let mut runs = 1;
+    while first.as_second() < end {
+        let Some(next) = schedule.next_after(last_of_day) else {
+            break;
+        };
+        longest = longest.max(next.as_second() - last_of_day.as_second());
+        first = next;
+        let day_end = Timestamp::from_second((day_of(first) + 1) * DAY - 1).ok()?;
+        last_of_day = schedule.latest_at_or_before(day_end)?;
+        runs += 1;
+    }
+    (runs > 1 && longest > 0).then_some(longest)
 }
 
 #[cfg(test)]
@@ -640,6 +1002,7 @@ broken: { schedule: "0 3 * * 8" }
             include_namespaces: vec![],
             exclude_namespaces: vec![],
             default_snapshot_class: None,
+            repository_base: Some("s3:https://s3.lan/b".into()),
         }
     }
 
@@ -719,6 +1082,7 @@ broken: { schedule: "0 3 * * 8" }
             NamespaceFacts {
                 labels: BTreeMap::from([("backup".into(), "daily".into())]),
                 terminating: false,
+                ..Default::default()
             },
         )]);
         let out = run_ns(
@@ -858,6 +1222,7 @@ broken: { schedule: "0 3 * * 8" }
             NamespaceFacts {
                 labels: BTreeMap::new(),
                 terminating: true,
+                ..Default::default()
             },
         )]);
         let all = [
@@ -1003,6 +1368,7 @@ broken: { schedule: "0 3 * * 8" }
         let privileged = NamespaceFacts {
             labels: BTreeMap::from([(contract::LABEL_PRIVILEGED_MOVER.into(), "true".into())]),
             terminating: false,
+            ..Default::default()
         };
         assert_eq!(run_as(&p, &privileged).unwrap(), RunAs::Privileged);
 
@@ -1164,5 +1530,314 @@ broken: { schedule: "0 3 * * 8" }
         assert!(!namespace_in_scope("kube-system", &s));
         s.include_namespaces = vec!["db".into()];
         assert!(!namespace_in_scope("web", &s));
+    }
+
+    #[test]
+    fn expected_interval_is_the_longest_gap_of_the_schedule() {
+        let gap = |e: &str| expected_interval(&Schedule::parse(e).unwrap()).unwrap();
+        assert_eq!(gap("@hourly"), 3_600);
+        assert_eq!(gap("0 3 * * *"), 86_400);
+        assert_eq!(gap("@daily"), 86_400);
+        assert_eq!(gap("@weekly"), 7 * 86_400);
+        assert_eq!(gap("0 4 * * 0"), 7 * 86_400);
+        // Weekdays: Friday 02:30 to Monday 02:30.
+        assert_eq!(gap("30 2 * * 1-5"), 3 * 86_400);
+        // Office hours: 17:45 to 09:00 the next day.
+        assert_eq!(gap("*/15 9-17 * * *"), 15 * 3_600 + 15 * 60);
+        // The longest month.
+        assert_eq!(gap("0 0 1 * *"), 31 * 86_400);
+        // Twice a day, unevenly.
+        assert_eq!(gap("0 1,5 * * *"), 20 * 3_600);
+        // Leap days only: four years.
+        assert_eq!(gap("0 0 29 2 *"), (4 * 365 + 1) * 86_400);
+    }
+
+    fn base() -> Option<&'static str> {
+        Some("s3:https://s3.lan/volsync-backups")
+    }
+
+    fn with_repo(url: &str) -> PvcFacts {
+        let mut p = pvc("a", "p", "hourly");
+        p.annotations
+            .insert(user::REPOSITORY.into(), url.to_string());
+        p
+    }
+
+    fn granting(ns: &str, to: &str) -> BTreeMap<String, NamespaceFacts> {
+        BTreeMap::from([(
+            ns.to_string(),
+            NamespaceFacts {
+                annotations: BTreeMap::from([(grant::GRANT_ANNOTATION.into(), to.into())]),
+                ..Default::default()
+            },
+        )])
+    }
+
+    #[test]
+    fn repositories_of_other_namespaces_need_their_grant() {
+        let none = BTreeMap::new();
+        // The layout and the PVC's own namespace need nothing.
+        assert_eq!(
+            repository_of(&pvc("a", "p", "hourly"), base(), &none),
+            Ok(Some("s3:https://s3.lan/volsync-backups/a/p".into()))
+        );
+        assert_eq!(
+            repository_of(
+                &with_repo("s3:https://s3.lan/volsync-backups/a/old-name"),
+                base(),
+                &none
+            ),
+            Ok(Some("s3:https://s3.lan/volsync-backups/a/old-name".into()))
+        );
+        // Namespace b's repository, however it is spelled: refused with the fix.
+        for url in [
+            "s3:https://s3.lan/volsync-backups/b/p",
+            "s3:s3.lan/volsync-backups//b/p",
+            "s3:http://s3.lan/volsync-backups/b/p/",
+            "s3:https://elsewhere:9000/volsync-backups/b/p",
+            "s3://volsync-backups/b/p",
+        ] {
+            let (reason, message) = repository_of(&with_repo(url), base(), &none).unwrap_err();
+            assert_eq!(reason, SkipReason::RepositoryNotGranted, "{url}");
+            assert!(
+                message.contains("kubectl annotate namespace b stowage.io/grant-repositories-to=a"),
+                "{message}"
+            );
+            // Granted by b (by name or to everyone): allowed.
+            for to in ["a", "c, a", "*"] {
+                assert_eq!(
+                    repository_of(&with_repo(url), base(), &granting("b", to)),
+                    Ok(Some(url.to_string())),
+                    "{url} {to}"
+                );
+            }
+            // A grant by another namespace, or to another, is none.
+            assert!(repository_of(&with_repo(url), base(), &granting("c", "a")).is_err());
+            assert!(repository_of(&with_repo(url), base(), &granting("b", "ab")).is_err());
+        }
+    }
+
+    #[test]
+    fn repositories_outside_the_base_need_the_pvcs_own_secret() {
+        let none = BTreeMap::new();
+        for url in [
+            "s3:https://s3.lan/other-bucket/b/p",
+            // The base itself belongs to nobody.
+            "s3:https://s3.lan/volsync-backups",
+            "s3:https://s3.lan/volsync-backups/",
+            "s3:https://s3.lan/volsync-backups/a/../b/p",
+            "/srv/restic/b/p",
+        ] {
+            let (reason, message) = repository_of(&with_repo(url), base(), &none).unwrap_err();
+            assert_eq!(reason, SkipReason::RepositoryRefused, "{url}");
+            assert!(!message.is_empty());
+        }
+        // A prefix is compared by segments, not as a string.
+        let prefixed = Some("s3:https://s3.lan/bucket/stowage");
+        assert_eq!(
+            repository_of(
+                &with_repo("s3:https://s3.lan/bucket/stowage-x/a/p"),
+                prefixed,
+                &none
+            )
+            .unwrap_err()
+            .0,
+            SkipReason::RepositoryRefused
+        );
+        assert!(
+            repository_of(
+                &with_repo("s3:https://s3.lan/bucket/stowage/a/p"),
+                prefixed,
+                &none
+            )
+            .is_ok()
+        );
+        // Without a base no namespace owns anything.
+        assert_eq!(
+            repository_of(&with_repo("s3:https://s3.lan/b/a/p"), None, &none)
+                .unwrap_err()
+                .0,
+            SkipReason::RepositoryRefused
+        );
+        assert_eq!(
+            repository_of(&pvc("a", "p", "hourly"), None, &none)
+                .unwrap_err()
+                .0,
+            SkipReason::RepositoryRefused
+        );
+        // The PVC's own Secret: the user's credentials, nothing derived.
+        let mut own = with_repo("s3:https://s3.lan/other-bucket/b/p");
+        own.annotations.insert(user::SECRET.into(), "mine".into());
+        assert_eq!(repository_of(&own, None, &none), Ok(None));
+        // In the plan: a refused PVC is skipped with its reason and an Event.
+        let out = run(
+            &[with_repo("s3:https://s3.lan/b/b/p")],
+            &[],
+            "2026-11-23T10:00:00Z",
+        );
+        assert_eq!(reason(&out[0]), Some(SkipReason::RepositoryNotGranted));
+        assert_eq!(
+            SkipReason::RepositoryNotGranted.event_reason(),
+            Some("RepositoryNotGranted")
+        );
+        let out = run(&[pvc("a", "p", "hourly")], &[], "2026-11-23T10:00:00Z");
+        assert_eq!(
+            start(&out[0]).repository.as_deref(),
+            Some("s3:https://s3.lan/b/a/p")
+        );
+        assert_eq!(start(&out[0]).storage.as_deref(), Some("s3.lan/b"));
+    }
+
+    #[test]
+    fn storage_keys_are_endpoint_host_and_bucket() {
+        assert_eq!(
+            storage_key("s3:https://S3.lan:9000/backups/db/pg").as_deref(),
+            Some("s3.lan:9000/backups")
+        );
+        assert_eq!(
+            storage_key("s3:http://s3.lan:9000/backups/x").as_deref(),
+            Some("s3.lan:9000/backups")
+        );
+        assert_eq!(
+            storage_key("s3://backups/db").as_deref(),
+            Some("s3.amazonaws.com/backups")
+        );
+        assert_eq!(storage_key("/srv/repo").as_deref(), Some("local"));
+        assert_eq!(storage_key("sftp:host:/x"), None);
+    }
+
+    fn outcome(at: &str, unreachable: bool) -> StorageOutcome {
+        StorageOutcome {
+            at: t(at),
+            unreachable,
+        }
+    }
+
+    #[test]
+    fn breaker_opens_after_consecutive_unreachable_results_and_closes_on_any_other() {
+        let f = |a| outcome(a, true);
+        let ok = |a| outcome(a, false);
+        assert_eq!(breaker(&[], 3), Breaker::Closed { failures: 0 });
+        // Two in a row: still closed.
+        assert_eq!(
+            breaker(
+                &[
+                    ok("2026-11-23T08:00:00Z"),
+                    f("2026-11-23T09:00:00Z"),
+                    f("2026-11-23T10:00:00Z")
+                ],
+                3
+            ),
+            Breaker::Closed { failures: 2 }
+        );
+        // Three in a row (any order given): open since the first of them.
+        let three = [
+            f("2026-11-23T10:00:00Z"),
+            ok("2026-11-23T07:00:00Z"),
+            f("2026-11-23T08:00:00Z"),
+            f("2026-11-23T09:00:00Z"),
+        ];
+        assert_eq!(
+            breaker(&three, 3),
+            Breaker::Open {
+                failures: 3,
+                since: t("2026-11-23T08:00:00Z")
+            }
+        );
+        // The newest result reached the storage (the probe succeeded, or the storage
+        // answered with an error of its own): closed.
+        let mut probed = three.to_vec();
+        probed.push(ok("2026-11-23T11:00:00Z"));
+        assert_eq!(breaker(&probed, 3), Breaker::Closed { failures: 0 });
+        // Gate: closed starts all; open (half-open) lets one probe through per pass,
+        // none while a Job of the storage runs.
+        let open = breaker(&three, 3);
+        let closed = breaker(&probed, 3);
+        assert_eq!(gate(&closed, true, true), Gate::Start);
+        assert_eq!(gate(&open, false, false), Gate::Probe);
+        assert_eq!(gate(&open, false, true), Gate::Block);
+        assert_eq!(gate(&open, true, false), Gate::Block);
+    }
+
+    #[test]
+    fn an_unreachable_storage_gets_one_probe_per_pass() {
+        let mut ps = Vec::new();
+        for (i, name) in ["p1", "p2", "p3", "p4"].iter().enumerate() {
+            let mut p = pvc("a", name, "hourly");
+            p.annotations.insert(
+                status::LAST_ATTEMPT.into(),
+                format!("2026-11-23T0{}:00:01Z", 5 + i),
+            );
+            p.annotations
+                .insert(status::LAST_RESULT.into(), "Failed: StorageTimeout".into());
+            p.annotations.insert(
+                status::LAST_RESULT_AT.into(),
+                format!("2026-11-23T0{}:10:00Z", 5 + i),
+            );
+            ps.push(p);
+        }
+        // Another storage (same bucket name, other endpoint) is not held back.
+        let mut other = pvc("a", "elsewhere", "hourly");
+        other.annotations.insert(
+            user::REPOSITORY.into(),
+            "s3:https://minio.lan/b/a/elsewhere".into(),
+        );
+        ps.push(other);
+        let now = "2026-11-23T10:00:00Z";
+        let b = breakers(&settings(), &BTreeMap::new(), &ps);
+        assert!(b["s3.lan/b"].is_open(), "{b:?}");
+        let out = run(&ps, &[], now);
+        let got: Vec<_> = out
+            .iter()
+            .map(|p| match &p.decision {
+                Decision::Start(s) => (p.pvc.as_str(), if s.probe { "probe" } else { "start" }),
+                Decision::Skip { reason, .. } => (p.pvc.as_str(), reason.as_str()),
+            })
+            .collect();
+        // The most overdue PVC of the storage is the probe.
+        assert_eq!(
+            got,
+            vec![
+                ("p1", "probe"),
+                ("p2", "storage_unreachable"),
+                ("p3", "storage_unreachable"),
+                ("p4", "storage_unreachable"),
+                ("elsewhere", "start"),
+            ]
+        );
+        // While the probe runs, nothing of that storage starts.
+        let active = [ActiveJob {
+            namespace: "a".into(),
+            name: "probe".into(),
+            pvc_uid: ps[0].uid.clone(),
+        }];
+        let out = run(&ps, &active, now);
+        assert_eq!(reason(&out[0]), Some(SkipReason::JobRunning));
+        assert!(
+            out[1..4]
+                .iter()
+                .all(|p| reason(p) == Some(SkipReason::StorageUnreachable)),
+            "{out:?}"
+        );
+        // The probe succeeded: all resume.
+        ps[0]
+            .annotations
+            .insert(status::LAST_RESULT.into(), "Succeeded".into());
+        ps[0]
+            .annotations
+            .insert(status::LAST_RESULT_AT.into(), "2026-11-23T09:55:00Z".into());
+        ps[0]
+            .annotations
+            .insert(status::LAST_ATTEMPT.into(), "2026-11-23T09:50:00Z".into());
+        let out = run(&ps, &[], now);
+        assert_eq!(
+            out.iter().filter(|p| reason(p).is_none()).count(),
+            5,
+            "{out:?}"
+        );
+        assert!(out.iter().all(|p| match &p.decision {
+            Decision::Start(s) => !s.probe,
+            _ => true,
+        }));
     }
 }

@@ -500,20 +500,22 @@ async fn missing_credentials_and_permissions_are_clear_errors() {
         .unwrap();
     let r = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
     assert!(r.started.is_empty());
-    assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+    // The central Secret is everyone's: the run fails, once. The PVC's own missing
+    // Secret is its problem only.
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("stowage/stowage-credentials not found")),
+        r.errors[0].contains("stowage/stowage-credentials not found"),
         "{:?}",
         r.errors
     );
+    assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
     assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("a/restic-own") && e.contains("does not exist")),
+        r.problems.iter().any(|p| p.pvc == "own"
+            && p.reason == "credentials_missing"
+            && p.message.contains("a/restic-own")
+            && p.message.contains("does not exist")),
         "{:?}",
-        r.errors
+        r.problems
     );
     assert_eq!(w.events(contract::reason::CREDENTIALS_MISSING).len(), 2);
 
@@ -600,7 +602,7 @@ fn repo_password_command_prints_the_derived_password() {
 }
 
 #[test]
-fn pushgateway_down_is_logged_not_fatal() {
+fn pushgateway_down_fails_the_run_after_the_pass() {
     let w = World::new();
     w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
     let port = stowage_testkit::free_port();
@@ -617,7 +619,9 @@ fn pushgateway_down_is_logged_not_fatal() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // The alerts on pushed metrics are blind: the failed Job says so (exit 3), after
+    // the pass did its work.
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
     let log = format!("{stdout}{stderr}");
     assert!(
         log.contains("metrics not pushed") && log.contains("unreachable"),
@@ -659,9 +663,18 @@ fn metrics_are_pushed_to_the_pushgateway() {
         "stowage_scheduler_skipped{reason=\"unknown_policy\"} 1",
         "stowage_scheduler_errors 0",
         "stowage_pass_last_run_timestamp_seconds{program=\"stowage-scheduler\"}",
+        // Every opted-in PVC has a series from its first pass, never-succeeded too.
+        "stowage_backup_opted_in_timestamp_seconds{namespace=\"a\",persistentvolumeclaim=\"p\",policy=\"hourly\"}",
+        "stowage_backup_opted_in_timestamp_seconds{namespace=\"a\",persistentvolumeclaim=\"q\",policy=\"weekly\"}",
+        "stowage_backup_expected_interval_seconds{namespace=\"a\",persistentvolumeclaim=\"p\",policy=\"hourly\"} 3600",
+        "stowage_backup_problem{namespace=\"a\",persistentvolumeclaim=\"q\",reason=\"unknown_policy\"} 1",
     ] {
         assert!(req.contains(line), "{line} missing in:\n{req}");
     }
+    assert!(
+        !req.contains("stowage_backup_last_success_timestamp_seconds{"),
+        "no success yet: {req}"
+    );
 }
 
 #[tokio::test]
@@ -679,15 +692,24 @@ async fn api_errors_fail_clearly_and_a_rerun_converges() {
     );
     let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
     assert_eq!(r.started.len(), 1);
-    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.errors.is_empty(), "one PVC's problem: {:?}", r.errors);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!(r.problems[0].reason, "api_error");
     assert!(
-        r.errors[0].contains("cannot create job a/stowage-backup-")
-            && r.errors[0].contains("etcdserver: leader changed"),
+        r.problems[0]
+            .message
+            .contains("cannot create job a/stowage-backup-")
+            && r.problems[0].message.contains("etcdserver: leader changed"),
         "{}",
-        r.errors[0]
+        r.problems[0]
     );
+    assert_eq!(w.events(contract::reason::BACKUP_NOT_STARTED).len(), 1);
     let r = w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
-    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(
+        r.errors.is_empty() && r.problems.is_empty(),
+        "{:?}",
+        r.problems
+    );
     assert_eq!(r.started.len(), 1);
     assert_eq!(w.jobs().len(), 2, "one Job per PVC after the re-run");
 
@@ -702,11 +724,13 @@ async fn api_errors_fail_clearly_and_a_rerun_converges() {
             .times(1),
     );
     let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
-    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert!(
-        r.errors[0].contains("patch persistentvolumeclaim a/p"),
+        r.problems[0]
+            .message
+            .contains("patch persistentvolumeclaim a/p"),
         "{}",
-        r.errors[0]
+        r.problems[0]
     );
     assert_eq!(w.annotation("a", "p", status::LAST_JOB), None);
     let job = w.jobs().remove(0);
@@ -762,4 +786,327 @@ fn a_hung_api_server_fails_the_pass_in_time() {
     // Not a timing assertion on the product: only that the 1 s limit, not the 20 s
     // delay, ended the run.
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+/// The mover's result line of a partial backup: a snapshot stored, entries missing.
+const PARTIAL: &str = r#"{"operation":"backup","ok":false,"snapshot":"9a8b7c6d5e4f","files":10,"bytes":100,"added_bytes":100,"uploaded_bytes":100,"downloaded_bytes":0,"duration_secs":1.0,"restored":null,"error":"12 entries could not be read","reason":"Partial","skipped":12,"skipped_paths":["secret/a.key","secret/b.key"]}"#;
+
+#[tokio::test]
+async fn a_partial_backup_is_a_failure_of_its_own_kind() {
+    let w = World::new();
+    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    let cfg = config(&[]);
+    w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let job = w.jobs().remove(0);
+    w.finish(&job, false, PARTIAL);
+    let r = w.pass(&cfg, "2026-11-23T10:10:00Z").await.unwrap();
+    assert_eq!(r.recorded.len(), 1);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(
+        w.annotation("a", "p", status::LAST_RESULT).as_deref(),
+        Some("Failed: Partial")
+    );
+    // The snapshot it stored is recorded; the last success does not advance.
+    assert_eq!(
+        w.annotation("a", "p", status::LAST_PARTIAL_SNAPSHOT)
+            .as_deref(),
+        Some("9a8b7c6d5e4f")
+    );
+    assert_eq!(w.annotation("a", "p", status::LAST_BACKUP), None);
+    assert_eq!(w.annotation("a", "p", status::LAST_SNAPSHOT), None);
+    let ev = w.events(contract::reason::BACKUP_PARTIAL);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].type_.as_deref(), Some("Warning"));
+    let note = ev[0].note.clone().unwrap();
+    for needle in [
+        "9a8b7c6d",
+        "12 entries",
+        "secret/a.key, secret/b.key",
+        "and 10 more",
+    ] {
+        assert!(note.contains(needle), "{needle:?} in {note}");
+    }
+    assert!(w.events(contract::reason::BACKUP_FAILED).is_empty());
+    assert!(w.events(contract::reason::BACKUP_SUCCEEDED).is_empty());
+    assert_eq!(
+        r.metrics
+            .value("stowage_backup_results", &[("result", "partial")]),
+        Some(1.0)
+    );
+    let labels = [
+        ("namespace", "a"),
+        ("persistentvolumeclaim", "p"),
+        ("policy", "hourly"),
+    ];
+    assert_eq!(
+        r.metrics
+            .value("stowage_backup_last_success_timestamp_seconds", &labels),
+        None
+    );
+    // Only partial backups: the alert's reference stays the opt-in time.
+    assert_eq!(
+        r.metrics
+            .value("stowage_backup_opted_in_timestamp_seconds", &labels),
+        Some(t("2026-11-23T10:00:00Z").as_second() as f64)
+    );
+
+    // A complete backup afterwards is the success (and its time is pushed in the
+    // pass that records it).
+    let r = w.pass(&cfg, "2026-11-23T11:00:10Z").await.unwrap();
+    assert_eq!(r.started.len(), 1);
+    let job = w
+        .jobs()
+        .into_iter()
+        .find(|j| j.metadata.name.as_deref() != job.metadata.name.as_deref())
+        .unwrap();
+    w.finish(&job, true, r#"{"operation":"backup","ok":true,"snapshot":"1111222233","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#);
+    let r = w.pass(&cfg, "2026-11-23T11:10:00Z").await.unwrap();
+    assert_eq!(
+        r.metrics
+            .value("stowage_backup_last_success_timestamp_seconds", &labels),
+        Some(t("2026-11-23T11:10:00Z").as_second() as f64)
+    );
+}
+
+#[test]
+fn one_bad_pvc_fails_neither_the_run_nor_the_others() {
+    let w = World::new();
+    w.pvc("a", "good-1", json!({"backup": "hourly"}), json!({}));
+    w.pvc("b", "good-2", json!({"backup": "daily"}), json!({}));
+    w.pvc(
+        "a",
+        "bad",
+        json!({"backup": "hourly"}),
+        json!({contract::user::SECRET: "does-not-exist"}),
+    );
+    let (port, server) = stowage_testkit::pushgateway::capture_one_request();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-scheduler"))
+        .env_clear()
+        .env("KUBECONFIG", w.api.kubeconfig_for(USER))
+        .env("STOWAGE_REPOSITORY_BASE", "s3:https://s3.lan/b")
+        .env(
+            "STOWAGE_PUSHGATEWAY_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("STOWAGE_LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let mut started: Vec<String> = w
+        .jobs()
+        .iter()
+        .map(|j| {
+            let l = j.metadata.name.clone().unwrap();
+            format!("{}/{l}", j.metadata.namespace.clone().unwrap())
+        })
+        .collect();
+    started.sort();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert!(
+        started[0].starts_with("a/stowage-backup-good-1-"),
+        "{started:?}"
+    );
+    assert!(
+        started[1].starts_with("b/stowage-backup-good-2-"),
+        "{started:?}"
+    );
+    let ev = w.events(contract::reason::CREDENTIALS_MISSING);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        ev[0].regarding.as_ref().unwrap().name.as_deref(),
+        Some("bad")
+    );
+    let req = server.join().unwrap();
+    for line in [
+        "stowage_backup_problem{namespace=\"a\",persistentvolumeclaim=\"bad\",reason=\"credentials_missing\"} 1",
+        "stowage_scheduler_errors 0",
+        "stowage_scheduler_jobs_started 2",
+    ] {
+        assert!(req.contains(line), "{line} missing in:\n{req}");
+    }
+    assert!(
+        !req.contains("persistentvolumeclaim=\"good-1\",reason"),
+        "{req}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_policy_or_a_missing_policies_configmap() {
+    // One PVC's unknown policy: its problem, not the pass's.
+    let w = World::new();
+    w.pvc("a", "typo", json!({"backup": "hourlly"}), json!({}));
+    w.pvc("a", "fine", json!({"backup": "hourly"}), json!({}));
+    let r = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.started.len(), 1);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!(r.problems[0].reason, "unknown_policy");
+    // No policies at all stops every PVC: the run fails, and no PVC is told that its
+    // policy is unknown.
+    w.api
+        .store()
+        .delete::<ConfigMap>("stowage", "stowage-policies")
+        .unwrap();
+    let r = w.pass(&config(&[]), "2026-11-23T11:00:10Z").await.unwrap();
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.errors[0].contains("stowage/stowage-policies not found"));
+    assert!(r.started.is_empty());
+    assert_eq!(w.events(contract::reason::UNKNOWN_POLICY).len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_storage_is_probed_once_per_pass_and_resumes_by_itself() {
+    let w = World::new();
+    for p in ["p1", "p2", "p3", "p4"] {
+        w.pvc("a", p, json!({"backup": "hourly"}), json!({}));
+    }
+    let cfg = config(&[("STOWAGE_MAX_CONCURRENT_JOBS", "10")]);
+    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    assert_eq!(r.started.len(), 4);
+    let unreachable = r#"{"operation":"backup","ok":false,"files":0,"bytes":0,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":30.0,"restored":null,"error":"S3 s3.lan did not answer","reason":"StorageTimeout"}"#;
+    for j in w.jobs() {
+        w.finish(&j, false, unreachable);
+    }
+    let r = w.pass(&cfg, "2026-11-23T10:10:00Z").await.unwrap();
+    assert_eq!(r.recorded.len(), 4);
+    // One Event and one series for the storage, on the scheduler's CronJob.
+    let ev = w.events(contract::reason::STORAGE_UNREACHABLE);
+    assert_eq!(ev.len(), 1);
+    let on = ev[0].regarding.clone().unwrap();
+    assert_eq!(
+        (
+            on.kind.as_deref(),
+            on.namespace.as_deref(),
+            on.name.as_deref()
+        ),
+        (Some("CronJob"), Some("stowage"), Some("stowage-scheduler"))
+    );
+    assert!(
+        ev[0]
+            .note
+            .as_ref()
+            .unwrap()
+            .contains("s3.lan/volsync-backups"),
+        "{:?}",
+        ev[0].note
+    );
+    let storage = [("storage", "s3.lan/volsync-backups")];
+    assert_eq!(
+        r.metrics.value("stowage_storage_unreachable", &storage),
+        Some(1.0)
+    );
+    assert_eq!(
+        r.metrics
+            .value("stowage_storage_consecutive_failures", &storage),
+        Some(4.0)
+    );
+
+    // Due again: one probe Job, the others wait (no failed Job each).
+    let r = w.pass(&cfg, "2026-11-23T11:00:10Z").await.unwrap();
+    assert_eq!(r.started.len(), 1, "{r:?}");
+    assert_eq!(r.skipped.get("storage_unreachable"), Some(&3));
+    assert!(
+        r.problems.is_empty(),
+        "no per-PVC problem: {:?}",
+        r.problems
+    );
+    let probe = w.jobs().into_iter().find(facts_unfinished).unwrap();
+    // While the probe runs nothing else of that storage starts; no second Event.
+    let r = w.pass(&cfg, "2026-11-23T11:05:00Z").await.unwrap();
+    assert!(r.started.is_empty());
+    assert_eq!(r.skipped.get("storage_unreachable"), Some(&3));
+    assert_eq!(w.events(contract::reason::STORAGE_UNREACHABLE).len(), 1);
+
+    // The probe reaches the storage: backups resume in the same pass.
+    w.finish(&probe, true, r#"{"operation":"backup","ok":true,"snapshot":"abcdef0123","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#);
+    let r = w.pass(&cfg, "2026-11-23T11:10:00Z").await.unwrap();
+    assert_eq!(r.started.len(), 3, "{r:?}");
+    assert_eq!(w.events(contract::reason::STORAGE_REACHABLE).len(), 1);
+    assert_eq!(
+        r.metrics.value("stowage_storage_unreachable", &storage),
+        Some(0.0)
+    );
+}
+
+fn facts_unfinished(j: &Job) -> bool {
+    stowage_scheduler::facts::job_finished(j).is_none()
+}
+
+#[tokio::test]
+async fn another_namespaces_repository_needs_its_grant() {
+    let w = World::new();
+    let victim = "s3:s3.lan/volsync-backups//b/data/";
+    w.pvc(
+        "a",
+        "thief",
+        json!({"backup": "hourly"}),
+        json!({contract::user::REPOSITORY: victim}),
+    );
+    w.pvc(
+        "a",
+        "outside",
+        json!({"backup": "hourly"}),
+        json!({contract::user::REPOSITORY: "s3:https://s3.lan/elsewhere/b/data"}),
+    );
+    let cfg = config(&[]);
+    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.started.is_empty());
+    assert!(w.jobs().is_empty());
+    assert!(
+        w.api.store().list::<Secret>(Some("a")).is_empty(),
+        "no Secret with b's password in a"
+    );
+    let ev = w.events(contract::reason::REPOSITORY_NOT_GRANTED);
+    assert_eq!(ev.len(), 1);
+    let note = ev[0].note.clone().unwrap();
+    assert!(
+        note.contains("kubectl annotate namespace b stowage.io/grant-repositories-to=a"),
+        "{note}"
+    );
+    let refused = w.events(contract::reason::REPOSITORY_REFUSED);
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0]
+            .note
+            .as_ref()
+            .unwrap()
+            .contains("stowage.io/secret"),
+        "{:?}",
+        refused[0].note
+    );
+    let mut reasons: Vec<_> = r.problems.iter().map(|p| p.reason.as_str()).collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec!["repository_not_granted", "repository_refused"]
+    );
+
+    // b grants a: the backup starts, with the repository's derived password.
+    w.api
+        .store()
+        .modify::<Namespace>("", "b", |n| {
+            n.metadata.annotations = Some(
+                [(
+                    stowage_common::k8s::grant::GRANT_ANNOTATION.to_string(),
+                    "a".to_string(),
+                )]
+                .into(),
+            );
+        })
+        .unwrap();
+    let r = w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
+    assert_eq!(r.started.len(), 1, "{r:?}");
+    let job = w.jobs().remove(0);
+    let secret: Secret = w
+        .api
+        .store()
+        .get("a", job.metadata.name.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(secret_value(&secret, "RESTIC_REPOSITORY"), victim);
+    assert_eq!(
+        secret_value(&secret, "RESTIC_PASSWORD"),
+        derive_repository_password("master", "s3:https://s3.lan/volsync-backups/b/data")
+    );
 }

@@ -281,3 +281,55 @@ async fn a_new_pvc_incarnation_is_refused_its_first_backup_until_allowed() {
     );
     assert_eq!(w.snapshots("db", "pg").len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_that_is_down_gets_one_probe_per_pass_not_a_failed_job_per_pvc() {
+    let w = World::new(MASTER);
+    w.cluster.create_namespace("db", &[]).unwrap();
+    // The namespace's own repositories, on an endpoint nobody answers (the real
+    // mover's classification of the failure feeds the breaker).
+    let bucket = w.base().rsplit_once('/').unwrap().1.to_string();
+    let pvcs = ["pg-0", "pg-1", "pg-2", "pg-3"];
+    for p in pvcs {
+        w.app("db", p, "node-a", &[("backup", "hourly")], &[("f", "x")])
+            .await;
+        w.cluster
+            .store()
+            .patch::<PersistentVolumeClaim>(
+                "db",
+                p,
+                &json!({"metadata": {"annotations": {
+                    user::REPOSITORY: format!("s3:http://127.0.0.1:9/{bucket}/db/{p}")
+                }}}),
+            )
+            .unwrap();
+    }
+    let (ok, log) = w.scheduler("2026-11-23T10:00:00Z").await;
+    assert!(ok, "{log}");
+    assert_eq!(w.jobs_finished().await.len(), 4);
+    let (ok, log) = w.scheduler("2026-11-23T10:05:00Z").await;
+    assert!(ok, "one PVC's failed backup does not fail the run: {log}");
+    for p in pvcs {
+        let result = w.ann("db", p, status::LAST_RESULT).unwrap_or_default();
+        // `Storage` (refused) or `StorageTimeout`.
+        assert!(result.starts_with("Failed: Storage"), "{result}: {log}");
+    }
+    let storage_events = || -> Vec<Event> {
+        let all: Vec<Event> = w.cluster.store().list(Some("stowage"));
+        all.into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason::STORAGE_UNREACHABLE))
+            .collect()
+    };
+    assert_eq!(storage_events().len(), 1, "{log}");
+    // Due again: one probe Job, not four failed ones.
+    let (ok, log) = w.scheduler("2026-11-23T11:00:10Z").await;
+    assert!(ok, "{log}");
+    assert_eq!(w.jobs_finished().await.len(), 5, "{log}");
+    assert!(log.contains("storage_unreachable"), "{log}");
+    let (_, log) = w.scheduler("2026-11-23T11:05:00Z").await;
+    assert_eq!(
+        storage_events().len(),
+        1,
+        "one Event for the storage: {log}"
+    );
+}

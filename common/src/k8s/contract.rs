@@ -88,6 +88,15 @@ pub mod status {
     pub const POPULATED_FROM: &str = "stowage.io/populated-from";
     /// Why the scheduler last skipped this PVC (cleared when it starts a backup).
     pub const SKIPPED: &str = "stowage.io/skipped";
+    /// RFC 3339 time the scheduler recorded the last result (any outcome): the order
+    /// of results per storage, for the circuit breaker.
+    pub const LAST_RESULT_AT: &str = "stowage.io/last-result-at";
+    /// Snapshot id stored by the last partial backup (`Failed: Partial`): it exists
+    /// but lacks the entries the mover could not read.
+    pub const LAST_PARTIAL_SNAPSHOT: &str = "stowage.io/last-partial-snapshot";
+    /// RFC 3339 time the scheduler first saw the PVC opted in (the backup-missing
+    /// alert's reference while no backup ever succeeded).
+    pub const OPTED_IN_AT: &str = "stowage.io/opted-in-at";
 }
 
 /// The API group and kind of stowage's CRD (a PVC's `spec.dataSourceRef`).
@@ -143,6 +152,20 @@ pub mod reason {
     pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
     /// The PVC's `stowage.io/mover-deadline` is not a duration (no Job is started).
     pub const INVALID_MOVER_DEADLINE: &str = "InvalidMoverDeadline";
+    /// A backup stored a snapshot but left out entries it could not read.
+    pub const BACKUP_PARTIAL: &str = "BackupPartial";
+    /// The scheduler could not start a backup Job (API error); retried next pass.
+    pub const BACKUP_NOT_STARTED: &str = "BackupNotStarted";
+    /// The PVC names another namespace's repository without that namespace's grant.
+    pub const REPOSITORY_NOT_GRANTED: &str = "RepositoryNotGranted";
+    /// The PVC names a repository the scheduler may not derive a password for
+    /// (outside `STOWAGE_REPOSITORY_BASE`, the base itself) without its own Secret.
+    pub const REPOSITORY_REFUSED: &str = "RepositoryRefused";
+    /// Backups of a storage (endpoint and bucket) keep failing to reach it: the
+    /// scheduler starts one probe backup per pass instead of one Job per PVC.
+    pub const STORAGE_UNREACHABLE: &str = "StorageUnreachable";
+    /// A probe backup reached the storage again: backups resume.
+    pub const STORAGE_REACHABLE: &str = "StorageReachable";
     /// gc found a repository damaged (check failed, cannot be opened).
     pub const REPOSITORY_DAMAGED: &str = "RepositoryDamaged";
     /// gc removed a stale lock from a repository.
