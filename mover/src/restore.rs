@@ -51,6 +51,8 @@ pub fn run(access: &RepoAccess, plan: &RestorePlan) -> Result<RunResult> {
         operation: "restore".into(),
         ok: true,
         restored: Some(false),
+        // What the consumers (prewarm) compare with the repository they planned.
+        repository: Some(access.location.to_string()),
         ..Default::default()
     };
 

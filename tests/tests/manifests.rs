@@ -447,6 +447,9 @@ fn alerts_and_dashboard_use_metrics_the_programs_push() {
         "StowageGcNotSucceeding",
         "StowageGcNotRunning",
         "StowageGcErrors",
+        "StowageUnsafeStorageClass",
+        "StowageRestoreFailing",
+        "StowagePvcPendingTooLong",
     ] {
         assert!(
             exprs.iter().any(|(w, _)| w.contains(alert)),
