@@ -171,6 +171,14 @@ pub mod prewarm_names {
     pub const POPULATED: &str = "stowage_prewarm_populated";
     /// Restore Jobs that failed (seen in this run).
     pub const RESTORE_FAILURES: &str = "stowage_prewarm_restore_failures";
+    /// 1 for each PVC whose restore Job succeeded without restoring what was planned
+    /// (nothing, another snapshot or repository): not bound, retried.
+    pub const RESTORE_MISMATCHES: &str = "stowage_prewarm_restore_mismatches";
+    /// 1 for each PVC whose restore reads another namespace's data without its grant.
+    pub const NOT_GRANTED: &str = "stowage_prewarm_restore_not_granted";
+    /// Seconds each PVC that waits for the populator has been Pending (its age), with
+    /// the reason it waits: the "Pending too long because of stowage" alert reads it.
+    pub const PENDING_SECONDS: &str = "stowage_prewarm_pending_seconds";
     /// 1 for each PVC refused because its storage class ignores populators.
     pub const UNSAFE_CLASS: &str = "stowage_prewarm_unsafe_storage_class";
     /// Probe verdict per storage class: 1 safe for populating, 0 unsafe.

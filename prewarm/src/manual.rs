@@ -5,10 +5,12 @@
 //! what to restore is written on the target PVC:
 //!
 //! ```text
+//! flux suspend kustomization APP          # else Flux scales the app up mid-restore
 //! kubectl -n APP scale deploy/APP --replicas=0
 //! kubectl -n APP annotate pvc DATA stowage.io/restore-now=latest          # or a snapshot id
 //! kubectl -n APP annotate pvc DATA stowage.io/restore-replace=true        # only to overwrite
 //! kubectl -n stowage create job --from=cronjob/stowage-manual-restore restore-$(date +%s)
+//! flux resume kustomization APP           # once stowage.io/restore-result is in
 //! ```
 //!
 //! For every PVC carrying `stowage.io/restore-now`, the run starts one restore mover Job
@@ -16,7 +18,10 @@
 //! the central one), waits for it, and writes the outcome on the PVC
 //! (`stowage.io/restore-result`, Event) while removing the request. The mover refuses a
 //! non-empty volume unless `stowage.io/restore-replace=true`. A PVC still used by a
-//! running pod is refused. Two runs at once serve a request once: the Job's name is
+//! pod is refused, when the request is taken and again just before the mover may write:
+//! the mover Job is created suspended and only let start by a later round that finds no
+//! pod using the volume (one that appeared meanwhile, say scaled up by Flux, gets the
+//! Job deleted unstarted). Two runs at once serve a request once: the Job's name is
 //! recorded on the PVC under a resourceVersion precondition before the Job is created.
 
 use std::collections::BTreeMap;
@@ -26,11 +31,12 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use stowage_common::k8s::contract::{self, user};
 use stowage_common::k8s::credentials::{self, RunCredentials};
+use stowage_common::k8s::grant;
 use stowage_common::k8s::mover_job::{self, MoverJobSpec, Placement, RunAs};
 use stowage_common::k8s::naming::{self, Operation};
 use stowage_common::k8s::{describe_kube_error, is_status};
@@ -256,13 +262,18 @@ async fn serve(ctx: &Ctx, r: &Request, summary: &mut Summary) -> Result<(), Stri
         }
     };
     let Some(job) = job else {
-        // Taken by a run killed before it created the Job: create it now.
+        // Taken by a run killed before it created the Job: create it now (suspended;
+        // the next round checks again before it starts).
         start(ctx, r, job_name).await?;
-        summary
-            .pending
-            .insert(r.key(), format!("restore Job {job_name} started"));
+        summary.pending.insert(
+            r.key(),
+            format!("restore Job {job_name} created, starts once no pod uses the volume"),
+        );
         return Ok(());
     };
+    if job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
+        return release(ctx, r, job_name, summary).await;
+    }
     let done = job
         .status
         .as_ref()
@@ -371,9 +382,10 @@ async fn take(ctx: &Ctx, r: &Request, summary: &mut Summary) -> Result<(), Strin
         }
     }
     start(ctx, r, &name).await?;
-    summary
-        .pending
-        .insert(r.key(), format!("restore Job {name} started"));
+    summary.pending.insert(
+        r.key(),
+        format!("restore Job {name} created, starts once no pod uses the volume"),
+    );
     Ok(())
 }
 
@@ -386,35 +398,11 @@ async fn check(ctx: &Ctx, r: &Request) -> Result<Result<(), String>, String> {
             r.key()
         )));
     }
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &r.namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| describe_kube_error(&e, &format!("list pods in {}", r.namespace)))?;
-    let users: Vec<String> = pods
-        .items
-        .iter()
-        .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            p.metadata.deletion_timestamp.is_none()
-                && !matches!(phase, Some("Succeeded") | Some("Failed"))
-                && p.spec.as_ref().is_some_and(|s| {
-                    s.volumes.iter().flatten().any(|v| {
-                        v.persistent_volume_claim
-                            .as_ref()
-                            .is_some_and(|c| c.claim_name == r.name)
-                    })
-                })
-        })
-        .map(|p| p.name_any())
-        .collect();
-    if !users.is_empty() {
-        return Ok(Err(format!(
-            "PVC {} is in use by pod(s) {}: scale the app down first (kubectl -n {} scale \
-             deploy/... --replicas=0), then annotate the PVC {REQUEST} again",
-            r.key(),
-            users.join(", "),
-            r.namespace
-        )));
+    if let Some(why) = in_use(ctx, r, None).await? {
+        return Ok(Err(why));
+    }
+    if let Some(why) = not_granted(ctx, r).await? {
+        return Ok(Err(why));
     }
     if let Some(u) = &r.mover_user
         && parse_user(u).is_none()
@@ -425,6 +413,123 @@ async fn check(ctx: &Ctx, r: &Request) -> Result<Result<(), String>, String> {
         )));
     }
     Ok(run_as(ctx, r).await?.map(|_| ()))
+}
+
+/// Pods (other than those of `own_job`) that use the PVC and are not finished.
+fn users_of(pods: &[Pod], pvc: &str, own_job: Option<&str>) -> Vec<String> {
+    pods.iter()
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            p.metadata.deletion_timestamp.is_none()
+                && !matches!(phase, Some("Succeeded") | Some("Failed"))
+                && own_job.is_none_or(|j| p.labels().get("job-name").map(String::as_str) != Some(j))
+                && p.spec.as_ref().is_some_and(|s| {
+                    s.volumes.iter().flatten().any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == pvc)
+                    })
+                })
+        })
+        .map(|p| p.name_any())
+        .collect()
+}
+
+/// The refusal for a PVC that pods use: what to do so that nothing starts them again.
+fn in_use_refusal(key: &str, ns: &str, users: &[String]) -> String {
+    format!(
+        "PVC {key} is in use by pod(s) {}: a restore must not write under a running app. \
+         Suspend the app's Flux Kustomization (flux suspend kustomization <app>) so that Flux \
+         does not scale it up again, scale it down (kubectl -n {ns} scale deploy/... \
+         --replicas=0), then annotate the PVC {REQUEST} again and create the Job again; \
+         afterwards flux resume kustomization <app>",
+        users.join(", ")
+    )
+}
+
+/// `Some(refusal)` when a pod (other than `own_job`'s) uses the PVC.
+async fn in_use(ctx: &Ctx, r: &Request, own_job: Option<&str>) -> Result<Option<String>, String> {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &r.namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| describe_kube_error(&e, &format!("list pods in {}", r.namespace)))?;
+    let users = users_of(&pods.items, &r.name, own_job);
+    Ok((!users.is_empty()).then(|| in_use_refusal(&r.key(), &r.namespace, &users)))
+}
+
+/// `Some(refusal)` when the PVC's repository annotation names another namespace's
+/// repository (the base's layout) and that namespace has not granted it.
+async fn not_granted(ctx: &Ctx, r: &Request) -> Result<Option<String>, String> {
+    let (Some(repo), Some(base)) = (&r.repository, &ctx.cfg.prewarm.repository_base) else {
+        return Ok(None);
+    };
+    if r.secret.is_some() {
+        // The PVC's own Secret of its own namespace decides the repository.
+        return Ok(None);
+    }
+    let Some(owner) =
+        crate::plan::repository_namespace(base, repo, ctx.settings.default_endpoint.as_deref())
+    else {
+        return Ok(None);
+    };
+    if owner == r.namespace {
+        return Ok(None);
+    }
+    let ns = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&owner)
+        .await
+        .map_err(|e| describe_kube_error(&e, &format!("get namespace {owner}")))?;
+    let annotations = ns.and_then(|n| n.metadata.annotations);
+    Ok(
+        (!grant::allows(&owner, annotations.as_ref(), &r.namespace)).then(|| {
+            format!(
+                "PVC {} names repository {repo} (annotation {}) of namespace {owner}: {}",
+                r.key(),
+                user::REPOSITORY,
+                grant::how_to_grant(&owner, &r.namespace)
+            )
+        }),
+    )
+}
+
+/// A suspended restore Job: started only if still no pod uses the volume, else deleted
+/// before it wrote anything and the request refused.
+async fn release(
+    ctx: &Ctx,
+    r: &Request,
+    job_name: &str,
+    summary: &mut Summary,
+) -> Result<(), String> {
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &r.namespace);
+    if let Some(why) = in_use(ctx, r, Some(job_name)).await? {
+        match jobs.delete(job_name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => {
+                return Err(describe_kube_error(
+                    &e,
+                    &format!("delete job {}/{job_name}", r.namespace),
+                ));
+            }
+        }
+        let outcome = format!(
+            "refused at {}: nothing was written (restore Job {}/{job_name} deleted before it \
+             started): {why}",
+            jiff::Timestamp::now(),
+            r.namespace
+        );
+        return finish(ctx, r, &outcome, (reason::REFUSED, true), summary).await;
+    }
+    let patch = json!({"spec": {"suspend": false}});
+    jobs.patch(job_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| describe_kube_error(&e, &format!("start job {}/{job_name}", r.namespace)))?;
+    tracing::info!(namespace = %r.namespace, pvc = %r.name, job = %job_name,
+        "no pod uses the volume: restore Job started");
+    summary
+        .pending
+        .insert(r.key(), format!("restore Job {job_name} running"));
+    Ok(())
 }
 
 /// Whom the mover runs as: the PVC's `stowage.io/mover-user`, else root with the restore
@@ -545,7 +650,11 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
     spec.extra_labels
         .insert(contract::app::INSTANCE.into(), "manual-restore".into());
     spec.annotations.insert(REQUEST.into(), r.snapshot.clone());
-    let job = mover_job::mover_job(&spec);
+    let mut job = mover_job::mover_job(&spec);
+    // Started by the next round, which checks once more that no pod uses the volume.
+    if let Some(s) = job.spec.as_mut() {
+        s.suspend = Some(true);
+    }
     let jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns);
     let (job, fresh) = match jobs.create(&PostParams::default(), &job).await {
         Ok(j) => (j, true),
@@ -563,7 +672,8 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
     }
     if fresh {
         let msg = format!(
-            "manual restore of snapshot {} into this PVC{} started: Job {ns}/{name}",
+            "manual restore of snapshot {} into this PVC{} prepared: Job {ns}/{name} starts \
+             once no pod uses the volume",
             r.snapshot,
             if r.replace {
                 " (replacing its content)"
@@ -673,5 +783,37 @@ mod tests {
         assert_eq!(parse_user("1000"), Some((1000, 1000)));
         assert_eq!(parse_user("33:44"), Some((33, 44)));
         assert_eq!(parse_user("www"), None);
+    }
+
+    #[test]
+    fn pods_that_use_the_volume_block_the_restore() {
+        let pod = |name: &str, claim: &str, phase: &str, job: Option<&str>| -> Pod {
+            let mut labels = serde_json::Map::new();
+            if let Some(j) = job {
+                labels.insert("job-name".into(), json!(j));
+            }
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"containers": [{"name": "c"}],
+                         "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]},
+                "status": {"phase": phase},
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod("app-1", "pg", "Running", None),
+            pod("app-2", "pg", "Pending", None),
+            pod("done", "pg", "Succeeded", None),
+            pod("other", "cache", "Running", None),
+            pod("mover", "pg", "Running", Some("stowage-restore-pg-x")),
+        ];
+        assert_eq!(
+            users_of(&pods, "pg", Some("stowage-restore-pg-x")),
+            vec!["app-1", "app-2"]
+        );
+        assert_eq!(users_of(&pods[2..4], "pg", None), Vec::<String>::new());
+        let m = in_use_refusal("db/pg", "db", &users_of(&pods, "pg", None));
+        assert!(m.contains("flux suspend kustomization"), "{m}");
+        assert!(m.contains("app-1, app-2"), "{m}");
     }
 }

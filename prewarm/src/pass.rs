@@ -9,7 +9,8 @@ use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    ConfigMap, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+    Secret,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -50,6 +51,12 @@ pub struct Report {
     pub waiting: BTreeMap<String, String>,
     pub refused: BTreeSet<String>,
     pub restore_failures: BTreeSet<String>,
+    /// PVCs whose restore Job succeeded without restoring what was planned.
+    pub restore_mismatches: BTreeSet<String>,
+    /// PVCs whose source is another namespace's data without its grant.
+    pub not_granted: BTreeSet<String>,
+    /// `namespace/name` → seconds the PVC has existed, for those waiting (last round).
+    pub pending_age: BTreeMap<String, f64>,
     pub source_unavailable: BTreeSet<String>,
     pub errors: BTreeSet<String>,
     pub rounds: u64,
@@ -77,6 +84,11 @@ impl Ctx {
             unsafe_provisioners: list(p.unsafe_provisioners.as_deref()),
             restore_backoff: SignedDuration::from_secs(p.restore_backoff_seconds as i64),
             probe_wait: SignedDuration::from_secs(p.probe_seconds as i64),
+            default_endpoint: cfg
+                .restic
+                .aws_endpoint_url_s3
+                .clone()
+                .or_else(|| cfg.restic.aws_endpoint_url.clone()),
         };
         Self {
             events: Events::new(client.clone(), PROGRAM, std::env::var("POD_NAME").ok()),
@@ -136,7 +148,7 @@ pub fn user_pvc(p: &PersistentVolumeClaim) -> Option<UserPvc> {
     })
 }
 
-/// Whether a Job finished: Some(true) succeeded, Some(false) failed (with the time).
+/// Whether a Job finished: succeeded or failed, with the time.
 fn job_state(job: &Job, now: Timestamp) -> JobState {
     let conds = job
         .status
@@ -148,7 +160,16 @@ fn job_state(job: &Job, now: Timestamp) -> JobState {
             continue;
         }
         match c.type_.as_str() {
-            "Complete" | "SuccessCriteriaMet" => return JobState::Succeeded,
+            "Complete" | "SuccessCriteriaMet" => {
+                let at = c
+                    .last_transition_time
+                    .as_ref()
+                    .or(job.status.as_ref().and_then(|s| s.completion_time.as_ref()))
+                    .or(job.metadata.creation_timestamp.as_ref())
+                    .map(|t| t.0)
+                    .unwrap_or(now);
+                return JobState::Succeeded { at };
+            }
             "Failed" | "FailureTarget" => {
                 // Without a transition time (older API servers, hand-written status),
                 // the Job's start or creation: "now" would push the retry away forever.
@@ -383,6 +404,7 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
         })
         .collect();
     report.waiting.clear();
+    report.pending_age.clear();
     if users.is_empty() && primes.is_empty() && probes.is_empty() {
         return Ok(());
     }
@@ -489,6 +511,8 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
         );
     }
     let verdicts = probe_classes(ctx, now, &users, &classes, &probes, &pvs.items, report).await?;
+    // Annotations of the namespaces whose data a PVC asks for (None: no such namespace).
+    let mut owners: BTreeMap<String, Option<BTreeMap<String, String>>> = BTreeMap::new();
     // Storage lookups (step 1) are gathered and run after the loop, a few at once.
     let mut lookups: Vec<Lookup> = Vec::new();
     for u in &users {
@@ -537,15 +561,36 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
                 }
             }
         };
-        let my_jobs: Vec<JobFacts> = jobs
+        let mut my_jobs: Vec<JobFacts> = Vec::new();
+        let mut unreadable = None;
+        for j in jobs
             .items
             .iter()
             .filter(|j| j.labels().get(label::PVC_UID) == Some(&u.uid))
-            .map(|j| JobFacts {
+        {
+            let state = job_state(j, now);
+            // What a succeeded Job restored is checked against the plan (`decide`).
+            let result = match &state {
+                JobState::Succeeded { .. } if prime.is_some() => match job_result(ctx, j).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        unreadable = Some(e);
+                        break;
+                    }
+                },
+                _ => None,
+            };
+            my_jobs.push(JobFacts {
                 name: j.name_any(),
-                state: job_state(j, now),
-            })
-            .collect();
+                state,
+                result,
+            });
+        }
+        if let Some(e) = unreadable {
+            report.waiting.insert(u.key(), e.clone());
+            report.errors.insert(e);
+            continue;
+        }
         let step = plan::decide(
             now,
             &ctx.settings,
@@ -556,33 +601,63 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
             prime.as_ref(),
             &my_jobs,
         );
+        let step = match step {
+            // Another namespace's data: only with its grant (read once per round).
+            Step::Resolve(source) if source.owner_namespace != u.namespace => {
+                let owner = source.owner_namespace.clone();
+                if !owners.contains_key(&owner) {
+                    match Api::<Namespace>::all(ctx.client.clone())
+                        .get_opt(&owner)
+                        .await
+                    {
+                        Ok(n) => {
+                            owners.insert(
+                                owner.clone(),
+                                n.map(|n| n.metadata.annotations.unwrap_or_default()),
+                            );
+                        }
+                        Err(e) => {
+                            let e = describe_kube_error(&e, &format!("get namespace {owner}"));
+                            report.waiting.insert(u.key(), e.clone());
+                            report.errors.insert(e);
+                            continue;
+                        }
+                    }
+                }
+                match plan::consent(u, &source, owners[&owner].as_ref()) {
+                    Ok(()) => Step::Resolve(source),
+                    Err(refused) => refused,
+                }
+            }
+            other => other,
+        };
         if let Step::Resolve(source) = step {
             lookups.push(Lookup {
                 user: u,
                 class,
                 prime,
-                source,
+                source: *source,
                 created: created.get(u.uid.as_str()).copied(),
             });
             continue;
         }
-        if let Err(e) = act(
-            ctx,
-            now,
-            u,
-            class.as_ref(),
-            prime.as_ref(),
-            &jobs.items,
-            step,
-            report,
-        )
-        .await
-        {
+        if let Err(e) = act(ctx, now, u, class.as_ref(), prime.as_ref(), step, report).await {
             report.errors.insert(e);
         }
     }
     if !lookups.is_empty() {
-        look_up_sources(ctx, now, started, lookups, &jobs.items, report).await;
+        look_up_sources(ctx, now, started, lookups, report).await;
+    }
+    for u in &users {
+        if report
+            .waiting
+            .get(&u.key())
+            .is_some_and(|why| why != plan::WAITING_FOR_CONSUMER)
+            && let Some(t) = created.get(u.uid.as_str())
+        {
+            let age = now.duration_since(*t).as_secs_f64().max(0.0);
+            report.pending_age.insert(u.key(), age);
+        }
     }
     Ok(())
 }
@@ -612,7 +687,6 @@ async fn look_up_sources(
     now: Timestamp,
     started: std::time::Instant,
     mut lookups: Vec<Lookup<'_>>,
-    jobs: &[Job],
     report: &mut Report,
 ) {
     let budget = ctx.cfg.common.pass_budget();
@@ -682,7 +756,6 @@ async fn look_up_sources(
                     u,
                     l.class.as_ref(),
                     l.prime.as_ref(),
-                    jobs,
                     wait,
                     report,
                 )
@@ -1149,7 +1222,6 @@ async fn act(
     u: &UserPvc,
     class: Option<&ClassFacts>,
     prime: Option<&PrimeFacts>,
-    jobs: &[Job],
     step: Step,
     report: &mut Report,
 ) -> Result<(), String> {
@@ -1157,8 +1229,14 @@ async fn act(
         Step::Wait { why, note: n } => {
             tracing::debug!(namespace = %u.namespace, pvc = %u.name, "waiting: {why}");
             if let Some((r, m)) = &n {
-                if *r == pc::reason::RESTORE_FAILED {
+                if *r == pc::reason::RESTORE_FAILED || *r == pc::reason::RESTORE_MISMATCH {
                     report.restore_failures.insert(u.key());
+                }
+                if *r == pc::reason::RESTORE_MISMATCH {
+                    report.restore_mismatches.insert(u.key());
+                }
+                if *r == pc::reason::RESTORE_NOT_GRANTED {
+                    report.not_granted.insert(u.key());
                 }
                 if *r == pc::reason::SOURCE_UNAVAILABLE {
                     report.source_unavailable.insert(u.key());
@@ -1207,7 +1285,7 @@ async fn act(
             .await;
             match plan::after_source(&src, answer) {
                 Ok(decision) => create_prime(ctx, u, class, &decision).await,
-                Err(wait) => Box::pin(act(ctx, now, u, class, prime, jobs, wait, report)).await,
+                Err(wait) => Box::pin(act(ctx, now, u, class, prime, wait, report)).await,
             }
         }
         Step::CreatePrime(decision) => create_prime(ctx, u, class, &decision).await,
@@ -1219,32 +1297,10 @@ async fn act(
             let prime = prime.expect("a Job is only started for a prime PVC");
             start_job(ctx, u, prime, &name, attempt, &snapshot, report).await
         }
-        Step::HandOver { pv, snapshot } => {
+        // `decide` hands a restored volume over only when its Job's mover result matched
+        // the plan (plan::verify_restore).
+        Step::HandOver { pv, .. } => {
             let prime = prime.expect("hand-over needs a prime PVC");
-            if snapshot.is_some() {
-                // The mover reports restored:false when it found no repository: never
-                // hand such a volume over as a restore.
-                let done = jobs.iter().find(|j| {
-                    j.labels().get(label::PVC_UID) == Some(&u.uid)
-                        && matches!(job_state(j, now), JobState::Succeeded)
-                });
-                if let Some(j) = done
-                    && let Some(r) = job_result(ctx, j).await?
-                    && r.restored == Some(false)
-                {
-                    let m = format!(
-                        "restore Job {}/{} found no repository or snapshot at {}, although the \
-                         lookup found snapshot {}: the repository changed or is unreachable \
-                         differently for the mover. Not bound; delete the Job to retry",
-                        ctx.ns(),
-                        j.name_any(),
-                        prime.repository,
-                        snapshot.as_deref().unwrap_or("")
-                    );
-                    note(ctx, u, pc::reason::RESTORE_FAILED, &m, true).await;
-                    return Ok(());
-                }
-            }
             hand_over(ctx, now, u, prime, &pv, report).await
         }
     }
@@ -1655,6 +1711,35 @@ pub fn metrics(report: &Report, registry: &mut Registry) {
             "1 for each PVC whose restore failed and waits for a retry",
             &[("namespace", ns), ("persistentvolumeclaim", pvc)],
             1.0,
+        );
+    }
+    for key in &report.restore_mismatches {
+        let (ns, pvc) = key.split_once('/').unwrap_or(("", key));
+        registry.gauge(
+            names::RESTORE_MISMATCHES,
+            "1 for each PVC whose restore Job succeeded without restoring the planned snapshot \
+             of the planned repository (not bound, retried)",
+            &[("namespace", ns), ("persistentvolumeclaim", pvc)],
+            1.0,
+        );
+    }
+    for key in &report.not_granted {
+        let (ns, pvc) = key.split_once('/').unwrap_or(("", key));
+        registry.gauge(
+            names::NOT_GRANTED,
+            "1 for each PVC whose restore source is another namespace's data without its grant",
+            &[("namespace", ns), ("persistentvolumeclaim", pvc)],
+            1.0,
+        );
+    }
+    for (key, age) in &report.pending_age {
+        let (ns, pvc) = key.split_once('/').unwrap_or(("", key));
+        registry.gauge(
+            names::PENDING_SECONDS,
+            "Seconds since creation of each PVC still waiting for the populator at the end of \
+             the run",
+            &[("namespace", ns), ("persistentvolumeclaim", pvc)],
+            *age,
         );
     }
     for key in &report.source_unavailable {

@@ -16,8 +16,11 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::NodeSelector;
 use stowage_common::env::DEFAULT_SNAPSHOT_HOST;
 use stowage_common::k8s::contract::{prewarm as pc, user};
+use stowage_common::k8s::grant;
 use stowage_common::k8s::naming::{self, Operation};
 use stowage_common::k8s::restore_kind::RestoreSpec;
+use stowage_common::location::Location;
+use stowage_common::result::RunResult;
 
 /// A PVC waiting for the populator (Pending, `dataSourceRef` to the stowage kind).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -86,12 +89,18 @@ pub struct PvFacts {
 pub struct JobFacts {
     pub name: String,
     pub state: JobState,
+    /// The mover's result line (termination message of its succeeded pod), read only
+    /// for succeeded Jobs: what was restored is checked against what was planned.
+    pub result: Option<RunResult>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobState {
     Running,
-    Succeeded,
+    /// Completed at this time (the mover exited 0: what it restored is still checked).
+    Succeeded {
+        at: Timestamp,
+    },
     /// Failed at this time, with the mover's reason if known.
     Failed {
         at: Timestamp,
@@ -108,6 +117,9 @@ pub struct Settings {
     pub restore_backoff: SignedDuration,
     /// How long a probe PVC is given to be provisioned before its class is judged safe.
     pub probe_wait: SignedDuration,
+    /// The S3 endpoint of `s3://bucket/...` repositories (`AWS_ENDPOINT_URL_S3`), which
+    /// the restore movers are given too: repositories are compared as locations.
+    pub default_endpoint: Option<String>,
 }
 
 /// What the probe found out about a storage class (recorded in the
@@ -246,6 +258,10 @@ pub struct Source {
     /// PVC's own backup, its RESTIC_REPOSITORY and RESTIC_PASSWORD replace `repository`
     /// and the derived password.
     pub own_secret: Option<String>,
+    /// The namespace whose data this is: the source namespace, or the namespace part of
+    /// a repository under the base. Another namespace than the PVC's must grant it
+    /// ([`consent`]).
+    pub owner_namespace: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +295,7 @@ pub enum Step {
     /// The class provisions such PVCs empty on its own: refused.
     Refuse { message: String },
     /// Step 1: look the source up (needs the storage).
-    Resolve(Source),
+    Resolve(Box<Source>),
     /// Step 2 with the decision for an empty volume (forced).
     CreatePrime(PrimeDecision),
     /// Step 3: start a restore Job (attempt number, name).
@@ -303,6 +319,10 @@ pub struct PrimeDecision {
     pub empty_reason: Option<&'static str>,
     pub secret: Option<String>,
 }
+
+/// Why a WaitForFirstConsumer PVC waits before any pod using it is scheduled: a wait
+/// for the app, not for stowage (not counted by the Pending-too-long metric).
+pub const WAITING_FOR_CONSUMER: &str = "waiting for a pod using the PVC to be scheduled";
 
 /// Name of the prime PVC of a user PVC.
 pub fn prime_name(user_uid: &str) -> String {
@@ -379,12 +399,80 @@ pub fn source(s: &Settings, pvc: &UserPvc, spec: &RestoreSpec) -> Result<Source,
         })?),
         _ => Selector::Latest,
     };
+    let owner_namespace = s
+        .repository_base
+        .as_deref()
+        .and_then(|b| repository_namespace(b, &repository, s.default_endpoint.as_deref()))
+        .unwrap_or_else(|| namespace.clone());
     Ok(Source {
         namespace,
         pvc: name,
         repository,
         selector,
         own_secret,
+        owner_namespace,
+    })
+}
+
+/// The namespace of a repository in the base's layout (`<base>/<namespace>/<pvc>`);
+/// `None` when the repository is not under the base.
+pub fn repository_namespace(
+    base: &str,
+    repository: &str,
+    default_endpoint: Option<&str>,
+) -> Option<String> {
+    let first = |rest: &str| {
+        let mut parts = rest.trim_matches('/').split('/');
+        let ns = parts.next().filter(|n| !n.is_empty())?;
+        parts.next()?;
+        Some(ns.to_string())
+    };
+    match (
+        Location::parse(base, default_endpoint).ok()?,
+        Location::parse(repository, default_endpoint).ok()?,
+    ) {
+        (Location::S3(b), Location::S3(r)) => {
+            if b.endpoint != r.endpoint || b.bucket != r.bucket {
+                return None;
+            }
+            if b.prefix.is_empty() {
+                first(&r.prefix)
+            } else {
+                first(r.prefix.strip_prefix(&b.prefix)?.strip_prefix('/')?)
+            }
+        }
+        (Location::Local(b), Location::Local(r)) => first(r.strip_prefix(&b).ok()?.to_str()?),
+        _ => None,
+    }
+}
+
+/// Whether the PVC may read the source's data: its own namespace's always, another
+/// namespace's only with that namespace's grant (`owner_annotations`: the annotations
+/// of the owner Namespace, `None` if it does not exist). `Err`: the step to take (wait,
+/// with an Event that says how to grant).
+pub fn consent(
+    pvc: &UserPvc,
+    src: &Source,
+    owner_annotations: Option<&BTreeMap<String, String>>,
+) -> Result<(), Step> {
+    if grant::allows(&src.owner_namespace, owner_annotations, &pvc.namespace) {
+        return Ok(());
+    }
+    let message = format!(
+        "PVC {} would be restored from repository {} of namespace {}: refused, {}. The PVC \
+         stays Pending until the grant exists (or annotate it {}=true to bind it empty)",
+        pvc.key(),
+        src.repository,
+        src.owner_namespace,
+        grant::how_to_grant(&src.owner_namespace, &pvc.namespace),
+        user::FORCE_EMPTY
+    );
+    Err(Step::Wait {
+        why: format!(
+            "namespace {} has not granted namespace {} its repositories",
+            src.owner_namespace, pvc.namespace
+        ),
+        note: Some((pc::reason::RESTORE_NOT_GRANTED, message)),
     })
 }
 
@@ -504,6 +592,79 @@ pub fn after_source(source: &Source, answer: SourceAnswer) -> Result<PrimeDecisi
     }
 }
 
+/// A failed attempt of a populate's restore: the Job failed, or it succeeded with a
+/// result that does not match the plan (`mismatch`).
+struct Failure<'a> {
+    at: Timestamp,
+    job: &'a str,
+    why: String,
+    mismatch: bool,
+}
+
+/// Whether a restore mover's result is exactly the planned restore: ok, something
+/// restored, the planned snapshot (full id) and the planned repository (compared as
+/// locations: `local:/x` and `/x`, `s3://b/p` with the default endpoint and
+/// `s3:https://endpoint/b/p` are the same). `Err`: what differs, for the Event.
+pub fn verify_restore(
+    planned_repository: &str,
+    planned_snapshot: &str,
+    result: Option<&RunResult>,
+    default_endpoint: Option<&str>,
+) -> Result<(), String> {
+    let Some(r) = result else {
+        return Err(
+            "its pod left no mover result (termination message): what it restored \
+                    is unknown"
+                .into(),
+        );
+    };
+    if !r.ok {
+        return Err(format!(
+            "the mover reported a failure ({})",
+            r.error
+                .as_deref()
+                .or(r.reason.as_deref())
+                .unwrap_or("no error given")
+        ));
+    }
+    if r.restored != Some(true) {
+        return Err(format!(
+            "the mover restored nothing (restored: {}): it found no repository or no snapshot \
+             at {}",
+            r.restored.map_or("unset".to_string(), |b| b.to_string()),
+            r.repository.as_deref().unwrap_or("its repository")
+        ));
+    }
+    match r.snapshot.as_deref() {
+        Some(id) if id.eq_ignore_ascii_case(planned_snapshot) => {}
+        Some(id) => {
+            return Err(format!(
+                "the mover restored snapshot {id}, not the planned {planned_snapshot}"
+            ));
+        }
+        None => return Err("the mover reported no snapshot id".into()),
+    }
+    let Some(repo) = r.repository.as_deref() else {
+        return Err(format!(
+            "the mover did not report its repository (planned {planned_repository}): an older \
+             mover image? Use the mover of the same stowage release"
+        ));
+    };
+    let same = match (
+        Location::parse(repo, default_endpoint),
+        Location::parse(planned_repository, default_endpoint),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => repo.trim_end_matches('/') == planned_repository.trim_end_matches('/'),
+    };
+    if !same {
+        return Err(format!(
+            "the mover restored from repository {repo}, not the planned {planned_repository}"
+        ));
+    }
+    Ok(())
+}
+
 /// The next step for `pvc`. `verdict` is the probe's verdict on its class, `prime` its
 /// prime PVC, `jobs` its restore Jobs.
 #[allow(clippy::too_many_arguments)]
@@ -588,7 +749,7 @@ pub fn decide(
     let Some(prime) = prime else {
         if class.wait_for_first_consumer && pvc.selected_node.is_none() {
             return Step::Wait {
-                why: "waiting for a pod using the PVC to be scheduled".into(),
+                why: WAITING_FOR_CONSUMER.into(),
                 note: None,
             };
         }
@@ -604,7 +765,7 @@ pub fn decide(
             });
         }
         return match source(s, pvc, spec) {
-            Ok(src) => Step::Resolve(src),
+            Ok(src) => Step::Resolve(Box::new(src)),
             Err(e) => Step::Wait {
                 why: e.clone(),
                 note: Some((pc::reason::INVALID_RESTORE, e)),
@@ -623,41 +784,80 @@ pub fn decide(
             snapshot: None,
         };
     };
-    if jobs.iter().any(|j| j.state == JobState::Succeeded) {
-        return Step::HandOver {
-            pv: pv.clone(),
-            snapshot: Some(snapshot.clone()),
-        };
+    // A Job that succeeded hands the volume over only if its mover restored exactly
+    // what was planned; any other success counts as a failed attempt.
+    let mut failures: Vec<Failure> = Vec::new();
+    for j in jobs {
+        match &j.state {
+            JobState::Succeeded { at } => {
+                match verify_restore(
+                    &prime.repository,
+                    snapshot,
+                    j.result.as_ref(),
+                    s.default_endpoint.as_deref(),
+                ) {
+                    Ok(()) => {
+                        return Step::HandOver {
+                            pv: pv.clone(),
+                            snapshot: Some(snapshot.clone()),
+                        };
+                    }
+                    Err(why) => failures.push(Failure {
+                        at: *at,
+                        job: &j.name,
+                        why,
+                        mismatch: true,
+                    }),
+                }
+            }
+            JobState::Failed { at, why } => failures.push(Failure {
+                at: *at,
+                job: &j.name,
+                why: why.clone(),
+                mismatch: false,
+            }),
+            JobState::Running => {}
+        }
     }
     if let Some(running) = jobs.iter().find(|j| j.state == JobState::Running) {
         // Started again: a run killed between creating the Job and its Secret left a
         // pod waiting for the Secret; creating both is idempotent.
         return Step::StartJob {
             name: running.name.clone(),
-            attempt: jobs.iter().filter(|j| j.state != JobState::Running).count() as u32,
+            attempt: failures.len() as u32,
             snapshot: snapshot.clone(),
         };
     }
-    let failures: Vec<(Timestamp, &str, &str)> = jobs
-        .iter()
-        .filter_map(|j| match &j.state {
-            JobState::Failed { at, why } => Some((*at, j.name.as_str(), why.as_str())),
-            _ => None,
-        })
-        .collect();
     let attempt = failures.len() as u32;
-    if let Some((at, job, why)) = failures.iter().max_by_key(|f| f.0) {
-        let next = *at + backoff(s.restore_backoff, attempt);
+    if let Some(last) = failures.iter().max_by_key(|f| f.at) {
+        let next = last.at + backoff(s.restore_backoff, attempt);
         if now < next {
+            let (reason, what) = if last.mismatch {
+                (
+                    pc::reason::RESTORE_MISMATCH,
+                    format!(
+                        "restore Job {}/{} succeeded but did not restore what was planned \
+                         (snapshot {snapshot} of {}): {}",
+                        s.system_namespace, last.job, prime.repository, last.why
+                    ),
+                )
+            } else {
+                (
+                    pc::reason::RESTORE_FAILED,
+                    format!(
+                        "restore Job {}/{} failed: {}",
+                        s.system_namespace, last.job, last.why
+                    ),
+                )
+            };
             return Step::Wait {
                 why: format!("restore failed; retry at {next}"),
                 note: Some((
-                    pc::reason::RESTORE_FAILED,
+                    reason,
                     format!(
-                        "restore Job {}/{job} failed ({attempt} failure(s)): {why}. Retried at \
-                         {next}; the PVC stays Pending and is never bound empty (annotate it {}=true \
-                         to give up and bind it empty)",
-                        s.system_namespace,
+                        "{what} ({attempt} failed attempt(s)). Retried at {next}; the PVC stays \
+                         Pending and is never bound empty (annotate it {}=true to give up and \
+                         bind it empty)",
                         user::FORCE_EMPTY
                     ),
                 )),
@@ -686,6 +886,7 @@ mod tests {
             unsafe_provisioners: vec!["example.com/naive".into()],
             restore_backoff: SignedDuration::from_secs(30),
             probe_wait: SignedDuration::from_secs(60),
+            default_endpoint: None,
         }
     }
 
@@ -1092,6 +1293,7 @@ mod tests {
         let running = JobFacts {
             name: name.clone(),
             state: JobState::Running,
+            result: None,
         };
         // A running Job is "started" again under its own name (its Secret may be
         // missing if a run was killed between the two creations).
@@ -1101,7 +1303,10 @@ mod tests {
         );
         let done = JobFacts {
             name: name.clone(),
-            state: JobState::Succeeded,
+            state: JobState::Succeeded {
+                at: t("2026-11-23T09:59:00Z"),
+            },
+            result: Some(restored("abc", "s3:https://s3.lan/backups/db/pg")),
         };
         assert!(matches!(
             decide_now(&p, &c, Some(&prime(Some("abc"), true)), &[done], now),
@@ -1123,6 +1328,7 @@ mod tests {
                 at: t(at),
                 why: "S3 unreachable".into(),
             },
+            result: None,
         };
         let jobs = [failed(0, "2026-11-23T10:00:00Z")];
         match decide_now(&p, &c, Some(&pr), &jobs, "2026-11-23T10:00:10Z") {
@@ -1159,5 +1365,231 @@ mod tests {
             backoff(SignedDuration::from_secs(30), 20),
             SignedDuration::from_hours(1)
         );
+    }
+
+    /// What a mover reports after restoring `snapshot` of `repository`.
+    fn restored(snapshot: &str, repository: &str) -> RunResult {
+        RunResult {
+            operation: "restore".into(),
+            ok: true,
+            restored: Some(true),
+            snapshot: Some(snapshot.into()),
+            repository: Some(repository.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_restore_is_verified_against_the_plan() {
+        let repo = "s3:https://s3.lan/backups/db/pg";
+        let id = "abcd".repeat(16);
+        let ok = restored(&id, repo);
+        assert_eq!(verify_restore(repo, &id, Some(&ok), None), Ok(()));
+        // The same location written otherwise is the same repository.
+        let other_form = restored(&id, "s3:https://s3.lan/backups/db/pg/");
+        assert_eq!(verify_restore(repo, &id, Some(&other_form), None), Ok(()));
+        let by_endpoint = restored(&id, "s3://backups/db/pg");
+        assert_eq!(
+            verify_restore(repo, &id, Some(&by_endpoint), Some("https://s3.lan")),
+            Ok(())
+        );
+        assert_eq!(
+            verify_restore(
+                "/srv/backups/db/pg",
+                &id,
+                Some(&restored(&id, "local:/srv/backups/db/pg")),
+                None
+            ),
+            Ok(())
+        );
+        // Nothing restored: the mover saw no repository (or no snapshot).
+        let nothing = RunResult {
+            restored: Some(false),
+            snapshot: None,
+            ..ok.clone()
+        };
+        let e = verify_restore(repo, &id, Some(&nothing), None).unwrap_err();
+        assert!(e.contains("restored nothing"), "{e}");
+        // Another snapshot.
+        let other = restored(&"ef01".repeat(16), repo);
+        let e = verify_restore(repo, &id, Some(&other), None).unwrap_err();
+        assert!(e.contains(&"ef01".repeat(16)) && e.contains(&id), "{e}");
+        // A prefix of the planned id is not the planned id.
+        let prefix = restored(&id[..8], repo);
+        assert!(verify_restore(repo, &id, Some(&prefix), None).is_err());
+        // Another repository (e.g. a path the pod saw differently).
+        let elsewhere = restored(&id, "/tmp/pod/volumes/tmp/backups/db/pg");
+        let e = verify_restore(repo, &id, Some(&elsewhere), None).unwrap_err();
+        assert!(e.contains("/tmp/pod/volumes/tmp/backups/db/pg"), "{e}");
+        // No repository reported, no result, not ok.
+        let unknown = RunResult {
+            repository: None,
+            ..ok.clone()
+        };
+        assert!(verify_restore(repo, &id, Some(&unknown), None).is_err());
+        assert!(verify_restore(repo, &id, None, None).is_err());
+        let failed = RunResult {
+            ok: false,
+            ..ok.clone()
+        };
+        assert!(verify_restore(repo, &id, Some(&failed), None).is_err());
+    }
+
+    #[test]
+    fn a_succeeded_job_that_restored_something_else_is_never_handed_over() {
+        let p = pvc();
+        let c = class(false);
+        let pr = prime(Some("abc"), true);
+        let job = |n: u32, result: RunResult| JobFacts {
+            name: job_name(&p, "abc", n),
+            state: JobState::Succeeded {
+                at: t("2026-11-23T10:00:00Z"),
+            },
+            result: Some(result),
+        };
+        let nothing = RunResult {
+            restored: Some(false),
+            snapshot: None,
+            ..restored("abc", &pr.repository)
+        };
+        for bad in [
+            nothing,
+            restored("other", &pr.repository),
+            restored("abc", "s3:https://s3.lan/backups/db/other"),
+        ] {
+            let jobs = [job(0, bad.clone())];
+            match decide_now(&p, &c, Some(&pr), &jobs, "2026-11-23T10:00:10Z") {
+                Step::Wait {
+                    note: Some((r, m)), ..
+                } => {
+                    assert_eq!(r, pc::reason::RESTORE_MISMATCH, "{bad:?}");
+                    assert!(m.contains("did not restore what was planned"), "{m}");
+                    assert!(m.contains("never bound"), "{m}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            // After the backoff: a new attempt under a new name, never a hand-over.
+            match decide_now(&p, &c, Some(&pr), &jobs, "2026-11-23T10:00:31Z") {
+                Step::StartJob { attempt, name, .. } => {
+                    assert_eq!(attempt, 1);
+                    assert_eq!(name, job_name(&p, "abc", 1));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A later attempt that matches hands over.
+        let jobs = [
+            job(0, restored("other", &pr.repository)),
+            job(1, restored("abc", &pr.repository)),
+        ];
+        assert!(matches!(
+            decide_now(&p, &c, Some(&pr), &jobs, "2026-11-23T10:01:00Z"),
+            Step::HandOver {
+                snapshot: Some(_),
+                ..
+            }
+        ));
+        // Bind-empty decisions need no Job (the storage's clear answer decided).
+        assert!(matches!(
+            decide_now(
+                &p,
+                &c,
+                Some(&prime(None, true)),
+                &[],
+                "2026-11-23T10:00:00Z"
+            ),
+            Step::HandOver { snapshot: None, .. }
+        ));
+    }
+
+    #[test]
+    fn another_namespaces_data_needs_its_grant() {
+        let p = pvc(); // in namespace db
+        // Own data: no grant needed.
+        let own = source(&settings(), &p, &RestoreSpec::default()).unwrap();
+        assert_eq!(own.owner_namespace, "db");
+        assert_eq!(consent(&p, &own, None), Ok(()));
+        // sourceNamespace: prod's data.
+        let spec = RestoreSpec {
+            source_namespace: Some("prod".into()),
+            ..Default::default()
+        };
+        let other = source(&settings(), &p, &spec).unwrap();
+        assert_eq!(other.owner_namespace, "prod");
+        match consent(&p, &other, None) {
+            Err(Step::Wait {
+                note: Some((r, m)), ..
+            }) => {
+                assert_eq!(r, pc::reason::RESTORE_NOT_GRANTED);
+                assert!(
+                    m.contains(
+                        "kubectl annotate namespace prod stowage.io/grant-repositories-to=db"
+                    ),
+                    "{m}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let granted = BTreeMap::from([(grant::GRANT_ANNOTATION.to_string(), "db".to_string())]);
+        assert_eq!(consent(&p, &other, Some(&granted)), Ok(()));
+        let elsewhere = BTreeMap::from([(grant::GRANT_ANNOTATION.to_string(), "dev".to_string())]);
+        assert!(consent(&p, &other, Some(&elsewhere)).is_err());
+        // A repository URL (Restore object or PVC annotation) under the base names its
+        // namespace too.
+        let spec = RestoreSpec {
+            repository: Some("s3:https://s3.lan/backups/prod/pg".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            source(&settings(), &p, &spec).unwrap().owner_namespace,
+            "prod"
+        );
+        let mut annotated = pvc();
+        annotated.annotations.insert(
+            user::REPOSITORY.into(),
+            "s3:https://s3.lan/backups/prod/pg/".into(),
+        );
+        let src = source(&settings(), &annotated, &RestoreSpec::default()).unwrap();
+        assert_eq!(src.owner_namespace, "prod");
+        assert!(consent(&annotated, &src, None).is_err());
+        // Outside the base: the source namespace (the PVC's own by default).
+        let spec = RestoreSpec {
+            repository: Some("s3:https://other.example/volsync/pg".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            source(&settings(), &p, &spec).unwrap().owner_namespace,
+            "db"
+        );
+    }
+
+    #[test]
+    fn repository_namespaces_follow_the_base_layout() {
+        let ns = |b: &str, r: &str| repository_namespace(b, r, Some("https://s3.lan"));
+        assert_eq!(
+            ns("s3:https://s3.lan/b", "s3:https://s3.lan/b/app/data"),
+            Some("app".into())
+        );
+        assert_eq!(
+            ns("s3://b/pre", "s3:https://s3.lan/b/pre/app/data"),
+            Some("app".into())
+        );
+        assert_eq!(
+            ns(
+                "s3:https://s3.lan/b/pre",
+                "s3:https://s3.lan/b/prefix/app/data"
+            ),
+            None
+        );
+        assert_eq!(
+            ns("s3:https://s3.lan/b", "s3:https://s3.lan/other/app/data"),
+            None
+        );
+        assert_eq!(ns("s3:https://s3.lan/b", "s3:https://s3.lan/b/app"), None);
+        assert_eq!(
+            ns("/srv/backups", "local:/srv/backups/app/data"),
+            Some("app".into())
+        );
+        assert_eq!(ns("/srv/backups", "/srv/other/app/data"), None);
     }
 }

@@ -25,7 +25,20 @@ use stowage_testkit::fakeapi::{FakeApi, Fault, Gvr};
 const NS: &str = "stowage";
 const USER: &str = "system:serviceaccount:stowage:stowage-prewarm";
 const MASTER: &str = "master secret";
-const RESTORED: &str = r#"{"operation":"restore","ok":true,"restored":true,"files":1,"bytes":5,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.1}"#;
+/// What a mover that restored the plan of `job`'s prime PVC reports.
+fn restored(api: &FakeApi, job: &str) -> String {
+    let j: Job = api.store().get(NS, job).unwrap();
+    let uid = j.metadata.labels.unwrap()["stowage.io/pvc-uid"].clone();
+    let prime: PersistentVolumeClaim = api
+        .store()
+        .get(NS, &format!("{}{uid}", pc::prime::NAME_PREFIX))
+        .unwrap();
+    let a = prime.metadata.annotations.unwrap();
+    json!({"operation": "restore", "ok": true, "restored": true, "files": 1, "bytes": 5,
+           "added_bytes": 0, "uploaded_bytes": 0, "downloaded_bytes": 0, "duration_secs": 0.1,
+           "snapshot": a[pc::prime::SNAPSHOT], "repository": a[pc::prime::REPOSITORY]})
+    .to_string()
+}
 
 fn put<K>(api: &FakeApi, v: Value) -> K
 where
@@ -209,6 +222,7 @@ impl World {
 
     /// Marks a restore Job done with the mover's result line.
     fn finish(&self, job: &str) {
+        let message = restored(&self.api, job);
         put::<Pod>(
             &self.api,
             json!({"metadata": {"name": format!("{job}-x"), "namespace": NS,
@@ -224,7 +238,7 @@ impl World {
                         "containerStatuses": [{"name": "mover", "image": "m", "imageID": "",
                             "ready": false, "restartCount": 0,
                             "state": {"terminated": {"exitCode": 0,
-                                "finishedAt": "2026-11-23T10:05:00Z", "message": RESTORED}}}]
+                                "finishedAt": "2026-11-23T10:05:00Z", "message": message}}}]
                     }))
                     .unwrap(),
                 );

@@ -114,9 +114,16 @@ impl World {
     }
 
     fn ctx(&self, base: &str) -> Ctx {
+        self.ctx_with_backoff(base, 1)
+    }
+
+    fn ctx_with_backoff(&self, base: &str, backoff_secs: u32) -> Ctx {
         let cfg = PrewarmConfig::from_vars(&[
             ("STOWAGE_REPOSITORY_BASE".into(), base.into()),
-            ("STOWAGE_RESTORE_BACKOFF_SECONDS".into(), "1".into()),
+            (
+                "STOWAGE_RESTORE_BACKOFF_SECONDS".into(),
+                backoff_secs.to_string(),
+            ),
             ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
             ("AWS_DEFAULT_REGION".into(), "garage".into()),
         ])
@@ -240,7 +247,21 @@ impl World {
     }
 }
 
-const RESTORED: &str = r#"{"operation":"restore","ok":true,"restored":true,"files":1,"bytes":5,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.1}"#;
+/// What a mover that restored the plan of `job`'s prime PVC reports (its snapshot id
+/// and repository).
+fn restored(api: &FakeApi, job: &str) -> String {
+    let j: Job = api.store().get(NS, job).unwrap();
+    let uid = j.metadata.labels.unwrap()["stowage.io/pvc-uid"].clone();
+    let prime: PersistentVolumeClaim = api
+        .store()
+        .get(NS, &format!("{}{uid}", pc::prime::NAME_PREFIX))
+        .unwrap();
+    let a = prime.metadata.annotations.unwrap();
+    json!({"operation": "restore", "ok": true, "restored": true, "files": 1, "bytes": 5,
+           "added_bytes": 0, "uploaded_bytes": 0, "downloaded_bytes": 0, "duration_secs": 0.1,
+           "snapshot": a[pc::prime::SNAPSHOT], "repository": a[pc::prime::REPOSITORY]})
+    .to_string()
+}
 
 #[tokio::test]
 async fn storage_errors_and_wrong_credentials_never_bind_empty() {
@@ -252,6 +273,16 @@ async fn storage_errors_and_wrong_credentials_never_bind_empty() {
     let r = w.round(&ctx).await;
     assert!(r.source_unavailable.contains("app/data"), "{r:?}");
     assert!(w.primes().is_empty(), "no prime PVC on an error");
+    // The PVC waits because of stowage: its age is pushed (StowagePvcPendingTooLong).
+    let mut reg = stowage_common::metrics::Registry::default();
+    pass::metrics(&r, &mut reg);
+    let age = reg
+        .value(
+            stowage_common::metrics::prewarm_names::PENDING_SECONDS,
+            &[("namespace", "app"), ("persistentvolumeclaim", "data")],
+        )
+        .expect("pending age pushed");
+    assert!((0.0..600.0).contains(&age), "{age}");
     assert_eq!(w.events("data", pc::reason::SOURCE_UNAVAILABLE), 1);
     // Again: still Pending, no second Event for the same state.
     w.round(&ctx).await;
@@ -343,7 +374,8 @@ async fn two_runs_at_once_do_nothing_twice() {
     assert_eq!(w.events("db", pc::reason::RESTORE_STARTED), 1);
     let secrets: Vec<Secret> = w.api.store().list(Some(NS));
     assert_eq!(secrets.len(), 2, "credentials and one per-run Secret");
-    w.finish(jobs[0].metadata.name.as_deref().unwrap(), true, RESTORED);
+    let job = jobs[0].metadata.name.clone().unwrap();
+    w.finish(&job, true, &restored(&w.api, &job));
     let (ra, rb) = tokio::join!(w.round(&a), w.round(&b));
     assert!(
         ra.errors.is_empty() && rb.errors.is_empty(),
@@ -387,7 +419,8 @@ async fn force_empty_binds_empty_without_asking_the_storage() {
 async fn a_restore_that_restored_nothing_is_not_handed_over() {
     let w = World::new();
     w.backup("db", None);
-    let ctx = w.ctx(&w.base());
+    // A backoff no round of this test reaches: the Event is not repeated.
+    let ctx = w.ctx_with_backoff(&w.base(), 600);
     w.pvc("db", json!({}));
     w.round(&ctx).await;
     w.bind_primes();
@@ -403,18 +436,19 @@ async fn a_restore_that_restored_nothing_is_not_handed_over() {
     let r = w.round(&ctx).await;
     assert!(!w.handed_over("db"), "{r:?}");
     assert_eq!(w.primes().len(), 1);
-    assert_eq!(w.events("db", pc::reason::RESTORE_FAILED), 1);
+    assert_eq!(w.events("db", pc::reason::RESTORE_MISMATCH), 1);
     assert!(
         w.ann("db", pc::status::POPULATOR_STATUS)
-            .is_some_and(|s| s.contains("found no repository")),
+            .is_some_and(|s| s.contains("restored nothing")),
         "{:?}",
         w.ann("db", pc::status::POPULATOR_STATUS)
     );
     assert_eq!(w.ann("db", pc::status::RESTORED_AT), None);
     // Same on the next round: no second Event, still not bound.
-    w.round(&ctx).await;
+    let r = w.round(&ctx).await;
     assert!(!w.handed_over("db"));
-    assert_eq!(w.events("db", pc::reason::RESTORE_FAILED), 1);
+    assert_eq!(w.events("db", pc::reason::RESTORE_MISMATCH), 1);
+    assert!(r.restore_mismatches.contains("app/db"), "{r:?}");
 }
 
 #[tokio::test]

@@ -336,17 +336,21 @@ fn environment_variables_are_ones_the_programs_read() {
     }
 }
 
-/// Metric names of `common::metrics::names` (parsed from its source: every constant).
+/// Metric names of `common::metrics::names` and `prewarm_names` (parsed from its
+/// source: every constant; prewarm imports `prewarm_names as names`).
 fn defined_metrics() -> BTreeSet<(String, String)> {
     let src = std::fs::read_to_string(root().join("common/src/metrics.rs")).unwrap();
-    let module = src
-        .split("pub mod names")
-        .nth(1)
-        .unwrap()
-        .split("\n}")
-        .next()
-        .unwrap();
-    module
+    let module = |name: &str| {
+        src.split(&format!("pub mod {name}"))
+            .nth(1)
+            .unwrap()
+            .split("\n}")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let modules = format!("{}\n{}", module("names"), module("prewarm_names"));
+    modules
         .lines()
         .filter_map(|l| {
             let l = l.trim().strip_prefix("pub const ")?;
@@ -446,6 +450,9 @@ fn alerts_and_dashboard_use_metrics_the_programs_push() {
         "StowageGcNotSucceeding",
         "StowageGcNotRunning",
         "StowageGcErrors",
+        "StowageUnsafeStorageClass",
+        "StowageRestoreFailing",
+        "StowagePvcPendingTooLong",
     ] {
         assert!(
             exprs.iter().any(|(w, _)| w.contains(alert)),

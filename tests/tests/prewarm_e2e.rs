@@ -526,7 +526,7 @@ async fn cluster_rebuild_restores_every_pvc_before_any_backup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_into_another_namespace_as_of_a_time_and_app_re_added() {
+async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_added() {
     let w = World::new();
     w.apply_app("db", &World::pvc_spec("pg"), "node-a");
     w.populate(&[("db", "pg")]).await;
@@ -587,6 +587,30 @@ async fn restore_into_another_namespace_as_of_a_time_and_app_re_added() {
             .data_source_ref("stowage.io", "Restore", "as-of");
     w.apply_app("staging", &copy, "node-b");
     w.apply_app("staging", &old, "node-b");
+    // prod (namespace db) has not granted staging its data: refused, with the fix.
+    w.prewarm_until("cross-namespace restores refused", |s| {
+        let refused = |pvc: &str| {
+            s.list::<Event>(Some("staging")).iter().any(|e| {
+                e.reason.as_deref() == Some(pc::reason::RESTORE_NOT_GRANTED)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pvc)
+                    && e.note.as_deref().is_some_and(|n| {
+                        n.contains("kubectl annotate namespace db stowage.io/grant-repositories-to=staging")
+                    })
+            })
+        };
+        (refused("pg-copy") && refused("pg-old")).then_some(())
+    })
+    .await;
+    assert!(!bound(w.cluster.store(), "staging", "pg-copy"));
+    assert!(w.primes().is_empty(), "nothing read before the grant");
+    w.cluster
+        .store()
+        .patch::<k8s_openapi::api::core::v1::Namespace>(
+            "",
+            "db",
+            &json!({"metadata": {"annotations": {"stowage.io/grant-repositories-to": "staging"}}}),
+        )
+        .unwrap();
     w.populate(&[("staging", "pg-copy"), ("staging", "pg-old")])
         .await;
     assert_eq!(

@@ -41,6 +41,12 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_mover(bins::path("stowage-mover"))
+    }
+
+    /// The world whose mover image runs `mover` (a stand-in that reports what a test
+    /// needs).
+    fn with_mover(mover: std::path::PathBuf) -> Self {
         let g = garage::shared();
         let bucket = g.bucket("prewarm-faults");
         let proxy = FaultProxy::start(g.addr());
@@ -49,7 +55,7 @@ impl World {
                 .node(NodeSpec::new("node-a"))
                 .storage_class(StorageClassSpec::local_csi("local").default_class())
                 .namespace("stowage")
-                .binary("stowage-mover", bins::path("stowage-mover")),
+                .binary("stowage-mover", mover),
         );
         let store = cluster.store();
         store
@@ -332,6 +338,89 @@ async fn populated(
 async fn stop(mut child: tokio::process::Child) {
     let _ = child.start_kill();
     let _ = child.wait().await;
+}
+
+/// A stand-in mover: reports `result` as its result line and exits 0 (empty: runs the
+/// real mover). Replaced atomically, so a pod never starts a half-written script.
+fn fake_mover(path: &Path, result: Option<&str>) {
+    use std::os::unix::fs::PermissionsExt;
+    let body = match result {
+        Some(line) => format!(
+            "#!/bin/sh\nprintf '%s\\n' '{line}'\nprintf '%s' '{line}' > \"$STOWAGE_RESULT_FILE\"\n"
+        ),
+        None => format!(
+            "#!/bin/sh\nexec '{}' \"$@\"\n",
+            bins::path("stowage-mover").display()
+        ),
+    };
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A restore Job whose mover exits 0 without restoring what prewarm planned (nothing:
+/// `restored: false`) is a failed attempt: the PVC stays Pending, a
+/// `RestoreMismatch` Event says what differed, the restore is retried with backoff, and
+/// only an attempt that restored the planned snapshot of the planned repository binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_restored_nothing_or_another_snapshot_is_never_bound() {
+    let bin = tempfile::tempdir().unwrap();
+    let mover = bin.path().join("fake-mover");
+    fake_mover(
+        &mover,
+        Some(
+            r#"{"operation":"restore","ok":true,"files":0,"bytes":0,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.1,"restored":false}"#,
+        ),
+    );
+    let w = World::with_mover(mover.clone());
+    let src = tempfile::tempdir().unwrap();
+    fill(src.path(), 41);
+    let expected = digest::entries(src.path());
+    w.backup("app", "data", src.path());
+    w.apply_app("app", "data", None);
+    let (child, log) = w.spawn_prewarm();
+
+    // 1. restored:false: never bound, an Event that says so.
+    let note = |s: &Store| {
+        s.list::<Event>(Some("app"))
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(pc::reason::RESTORE_MISMATCH))
+            .filter_map(|e| e.note)
+            .collect::<Vec<_>>()
+    };
+    let r = w
+        .cluster
+        .wait_for(WAIT, |s| {
+            assert!(
+                !bound(s, "app", "data"),
+                "bound after a restore that restored nothing"
+            );
+            note(s)
+                .iter()
+                .any(|n| n.contains("restored nothing"))
+                .then_some(())
+        })
+        .await;
+    if r.is_err() {
+        panic!(
+            "no RestoreMismatch Event\n{}\n{}",
+            w.cluster.program_log(&log),
+            w.cluster.all_pod_logs()
+        );
+    }
+    let pvc: PersistentVolumeClaim = w.cluster.store().get("app", "data").unwrap();
+    assert_eq!(
+        pvc.metadata
+            .annotations
+            .unwrap_or_default()
+            .get(status::POPULATED_FROM),
+        None
+    );
+    // 3. The real mover: the planned snapshot restored, bound with its content.
+    fake_mover(&mover, None);
+    populated(&w, "app", "data", &expected, "real mover", &log).await;
+    stop(child).await;
 }
 
 /// Throttling, resets, cut bodies and latency on a fifth of the S3 requests of

@@ -908,14 +908,24 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
     let ok_job = restore_jobs(api, NS, &restored_uid);
     let failing = restore_jobs(api, NS, &own_uid);
     assert_eq!((ok_job.len(), failing.len()), (1, 1), "{log}");
-    // 3. One restore succeeds (hand-over), one fails (retried after the backoff); the
-    //    index is updated.
+    // 3. One restore succeeds (hand-over: the mover restored the planned snapshot of
+    //    the planned repository), one fails (retried after the backoff); the index is
+    //    updated.
+    let prime: PersistentVolumeClaim = api
+        .store()
+        .get(NS, &format!("stowage-prime-{restored_uid}"))
+        .unwrap();
+    let planned = prime.metadata.annotations.unwrap();
     finish(
         api,
         NS,
         &ok_job[0],
         true,
-        r#"{"operation":"restore","ok":true,"restored":true,"files":1,"bytes":5,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.1}"#,
+        &json!({"operation": "restore", "ok": true, "restored": true, "files": 1, "bytes": 5,
+                "added_bytes": 0, "uploaded_bytes": 0, "downloaded_bytes": 0, "duration_secs": 0.1,
+                "snapshot": planned["stowage.io/restore-snapshot"],
+                "repository": planned["stowage.io/restore-repository"]})
+        .to_string(),
     );
     finish(
         api,
@@ -939,7 +949,9 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
     let log = once(&["--no-index"]);
     assert!(restore_jobs(api, NS, &own_uid).is_empty(), "{log}");
 
-    // 5. Manual restore into an existing PVC: refused while its app runs, then served.
+    // 5. Manual restore into an existing PVC: refused while its app runs; refused when a
+    //    pod appears after the request was taken (the Job, created suspended, is deleted
+    //    unstarted); then served (the Job let start once no pod uses the volume).
     pvc(
         api,
         "a",
@@ -957,16 +969,58 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
         "{ann:?}\n{log}"
     );
     api.store().delete::<Pod>("a", "app-manual").unwrap();
-    api.store()
-        .patch::<PersistentVolumeClaim>(
-            "a",
-            "manual",
-            &json!({"metadata": {"annotations": {"stowage.io/restore-now": "latest"}}}),
-        )
-        .unwrap();
+    let request = |api: &FakeApi| {
+        api.store()
+            .patch::<PersistentVolumeClaim>(
+                "a",
+                "manual",
+                &json!({"metadata": {"annotations": {"stowage.io/restore-now": "latest"}}}),
+            )
+            .unwrap();
+    };
+    request(api);
+    let one_round = |api: &FakeApi| run(api, program, &["restore-now", "--duration", "1"], &env);
+    let log = one_round(api);
+    let job = restore_jobs(api, "a", &uid_of(api, "a", "manual"));
+    assert_eq!(job.len(), 1, "{log}");
+    let suspended = |api: &FakeApi, name: &str| {
+        api.store()
+            .get::<Job>("a", name)
+            .and_then(|j| j.spec?.suspend)
+            == Some(true)
+    };
+    assert!(suspended(api, &job[0]), "created suspended\n{log}");
+    // Flux scales the app up again before the restore started.
+    put::<Pod>(
+        api,
+        json!({"metadata": {"name": "app-manual-2", "namespace": "a"},
+               "spec": {"containers": [{"name": "app", "image": "app"}],
+                        "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "manual"}}]},
+               "status": {"phase": "Running"}}),
+    );
+    let log = one_round(api);
+    assert!(
+        restore_jobs(api, "a", &uid_of(api, "a", "manual")).is_empty(),
+        "the unstarted Job is deleted\n{log}"
+    );
+    let p: PersistentVolumeClaim = api.store().get("a", "manual").unwrap();
+    let ann = p.metadata.annotations.unwrap();
+    assert!(
+        ann.get("stowage.io/restore-result")
+            .is_some_and(|r| r.contains("in use")
+                && r.contains("flux suspend kustomization")
+                && r.contains("nothing was written")),
+        "{ann:?}\n{log}"
+    );
+    api.store().delete::<Pod>("a", "app-manual-2").unwrap();
+    request(api);
     let log = manual(api);
     let job = restore_jobs(api, "a", &uid_of(api, "a", "manual"));
     assert_eq!(job.len(), 1, "{log}");
+    assert!(
+        !suspended(api, &job[0]),
+        "started once no pod uses the volume\n{log}"
+    );
     finish(
         api,
         "a",

@@ -334,6 +334,65 @@ async fn job_runs_a_process_with_env_volume_and_termination_message() {
     );
 }
 
+/// The demo's repositories lived under `/tmp` (any checkout made with `mktemp -d`): the
+/// kubelet took the Secret's host path for the pod's own `/tmp` mount, so the restore
+/// mover saw no repository. Data from Secrets (and `$(VAR)` expansions of it) reaches
+/// the process unchanged; only the pod spec's own paths are mapped.
+#[tokio::test]
+async fn host_paths_from_secrets_are_never_taken_for_pod_paths() {
+    let c = Cluster::start(options());
+    c.create_pvc("apps", &PvcSpec::new("data")).unwrap();
+    let host = tempfile::Builder::new()
+        .prefix("stowage-sim-host-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let repo = host.path().join("backups/apps/data");
+    let repo = repo.to_str().unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "run", "namespace": "apps"},
+        "stringData": {"RESTIC_REPOSITORY": repo},
+    }))
+    .unwrap();
+    c.store().create(&secret).unwrap();
+    let mut j = job(
+        "restore",
+        r#"printf '%s\n' "$RESTIC_REPOSITORY" "$COPY" "$TMPDIR" > /data/out"#,
+        0,
+        json!([
+            {"name": "COPY", "value": "$(RESTIC_REPOSITORY)"},
+            {"name": "TMPDIR", "value": "/tmp"},
+        ]),
+    );
+    let spec = j.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    let container = &mut spec.containers[0];
+    container.env_from = Some(vec![
+        serde_json::from_value(json!({"secretRef": {"name": "run"}})).unwrap(),
+    ]);
+    container
+        .volume_mounts
+        .as_mut()
+        .unwrap()
+        .push(serde_json::from_value(json!({"name": "tmp", "mountPath": "/tmp"})).unwrap());
+    spec.volumes
+        .as_mut()
+        .unwrap()
+        .push(serde_json::from_value(json!({"name": "tmp", "emptyDir": {}})).unwrap());
+    j.metadata.namespace = Some("apps".into());
+    c.store().create(&j).unwrap();
+    let (_, t, _) = finished(&c, "apps", "restore").await;
+    assert_eq!(t, "Complete", "{}", c.all_pod_logs());
+    let out = std::fs::read_to_string(c.volume_dir("apps", "data").unwrap().join("out")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], repo,
+        "the Secret's host path reaches the process as it is"
+    );
+    assert_eq!(lines[1], repo, "and so does its $(VAR) expansion");
+    // The pod's own /tmp is its emptyDir, inside the simulator's root.
+    assert!(lines[2].starts_with(c.root().to_str().unwrap()), "{out}");
+    assert!(std::path::Path::new(lines[2]).is_dir(), "{out}");
+}
+
 #[tokio::test]
 async fn failing_job_retries_up_to_backoff_limit() {
     let c = Cluster::start(options());

@@ -239,6 +239,13 @@ pub mod prewarm {
         pub const BOUND_EMPTY: &str = "BoundEmpty";
         /// A restore Job failed; retried with backoff, never bound empty.
         pub const RESTORE_FAILED: &str = "RestoreFailed";
+        /// A restore Job succeeded but its mover's result is not the planned restore
+        /// (nothing restored, another snapshot or repository); retried with backoff,
+        /// never bound.
+        pub const RESTORE_MISMATCH: &str = "RestoreMismatch";
+        /// The source of a restore is another namespace's data and that namespace has
+        /// not granted the PVC's namespace its use (`grant::GRANT_ANNOTATION`).
+        pub const RESTORE_NOT_GRANTED: &str = "RestoreNotGranted";
         /// S3 error, timeout or wrong credentials while looking for the backup; retried.
         pub const SOURCE_UNAVAILABLE: &str = "RestoreSourceUnavailable";
         /// The Restore object is invalid (bad asOf, unknown snapshot).

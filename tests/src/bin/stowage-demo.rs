@@ -4,7 +4,9 @@
 //! any app could start. Real stowage-scheduler, stowage-mover and stowage-prewarm
 //! binaries; repositories in a local directory (no S3 account needed).
 //!
-//! Run: `cargo run --release -p stowage-testkit --bin stowage-demo`
+//! Run: `scripts/demo.sh` (one `cargo build --release` of the four programs, then this
+//! binary, which finds the others next to itself). Options: `--work-dir DIR` (where the
+//! repositories go; default: a new directory under the system's temporary directory).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,15 +33,16 @@ fn say(s: impl AsRef<str>) {
     println!("{}", s.as_ref());
 }
 
-/// The real binaries, next to this one. Under `cargo run` they are (re)built first
-/// (a no-op when up to date), so the demo never runs stale programs.
+/// The real binaries, next to this one (`scripts/demo.sh` builds all four at once).
+/// Under `cargo run` they are (re)built first, with cargo's own progress on the
+/// terminal (a no-op when up to date), so the demo never runs stale programs.
 fn binaries() -> Result<BTreeMap<&'static str, PathBuf>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe.parent().ok_or("no binary directory")?.to_path_buf();
     if let Ok(cargo) = std::env::var("CARGO") {
         say(format!("building {} (if needed) …", PROGRAMS.join(", ")));
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet"]);
+        cmd.arg("build");
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -58,7 +61,7 @@ fn binaries() -> Result<BTreeMap<&'static str, PathBuf>, String> {
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "{} not found in {}: build them first (cargo build --release --bins)",
+            "{} not found in {}: build them first (scripts/demo.sh does)",
             missing.join(", "),
             dir.display()
         ));
@@ -248,18 +251,43 @@ fn short(s: &str) -> &str {
     s.get(..12).unwrap_or(s)
 }
 
+/// `--work-dir DIR`: the directory under which the demo's own (temporary) directory
+/// goes; default: the system's temporary directory.
+fn work_parent() -> Result<PathBuf, String> {
+    let mut args = std::env::args().skip(1);
+    let mut dir = std::env::temp_dir();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--work-dir" => {
+                dir = PathBuf::from(args.next().ok_or("--work-dir needs a directory")?);
+            }
+            "-h" | "--help" => {
+                return Err(
+                    "usage: stowage-demo [--work-dir DIR]  (run it with scripts/demo.sh)".into(),
+                );
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: stowage-demo [--work-dir DIR]"
+                ));
+            }
+        }
+    }
+    Ok(dir)
+}
+
 async fn run() -> Result<bool, String> {
+    let parent = work_parent()?;
     let bins = binaries()?;
-    // Not under /tmp: the simulated kubelet maps a mover's /tmp (and /data) to the
-    // pod's own volumes, so host paths there would not be what they seem.
-    let exe_dir = bins["stowage-mover"]
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     let work = tempfile::Builder::new()
         .prefix("stowage-demo-")
-        .tempdir_in(&exe_dir)
-        .map_err(|e| e.to_string())?;
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            format!(
+                "cannot create a work directory in {}: {e}",
+                parent.display()
+            )
+        })?;
     let repos = work.path().join("backups");
     let cluster = Cluster::start(
         ClusterOptions::new()

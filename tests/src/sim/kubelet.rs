@@ -3,6 +3,13 @@
 //! `Never`; `securityContext` not applied), with the environment the kubelet would give
 //! them and container paths rewritten to the host directories that stand for volumes.
 //! Other pods (apps) just become Running.
+//!
+//! The path mapping goes one way, from pod paths to host paths, and only over what the
+//! pod spec itself writes: `command`, `args`, `workingDir`, literal `env` values (before
+//! `$(VAR)` expansion) and the termination message path. Values the kubelet copies from
+//! Secrets, ConfigMaps and the downward API are data and reach the process unchanged:
+//! in the simulated world they hold host paths (a local repository under `/tmp`, say),
+//! which must never be taken for a pod's `/tmp` or `/data`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -242,8 +249,15 @@ fn expand(s: &str, vars: &[(String, String)]) -> String {
     out
 }
 
-/// The container's environment, as the kubelet builds it (envFrom, then env).
-fn container_env(inner: &Inner, pod: &Value, c: &Value) -> Result<Vec<(String, String)>, String> {
+/// The container's environment, as the kubelet builds it (envFrom, then env). Literal
+/// values are pod-spec text: their pod paths are mapped through `mounts` before `$(VAR)`
+/// expansion; values from Secrets, ConfigMaps and fields are data, passed unchanged.
+fn container_env(
+    inner: &Inner,
+    pod: &Value,
+    c: &Value,
+    mounts: &[(String, PathBuf)],
+) -> Result<Vec<(String, String)>, String> {
     let ns = s(pod, "/metadata/namespace");
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
@@ -272,7 +286,7 @@ fn container_env(inner: &Inner, pod: &Value, c: &Value) -> Result<Vec<(String, S
         let name = s(e, "/name").to_string();
         let vf = &e["valueFrom"];
         let value = if let Some(v) = e["value"].as_str() {
-            Some(expand(v, &env))
+            Some(expand(&rewrite(v, mounts), &env))
         } else if vf.is_object() {
             let (kind, r) = if vf["secretKeyRef"].is_object() {
                 ("Secret", &vf["secretKeyRef"])
@@ -321,16 +335,21 @@ fn container_env(inner: &Inner, pod: &Value, c: &Value) -> Result<Vec<(String, S
 
 /// Replaces container paths (`/data`, `/data/x`) with host paths wherever they
 /// appear as a path: at the start of the string or after a non-path character, and
-/// followed by the end, `/` or a non-path character. Longest mount wins.
+/// followed by the end, `/` or a non-path character. Longest mount wins. Only for
+/// pod-spec text, before `$(VAR)` expansion (a path right after `$(VAR)` continues the
+/// variable's value and is left alone).
 pub(crate) fn rewrite(text: &str, mounts: &[(String, PathBuf)]) -> String {
     let path_char = |c: char| c.is_ascii_alphanumeric() || "_.-/~$".contains(c);
-    let mut sorted: Vec<&(String, PathBuf)> = mounts.iter().collect();
+    // `)` before a path: the end of a `$(VAR)` whose value the path continues.
+    let continues = |c: char| path_char(c) || c == ')';
+    let mut sorted: Vec<&(String, PathBuf)> =
+        mounts.iter().filter(|(m, _)| !m.is_empty()).collect();
     sorted.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
     let mut out = String::new();
     let mut i = 0;
     let bytes = text.as_bytes();
     'outer: while i < text.len() {
-        let before_ok = i == 0 || !text[..i].chars().next_back().is_some_and(path_char);
+        let before_ok = i == 0 || !text[..i].chars().next_back().is_some_and(continues);
         if before_ok && bytes[i] == b'/' {
             for (m, host) in &sorted {
                 if text[i..].starts_with(m.as_str()) {
@@ -527,10 +546,6 @@ fn start_pod(inner: &Arc<Inner>, k: &mut Kubelet, pod: &Value) {
         set_status(inner, ns, name, uid, |st| running(st, statuses, &now));
         return;
     };
-    let env = match container_env(inner, pod, c) {
-        Ok(e) => e,
-        Err(message) => return waiting(inner, pod, "CreateContainerConfigError", &message),
-    };
     if let Err(message) = materialise(inner, pod, &dirs) {
         return waiting(inner, pod, "ContainerCreating", &message);
     }
@@ -564,15 +579,17 @@ fn start_pod(inner: &Arc<Inner>, k: &mut Kubelet, pod: &Value) {
         }
         mounts.push((s(m, "/mountPath").trim_end_matches('/').to_string(), host));
     }
-    let env: Vec<(String, String)> = env
-        .into_iter()
-        .map(|(k, v)| (k, rewrite(&v, &mounts)))
-        .collect();
+    let env = match container_env(inner, pod, c, &mounts) {
+        Ok(e) => e,
+        Err(message) => return waiting(inner, pod, "CreateContainerConfigError", &message),
+    };
+    // Pod-spec text: its paths mapped first, then `$(VAR)` expanded with values that
+    // are final (never mapped again).
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .into_iter()
             .flatten()
-            .map(|x| rewrite(&expand(x.as_str().unwrap_or(""), &env), &mounts))
+            .map(|x| expand(&rewrite(x.as_str().unwrap_or(""), &mounts), &env))
             .collect()
     };
     // command[0] stands for the image's entrypoint, which is the mapped binary.
@@ -743,6 +760,12 @@ mod tests {
         assert_eq!(rewrite("--path=/data", &m), "--path=/h/vol");
         assert_eq!(rewrite("/database /x/data", &m), "/database /x/data");
         assert_eq!(rewrite("'/data'", &m), "'/h/vol'");
+        // A path after `$(VAR)` belongs to the variable's value.
+        assert_eq!(rewrite("$(HOME)/data", &m), "$(HOME)/data");
+        assert_eq!(rewrite("(cd /data)", &m), "(cd /h/vol)");
+        // A mount at `/` maps nothing (and never loops).
+        let root = vec![(String::new(), PathBuf::from("/h/root"))];
+        assert_eq!(rewrite("/data", &root), "/data");
     }
 
     #[test]
