@@ -213,7 +213,7 @@ fn stale_lock_is_removed_and_fresh_one_respected() {
 
     // A running backup (fresh lock) blocks the exclusive work: nothing is removed.
     let r = gc_run(&env, &["repo", "unlock"]);
-    assert_eq!(r.code, 3, "busy\n{}", r.stderr);
+    assert_eq!(r.code, 11, "busy\n{}", r.stderr);
     assert!(r.stderr.contains("busy"), "{}", r.stderr);
     assert_eq!(lock_files(&storage), {
         let mut v = vec![stale.clone(), fresh.clone()];
@@ -226,7 +226,7 @@ fn stale_lock_is_removed_and_fresh_one_respected() {
     let fresh2 = put_lock(&storage, &key, "other-host", 5, false);
     let r = gc_run(&env, &["repo", "unlock"]);
     assert_eq!(
-        r.code, 3,
+        r.code, 11,
         "the second fresh lock still blocks\n{}",
         r.stderr
     );

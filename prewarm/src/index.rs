@@ -316,7 +316,12 @@ fn read_repository(
     let repo = access
         .open(NoProgressBars)?
         .ok_or_else(|| Error::Storage(format!("repository {url} vanished while indexing")))?;
-    let snaps = repo.get_all_snapshots().map_err(Error::from_rustic)?;
+    // Tolerant: one garbled snapshot file must not hide the others from the index.
+    let listing = stowage_common::repo::list_snapshots(&repo)?;
+    if let Some(summary) = stowage_common::repo::damaged_summary(&listing.damaged) {
+        tracing::warn!(repository = %url, "{summary}");
+    }
+    let snaps = listing.snapshots;
     let requests = access
         .storage
         .stats()

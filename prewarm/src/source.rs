@@ -55,7 +55,12 @@ pub fn snapshots(access: &RepoAccess) -> Result<Option<Vec<Snap>>, Error> {
     let Some(repo) = access.open(NoProgressBars)? else {
         return Ok(None);
     };
-    let snaps = repo.get_all_snapshots().map_err(Error::from_rustic)?;
+    // Tolerant: one garbled snapshot file must not block restoring from the others.
+    let listing = stowage_common::repo::list_snapshots(&repo)?;
+    if let Some(summary) = stowage_common::repo::damaged_summary(&listing.damaged) {
+        tracing::warn!(repository = %access.location, "{summary}");
+    }
+    let snaps = listing.snapshots;
     Ok(Some(
         snaps
             .iter()
