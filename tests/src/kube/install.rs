@@ -409,11 +409,19 @@ pub struct Stowage {
 }
 
 /// The components the shared install uses: all but `mover-network-policy` (it goes into
-/// an app's namespace) and `no-monitoring` (the PrometheusRule CRD is installed).
+/// an app's namespace), `no-monitoring` (the PrometheusRule CRD is installed) and
+/// `custom-ca` (it mounts the user's CA ConfigMap, which an S3 over plain http has
+/// none of: the programs' pods would wait for it; its rendering is checked in
+/// `tests/tests/manifests.rs`).
 pub fn app_components(tree: &KustomizeTree) -> Vec<String> {
     tree.components()
         .into_iter()
-        .filter(|c| c != "mover-network-policy" && c != "no-monitoring")
+        .filter(|c| {
+            !matches!(
+                c.as_str(),
+                "mover-network-policy" | "no-monitoring" | "custom-ca"
+            )
+        })
         .collect()
 }
 
@@ -457,6 +465,12 @@ pub fn stowage(cp: &'static ControlPlane) -> &'static Stowage {
         ] {
             vars.insert(k.to_string(), v);
         }
+        // A pass whose metrics push fails exits non-zero (by design): the programs
+        // push to a sink on loopback instead of the example's cluster Service.
+        vars.insert(
+            "STOWAGE_PUSHGATEWAY_URL".to_string(),
+            format!("http://127.0.0.1:{}", pushgateway_sink()),
+        );
         let tree = KustomizeTree::copy();
         let dir = tree.kustomization("stowage", &app_kustomization(&app_components(&tree)));
         let objects = flux_objects(&kustomize(&dir).unwrap_or_else(|e| panic!("{e}")), &vars);
@@ -563,4 +577,47 @@ mod tests {
             vec!["ClusterRoleBinding/b: subject ServiceAccount stowage/s".to_string()]
         );
     }
+}
+
+/// A Pushgateway stand-in that accepts every push (200) for the rest of the process;
+/// returns its port. What is pushed is asserted elsewhere (`scheduler/tests/pass.rs`).
+fn pushgateway_sink() -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+    let port = listener.local_addr().expect("sink address").port();
+    std::thread::spawn(move || {
+        for sock in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut writer) = sock.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(sock);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err()
+                        || writer
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
 }
