@@ -519,6 +519,49 @@ pub fn create_job_from(cp: &ControlPlane, cronjob: &str, job: &str) -> Result<()
     }
 }
 
+/// A Pushgateway stand-in that accepts every push (200) for the rest of the process;
+/// returns its port. What is pushed is asserted elsewhere (`scheduler/tests/pass.rs`).
+fn pushgateway_sink() -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+    let port = listener.local_addr().expect("sink address").port();
+    std::thread::spawn(move || {
+        for sock in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut writer) = sock.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(sock);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err()
+                        || writer
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,47 +620,4 @@ mod tests {
             vec!["ClusterRoleBinding/b: subject ServiceAccount stowage/s".to_string()]
         );
     }
-}
-
-/// A Pushgateway stand-in that accepts every push (200) for the rest of the process;
-/// returns its port. What is pushed is asserted elsewhere (`scheduler/tests/pass.rs`).
-fn pushgateway_sink() -> u16 {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the sink");
-    let port = listener.local_addr().expect("sink address").port();
-    std::thread::spawn(move || {
-        for sock in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Ok(mut writer) = sock.try_clone() else {
-                    return;
-                };
-                let mut reader = BufReader::new(sock);
-                loop {
-                    let mut len = 0usize;
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if reader.read_exact(&mut body).is_err()
-                        || writer
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
 }
