@@ -545,6 +545,13 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
     let expected = digest::entries(src.path());
     let snapshot = w.backup("db", "pg", src.path());
     w.cluster.create_namespace("staging", &[]).unwrap();
+    // A restore from another namespace needs that namespace's grant (the source
+    // namespace of the data, which this cluster does not otherwise have).
+    let db: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
+        "metadata": {"name": "db", "annotations": {
+            stowage_common::k8s::grant::GRANT_ANNOTATION: "staging"}}}))
+    .unwrap();
+    w.cluster.store().create(&db).unwrap();
     w.cluster
         .store()
         .create_json(
