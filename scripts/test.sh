@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-test-tools.sh
-# The tests on a real control plane (tests/tests/kube.rs) run these; warm, the script
+# The tests on a real control plane (tests/tests/kube/) run these; warm, the script
 # only prints the paths.
 STOWAGE_KUBE_BIN="$(bash scripts/build-kube.sh)"
 STOWAGE_KUBE_CRDS="$(bash scripts/build-kube.sh --crds)"

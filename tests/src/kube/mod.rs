@@ -32,6 +32,7 @@ use crate::free_port;
 
 pub mod install;
 pub mod kubelet;
+pub mod scenario;
 pub mod storage;
 
 /// How long the control plane may take to become ready (a cold start on a loaded

@@ -3,45 +3,15 @@
 //! Go modules by `scripts/build-kube.sh`. These tests fail, never skip, when the
 //! binary cannot be had.
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use stowage_testkit::kube as cluster;
 use stowage_testkit::kube::install;
-
-/// The first object of `api` matching `labels`, awaited through a watch.
-async fn first_with_labels<K>(api: Api<K>, labels: &str, what: &str) -> K
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-{
-    let stream = watcher(api, watcher::Config::default().labels(labels))
-        .applied_objects()
-        .boxed();
-    let first = tokio::time::timeout(cluster::WAIT, stream.into_future())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} after {:?}", cluster::WAIT));
-    first
-        .0
-        .unwrap_or_else(|| panic!("watch of {what} ended"))
-        .unwrap_or_else(|e| panic!("watch of {what}: {e}"))
-}
-
-/// A pod spec that Pod Security `restricted` admits.
-fn restricted_pod_spec() -> serde_json::Value {
-    json!({
-        "restartPolicy": "Never",
-        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "main", "image": "example.invalid/noop:1",
-            "securityContext": {"allowPrivilegeEscalation": false,
-                                "capabilities": {"drop": ["ALL"]}},
-        }],
-    })
-}
+use stowage_testkit::kube::scenario::{
+    app_volume, finished_job, first_with_labels, job_has, restricted_pod_spec,
+};
 
 /// The control plane's own controllers act: a Job created through the API server gets
 /// its Pod from the real Job controller, with the ServiceAccount admission plugin's
@@ -270,85 +240,6 @@ async fn the_app_rendered_into_another_namespace_binds_its_own_service_accounts(
         dangling.join("\n")
     );
     install::apply_with(cp, &objects, true).unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// A condition `type` of a Job is `True`.
-fn job_has(job: &Job, type_: &str) -> bool {
-    job.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
-}
-
-/// Waits until Job `ns/name` completes or fails; returns it.
-async fn finished_job(client: &kube::Client, ns: &str, name: &str) -> Job {
-    let jobs = Api::<Job>::namespaced(client.clone(), ns);
-    let done = kube::runtime::wait::await_condition(jobs, name, |j: Option<&Job>| {
-        j.is_some_and(|j| job_has(j, "Complete") || job_has(j, "Failed"))
-    });
-    tokio::time::timeout(cluster::WAIT, done)
-        .await
-        .unwrap_or_else(|_| panic!("Job {ns}/{name} not finished after {:?}", cluster::WAIT))
-        .expect("watch job")
-        .expect("job")
-}
-
-/// A PVC `name` of the node-local class with `labels`, bound because an app pod
-/// (`app-<name>`, an image without a binary: it just runs) consumes it; returns the
-/// claim and its volume's directory on the host, where the test writes what the app
-/// would.
-async fn app_volume(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> (PersistentVolumeClaim, std::path::PathBuf) {
-    let labels: serde_json::Map<String, serde_json::Value> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": cluster::LOCAL_CLASS,
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    }))
-    .unwrap();
-    let pvc = pvcs
-        .create(&PostParams::default(), &pvc)
-        .await
-        .expect("PVC");
-    // A pod Pod Security `restricted` admits.
-    let mut spec = restricted_pod_spec();
-    spec["containers"][0]["image"] = json!("example.invalid/app:1");
-    spec["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/srv"}]);
-    spec["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": name}}]);
-    let app: Pod =
-        serde_json::from_value(json!({"metadata": {"name": format!("app-{name}")}, "spec": spec}))
-            .unwrap();
-    Api::<Pod>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &app)
-        .await
-        .expect("app pod");
-    let bound = kube::runtime::wait::await_condition(
-        pvcs.clone(),
-        name,
-        |p: Option<&PersistentVolumeClaim>| {
-            p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Bound")
-        },
-    );
-    let now = tokio::time::timeout(cluster::WAIT, bound)
-        .await
-        .unwrap_or_else(|_| panic!("PVC {ns}/{name} not bound after {:?}", cluster::WAIT))
-        .expect("watch")
-        .expect("pvc");
-    let pv_name = now.spec.unwrap().volume_name.unwrap();
-    let pv = Api::<PersistentVolume>::all(client.clone())
-        .get(&pv_name)
-        .await
-        .unwrap();
-    let dir = std::path::PathBuf::from(pv.spec.unwrap().local.unwrap().path);
-    (pvc, dir)
 }
 
 /// The product's backup mover Job (`stowage_common::k8s::mover_job`) on the real

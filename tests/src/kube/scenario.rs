@@ -1,0 +1,122 @@
+//! What the scenarios on the real control plane share (`tests/tests/kube/`): waiting
+//! for objects through watches, app volumes on node-local storage, Jobs' outcomes.
+
+use ::kube::api::{Api, PostParams};
+use ::kube::runtime::{WatchStreamExt, watcher};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use serde_json::json;
+
+use super::{LOCAL_CLASS, WAIT};
+
+/// The first object of `api` matching `labels`, awaited through a watch.
+pub async fn first_with_labels<K>(api: Api<K>, labels: &str, what: &str) -> K
+where
+    K: ::kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let stream = watcher(api, watcher::Config::default().labels(labels))
+        .applied_objects()
+        .boxed();
+    let first = tokio::time::timeout(WAIT, stream.into_future())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} after {:?}", WAIT));
+    first
+        .0
+        .unwrap_or_else(|| panic!("watch of {what} ended"))
+        .unwrap_or_else(|e| panic!("watch of {what}: {e}"))
+}
+
+/// A pod spec that Pod Security `restricted` admits.
+pub fn restricted_pod_spec() -> serde_json::Value {
+    json!({
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "main", "image": "example.invalid/noop:1",
+            "securityContext": {"allowPrivilegeEscalation": false,
+                                "capabilities": {"drop": ["ALL"]}},
+        }],
+    })
+}
+
+/// A condition `type` of a Job is `True`.
+pub fn job_has(job: &Job, type_: &str) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// Waits until Job `ns/name` completes or fails; returns it.
+pub async fn finished_job(client: &::kube::Client, ns: &str, name: &str) -> Job {
+    let jobs = Api::<Job>::namespaced(client.clone(), ns);
+    let done = ::kube::runtime::wait::await_condition(jobs, name, |j: Option<&Job>| {
+        j.is_some_and(|j| job_has(j, "Complete") || job_has(j, "Failed"))
+    });
+    tokio::time::timeout(WAIT, done)
+        .await
+        .unwrap_or_else(|_| panic!("Job {ns}/{name} not finished after {:?}", WAIT))
+        .expect("watch job")
+        .expect("job")
+}
+
+/// A PVC `name` of the node-local class with `labels`, bound because an app pod
+/// (`app-<name>`, an image without a binary: it just runs) consumes it; returns the
+/// claim and its volume's directory on the host, where the test writes what the app
+/// would.
+pub async fn app_volume(
+    client: &::kube::Client,
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> (PersistentVolumeClaim, std::path::PathBuf) {
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": LOCAL_CLASS,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    let pvc = pvcs
+        .create(&PostParams::default(), &pvc)
+        .await
+        .expect("PVC");
+    // A pod Pod Security `restricted` admits.
+    let mut spec = restricted_pod_spec();
+    spec["containers"][0]["image"] = json!("example.invalid/app:1");
+    spec["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/srv"}]);
+    spec["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": name}}]);
+    let app: Pod =
+        serde_json::from_value(json!({"metadata": {"name": format!("app-{name}")}, "spec": spec}))
+            .unwrap();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &app)
+        .await
+        .expect("app pod");
+    let bound = ::kube::runtime::wait::await_condition(
+        pvcs.clone(),
+        name,
+        |p: Option<&PersistentVolumeClaim>| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Bound")
+        },
+    );
+    let now = tokio::time::timeout(WAIT, bound)
+        .await
+        .unwrap_or_else(|_| panic!("PVC {ns}/{name} not bound after {:?}", WAIT))
+        .expect("watch")
+        .expect("pvc");
+    let pv_name = now.spec.unwrap().volume_name.unwrap();
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&pv_name)
+        .await
+        .unwrap();
+    let dir = std::path::PathBuf::from(pv.spec.unwrap().local.unwrap().path);
+    (pvc, dir)
+}
+
