@@ -119,7 +119,7 @@ mkdir -p "$work/k/rendered/all"
 } >"$work/k/rendered/all/kustomization.yaml"
 render "app+all-components" "$work/k/rendered/all" || status=1
 # The same in another namespace (a user's `namespace:`; Flux's targetNamespace is the
-# same transformer). tests/tests/manifests.rs checks that nothing still names stowage.
+# same transformer). tests/tests/e2e/manifests.rs checks that nothing still names stowage.
 mkdir -p "$work/k/rendered/all-ns"
 sed -e '/^kind: Kustomization$/a namespace: backup-system' \
   "$work/k/rendered/all/kustomization.yaml" >"$work/k/rendered/all-ns/kustomization.yaml"

@@ -16,12 +16,9 @@ use stowage_common::k8s::credentials::derive_repository_password;
 use stowage_common::k8s::pod_security::restricted_violations;
 use stowage_scheduler::pass::{self, PassOptions, PassReport};
 use stowage_testkit::fakeapi::{FakeApi, Fault};
+use stowage_testkit::obj;
 
 const USER: &str = "system:serviceaccount:stowage:stowage-scheduler";
-
-fn obj<K: DeserializeOwned>(v: Value) -> K {
-    serde_json::from_value(v).unwrap()
-}
 
 fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -57,7 +54,7 @@ impl World {
     where
         K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
     {
-        self.api.store().create::<K>(&obj::<K>(v)).unwrap()
+        self.api.put::<K>(v)
     }
 
     fn namespace(&self, name: &str, labels: Value) {

@@ -478,28 +478,18 @@ enum Pending {
     All,
 }
 
-fn put<K>(api: &FakeApi, v: Value)
-where
-    K: k8s_openapi::Resource + serde::Serialize + serde::de::DeserializeOwned,
-{
-    let o: K = serde_json::from_value(v).unwrap();
-    api.store().create(&o).unwrap();
-}
-
 /// The cluster: stowage's namespace, policies, credentials, a safe storage class, and
 /// `n` PVCs (10 per namespace) labelled for hourly backups, bound with an app pod each,
 /// or Pending with a dataSourceRef to the stowage kind.
 fn world(g: &Garage, n: usize, pending: Pending) -> FakeApi {
     let api = FakeApi::start();
-    put::<Namespace>(&api, json!({"metadata": {"name": "stowage"}}));
-    put::<ConfigMap>(
-        &api,
+    api.put::<Namespace>(json!({"metadata": {"name": "stowage"}}));
+    api.put::<ConfigMap>(
         json!({"metadata": {"name": "stowage-policies", "namespace": "stowage"},
                "data": {"policies.yaml":
                    "hourly: {schedule: \"@hourly\", retention: {keepLast: 2}}\n"}}),
     );
-    put::<Secret>(
-        &api,
+    api.put::<Secret>(
         json!({"metadata": {"name": "stowage-credentials", "namespace": "stowage"},
                "stringData": {"master-password": MASTER,
                               "mover-access-key-id": g.access_key,
@@ -507,13 +497,11 @@ fn world(g: &Garage, n: usize, pending: Pending) -> FakeApi {
                               "gc-access-key-id": g.access_key,
                               "gc-secret-access-key": g.secret_key}}),
     );
-    put::<StorageClass>(
-        &api,
+    api.put::<StorageClass>(
         json!({"metadata": {"name": "local"}, "provisioner": "local.csi.openebs.io",
                "volumeBindingMode": "Immediate"}),
     );
-    put::<ConfigMap>(
-        &api,
+    api.put::<ConfigMap>(
         json!({"metadata": {"name": pc::probe::CONFIGMAP, "namespace": "stowage"},
                "data": {"local": json!({"verdict": pc::probe::SAFE,
                                         "provisioner": "local.csi.openebs.io",
@@ -523,7 +511,7 @@ fn world(g: &Garage, n: usize, pending: Pending) -> FakeApi {
     for i in 0..n {
         let ns = ns_of(i);
         if i % 10 == 0 {
-            put::<Namespace>(&api, json!({"metadata": {"name": ns}}));
+            api.put::<Namespace>(json!({"metadata": {"name": ns}}));
         }
         let name = pvc_of(i);
         let waits = match pending {
@@ -539,8 +527,7 @@ fn world(g: &Garage, n: usize, pending: Pending) -> FakeApi {
         } else {
             spec["volumeName"] = json!(format!("pv-{i}"));
         }
-        put::<PersistentVolumeClaim>(
-            &api,
+        api.put::<PersistentVolumeClaim>(
             json!({"metadata": {"name": name, "namespace": ns, "labels": {"backup": "hourly"},
                                 "annotations": {"stowage.io/last-attempt": "2026-11-23T09:30:00Z"}},
                    "spec": spec}),
@@ -548,22 +535,17 @@ fn world(g: &Garage, n: usize, pending: Pending) -> FakeApi {
         if waits {
             continue;
         }
-        put::<PersistentVolume>(
-            &api,
-            json!({"metadata": {"name": format!("pv-{i}")},
+        api.put::<PersistentVolume>(json!({"metadata": {"name": format!("pv-{i}")},
                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
                             "storageClassName": "local",
                             "hostPath": {"path": format!("/var/pv/{i}")},
-                            "claimRef": {"namespace": ns, "name": name}}}),
-        );
+                            "claimRef": {"namespace": ns, "name": name}}}));
         api.store()
             .modify::<PersistentVolumeClaim>(&ns, &name, |p| {
                 p.status = Some(serde_json::from_value(json!({"phase": "Bound"})).unwrap());
             })
             .unwrap();
-        put::<Pod>(
-            &api,
-            json!({"metadata": {"name": format!("app-{i}"), "namespace": ns},
+        api.put::<Pod>(json!({"metadata": {"name": format!("app-{i}"), "namespace": ns},
                    "spec": {"nodeName": "node-a", "securityContext": {"runAsUser": 1000},
                             "containers": [{"name": "app", "image": "app",
                                             "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],

@@ -6,10 +6,12 @@
 //! ([`kube`]), and a scan for secret values in everything the programs produced.
 
 pub mod bins;
+pub mod cli;
 pub mod fakeapi;
 pub mod garage;
 pub mod gate;
 pub mod kube;
+pub mod podrun;
 pub mod proxy;
 pub mod pushgateway;
 pub mod secrets;
@@ -19,6 +21,11 @@ pub mod trees;
 pub mod world;
 
 use std::net::TcpListener;
+
+/// A typed object from its JSON (test set-up: panics on an invalid one).
+pub fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+    serde_json::from_value(v).expect("valid object")
+}
 
 /// A free TCP port on loopback (bound and released; good enough for test servers
 /// that are started right away).

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::secrets::SecretScan;
 use crate::sim::{Cluster, ClusterOptions, NodeSpec, PvcSpec, StorageClassSpec};
-use crate::{bins, garage};
+use crate::{bins, garage, obj};
 
 /// The scheduler's service account.
 pub const SCHEDULER: &str = "system:serviceaccount:stowage:stowage-scheduler";
@@ -36,10 +36,6 @@ pub struct World {
     pub endpoint: String,
     pub master: String,
     runs: Mutex<Vec<(String, String)>>,
-}
-
-fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
-    serde_json::from_value(v).expect("valid object")
 }
 
 /// Text of a program's stdout and stderr.

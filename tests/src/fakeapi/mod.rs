@@ -471,6 +471,15 @@ impl FakeApi {
         &self.shared.store
     }
 
+    /// Creates the object `v` (JSON of a `K`) directly in the store, as a test's
+    /// set-up does; panics on an invalid object or a conflict.
+    pub fn put<K>(&self, v: Value) -> K
+    where
+        K: k8s_openapi::Resource + Serialize + serde::de::DeserializeOwned,
+    {
+        self.store().create::<K>(&crate::obj::<K>(v)).unwrap()
+    }
+
     /// The server's runtime, for tasks that must outlive a test's runtime.
     pub fn handle(&self) -> &tokio::runtime::Handle {
         &self.handle

@@ -412,7 +412,7 @@ pub struct Stowage {
 /// an app's namespace), `no-monitoring` (the PrometheusRule CRD is installed) and
 /// `custom-ca` (it mounts the user's CA ConfigMap, which an S3 over plain http has
 /// none of: the programs' pods would wait for it; its rendering is checked in
-/// `tests/tests/manifests.rs`).
+/// `tests/tests/e2e/manifests.rs`).
 pub fn app_components(tree: &KustomizeTree) -> Vec<String> {
     tree.components()
         .into_iter()

@@ -24,7 +24,6 @@
 //! test reads [`Kubelet::log`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,9 +39,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::ControlPlane;
+use crate::podrun::{self, Data, Kind, Sources, expand, write_files};
 
-/// Bytes of the termination message file that end up in the pod status.
-const MAX_TERMINATION_MESSAGE: usize = 4096;
 /// How often a node's Lease and Ready condition are renewed (the kubelet's default).
 const HEARTBEAT: Duration = Duration::from_secs(10);
 /// How long a pod that cannot start yet (a missing Secret, an unbound PVC) waits
@@ -116,33 +114,6 @@ pub fn map_value(value: &str, root: &Path) -> String {
         return format!("{flag}={}", in_root(root, v).display());
     }
     value.to_string()
-}
-
-/// `$(VAR)` expansion as in container env, command and args (`$$` escapes).
-pub fn expand(s: &str, vars: &[(String, String)]) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        if let Some(r) = rest.strip_prefix("$$") {
-            out.push('$');
-            rest = r;
-            continue;
-        }
-        if rest.starts_with("$(")
-            && let Some(end) = rest.find(')')
-            && let Some((_, v)) = vars.iter().rev().find(|(k, _)| *k == rest[2..end])
-        {
-            out.push_str(v);
-            rest = &rest[end + 1..];
-            continue;
-        }
-        out.push('$');
-        rest = &rest[1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The running process of a pod: dropping `kill` (or sending on it) ends it.
@@ -467,10 +438,10 @@ async fn run_pod(shared: Arc<Shared>, client: Client, pod: Pod, mut kill: onesho
         }
     };
     let code = status.ok().and_then(|s| s.code()).unwrap_or(137);
-    let mut message = read_capped(&dir.join("termination-log"));
+    let mut message = podrun::termination_message(&dir.join("termination-log"));
     let policy = c.termination_message_policy.as_deref().unwrap_or("File");
     if message.is_empty() && code != 0 && policy == "FallbackToLogsOnError" {
-        message = tail_bytes(&dir.join("stderr"));
+        message = podrun::log_tail(&dir.join("stderr"));
     }
     let mut terminated = json!({"exitCode": code,
         "reason": if code == 0 { "Completed" } else { "Error" },
@@ -510,18 +481,6 @@ fn conditions(ready: bool, reason: &str) -> Value {
         out.push(c);
     }
     json!(out)
-}
-
-fn read_capped(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_TERMINATION_MESSAGE)]).into_owned()
-}
-
-/// The last bytes of a log, as `FallbackToLogsOnError` takes them.
-fn tail_bytes(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    let start = bytes.len().saturating_sub(MAX_TERMINATION_MESSAGE);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 /// A started program: its keeper shell and the keeper's stdin.
@@ -720,189 +679,50 @@ async fn volume_dirs(
 async fn lookup(
     client: &Client,
     ns: &str,
-    kind: &str,
+    kind: Kind,
     name: &str,
     optional: bool,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, NotYet> {
-    let data = if kind == "Secret" {
-        Api::<Secret>::namespaced(client.clone(), ns)
+) -> Result<Option<Data>, NotYet> {
+    let mut sources = Sources::new();
+    sources.insert(
+        (kind, name.to_string()),
+        fetch(client, ns, kind, name).await,
+    );
+    podrun::lookup(&sources, kind, name, optional)
+        .map(|d| d.cloned())
+        .map_err(|e| NotYet("CreateContainerConfigError", e))
+}
+
+/// A Secret's or ConfigMap's data, `None` when there is none.
+async fn fetch(client: &Client, ns: &str, kind: Kind, name: &str) -> Option<Data> {
+    match kind {
+        Kind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await
             .ok()
             .flatten()
-            .map(|s| {
-                s.data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect()
-            })
-    } else {
-        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .map(podrun::secret_data),
+        Kind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await
             .ok()
             .flatten()
-            .map(|cm| {
-                let mut m: BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                m.extend(
-                    cm.binary_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0)),
-                );
-                m
-            })
-    };
-    match data {
-        Some(d) => Ok(Some(d)),
-        None if optional => Ok(None),
-        None => Err(NotYet(
-            "CreateContainerConfigError",
-            format!("{} \"{name}\" not found", kind.to_lowercase()),
-        )),
+            .map(podrun::config_map_data),
     }
 }
 
-/// The container's environment, as the kubelet builds it (envFrom, then env).
+/// The container's environment, as the kubelet builds it (`podrun::container_env`
+/// over the objects it names).
 async fn container_env(client: &Client, pod: &Pod) -> Result<Vec<(String, String)>, NotYet> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let spec = pod.spec.as_ref().expect("spec");
-    let c = &spec.containers[0];
-    let mut env: Vec<(String, String)> = Vec::new();
-    fn set(env: &mut Vec<(String, String)>, k: String, v: String) {
-        env.retain(|(n, _)| *n != k);
-        env.push((k, v));
+    let c = &pod.spec.as_ref().expect("spec").containers[0];
+    let mut sources = Sources::new();
+    for (kind, name) in podrun::env_sources(c) {
+        let data = fetch(client, ns, kind, &name).await;
+        sources.insert((kind, name), data);
     }
-    for from in c.env_from.iter().flatten() {
-        let prefix = from.prefix.clone().unwrap_or_default();
-        let (kind, name, optional) = match (&from.secret_ref, &from.config_map_ref) {
-            (Some(s), _) => ("Secret", s.name.clone(), s.optional.unwrap_or(false)),
-            (_, Some(c)) => ("ConfigMap", c.name.clone(), c.optional.unwrap_or(false)),
-            _ => continue,
-        };
-        if let Some(data) = lookup(client, ns, kind, &name, optional).await? {
-            for (k, v) in data {
-                set(
-                    &mut env,
-                    format!("{prefix}{k}"),
-                    String::from_utf8_lossy(&v).into_owned(),
-                );
-            }
-        }
-    }
-    for e in c.env.iter().flatten() {
-        let value = if let Some(v) = &e.value {
-            Some(expand(v, &env))
-        } else if let Some(vf) = &e.value_from {
-            if let Some(r) = &vf.secret_key_ref {
-                let optional = r.optional.unwrap_or(false);
-                let data = lookup(client, ns, "Secret", &r.name, optional).await?;
-                match data.map(|d| d.get(&r.key).cloned()) {
-                    Some(Some(v)) => Some(String::from_utf8_lossy(&v).into_owned()),
-                    _ if optional => None,
-                    _ => {
-                        return Err(NotYet(
-                            "CreateContainerConfigError",
-                            format!("couldn't find key {} in Secret {ns}/{}", r.key, r.name),
-                        ));
-                    }
-                }
-            } else if let Some(r) = &vf.config_map_key_ref {
-                let optional = r.optional.unwrap_or(false);
-                let data = lookup(client, ns, "ConfigMap", &r.name, optional).await?;
-                match data.map(|d| d.get(&r.key).cloned()) {
-                    Some(Some(v)) => Some(String::from_utf8_lossy(&v).into_owned()),
-                    _ if optional => None,
-                    _ => {
-                        return Err(NotYet(
-                            "CreateContainerConfigError",
-                            format!("couldn't find key {} in ConfigMap {ns}/{}", r.key, r.name),
-                        ));
-                    }
-                }
-            } else if let Some(f) = &vf.field_ref {
-                Some(field(pod, &f.field_path))
-            } else {
-                Some(String::new())
-            }
-        } else {
-            Some(String::new())
-        };
-        if let Some(v) = value {
-            set(&mut env, e.name.clone(), v);
-        }
-    }
-    Ok(env)
-}
-
-/// A downward-API field of the pod.
-fn field(pod: &Pod, path: &str) -> String {
-    let m = &pod.metadata;
-    let spec = pod.spec.as_ref();
-    match path {
-        "metadata.name" => m.name.clone().unwrap_or_default(),
-        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => m.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_default(),
-        "status.podIP" | "status.hostIP" => "127.0.0.1".into(),
-        p => {
-            // metadata.labels['k'] / metadata.annotations['k']
-            let (map, key) = p.split_once("['").unwrap_or((p, ""));
-            let key = key.trim_end_matches("']");
-            let values = match map {
-                "metadata.labels" => m.labels.as_ref(),
-                "metadata.annotations" => m.annotations.as_ref(),
-                _ => None,
-            };
-            values.and_then(|v| v.get(key).cloned()).unwrap_or_default()
-        }
-    }
-}
-
-/// Writes `data` (or its `items`) into `dir`.
-fn write_files(
-    dir: &Path,
-    data: &BTreeMap<String, Vec<u8>>,
-    items: Option<Vec<(String, String, Option<i32>)>>,
-    mode: Option<i32>,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let entries =
-        items.unwrap_or_else(|| data.keys().map(|k| (k.clone(), k.clone(), None)).collect());
-    for (key, path, item_mode) in entries {
-        let Some(content) = data.get(&key) else {
-            continue;
-        };
-        let file = dir.join(&path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&file, content)?;
-        if let Some(m) = item_mode.or(mode) {
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m as u32))?;
-        }
-    }
-    Ok(())
-}
-
-type KeyToPaths = Option<Vec<(String, String, Option<i32>)>>;
-
-fn key_to_paths(items: &Option<Vec<k8s_openapi::api::core::v1::KeyToPath>>) -> KeyToPaths {
-    items.as_ref().map(|items| {
-        items
-            .iter()
-            .map(|i| (i.key.clone(), i.path.clone(), i.mode))
-            .collect()
-    })
+    podrun::container_env(pod, c, &sources, str::to_string)
+        .map_err(|e| NotYet("CreateContainerConfigError", e))
 }
 
 /// Writes Secret, ConfigMap and projected volumes and creates emptyDirs.
@@ -932,23 +752,23 @@ async fn materialise(
         let dir = &dirs[&v.name];
         if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            let data = lookup(client, ns, "Secret", &name, s.optional.unwrap_or(false))
+            let data = lookup(client, ns, Kind::Secret, &name, s.optional.unwrap_or(false))
                 .await
                 .map_err(|e| mount_error(&v.name, e))?
                 .unwrap_or_default();
-            write_files(dir, &data, key_to_paths(&s.items), s.default_mode).map_err(io(&v.name))?;
+            write_files(dir, &data, s.items.as_deref(), s.default_mode).map_err(io(&v.name))?;
         } else if let Some(c) = &v.config_map {
             let data = lookup(
                 client,
                 ns,
-                "ConfigMap",
+                Kind::ConfigMap,
                 &c.name,
                 c.optional.unwrap_or(false),
             )
             .await
             .map_err(|e| mount_error(&v.name, e))?
             .unwrap_or_default();
-            write_files(dir, &data, key_to_paths(&c.items), c.default_mode).map_err(io(&v.name))?;
+            write_files(dir, &data, c.items.as_deref(), c.default_mode).map_err(io(&v.name))?;
         } else if let Some(p) = &v.projected {
             std::fs::create_dir_all(dir).map_err(io(&v.name))?;
             for src in p.sources.iter().flatten() {
@@ -964,22 +784,28 @@ async fn materialise(
                     let data = lookup(
                         client,
                         ns,
-                        "ConfigMap",
+                        Kind::ConfigMap,
                         &c.name,
                         c.optional.unwrap_or(false),
                     )
                     .await
                     .map_err(|e| mount_error(&v.name, e))?
                     .unwrap_or_default();
-                    write_files(dir, &data, key_to_paths(&c.items), p.default_mode)
+                    write_files(dir, &data, c.items.as_deref(), p.default_mode)
                         .map_err(io(&v.name))?;
                 }
                 if let Some(s) = &src.secret {
-                    let data = lookup(client, ns, "Secret", &s.name, s.optional.unwrap_or(false))
-                        .await
-                        .map_err(|e| mount_error(&v.name, e))?
-                        .unwrap_or_default();
-                    write_files(dir, &data, key_to_paths(&s.items), p.default_mode)
+                    let data = lookup(
+                        client,
+                        ns,
+                        Kind::Secret,
+                        &s.name,
+                        s.optional.unwrap_or(false),
+                    )
+                    .await
+                    .map_err(|e| mount_error(&v.name, e))?
+                    .unwrap_or_default();
+                    write_files(dir, &data, s.items.as_deref(), p.default_mode)
                         .map_err(io(&v.name))?;
                 }
                 if let Some(d) = &src.downward_api {
@@ -987,7 +813,7 @@ async fn materialise(
                         if let Some(f) = &item.field_ref {
                             let data = BTreeMap::from([(
                                 item.path.clone(),
-                                field(pod, &f.field_path).into_bytes(),
+                                podrun::field(pod, &f.field_path).into_bytes(),
                             )]);
                             write_files(dir, &data, None, item.mode.or(p.default_mode))
                                 .map_err(io(&v.name))?;
@@ -1080,12 +906,6 @@ mod tests {
         assert_eq!(image_repository("reg:5000/s/m@sha256:ab"), "reg:5000/s/m");
         assert_eq!(image_repository("reg:5000/s/m"), "reg:5000/s/m");
         assert_eq!(image_repository("busybox"), "busybox");
-    }
-
-    #[test]
-    fn expands_container_variables() {
-        let vars = vec![("A".to_string(), "1".to_string())];
-        assert_eq!(expand("x$(A)y$(B)$$(A)", &vars), "x1y$(B)$(A)");
     }
 
     #[test]

@@ -12,12 +12,11 @@
 //! which must never be taken for a pod's `/tmp` or `/data`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -26,9 +25,7 @@ use super::Inner;
 use super::controllers::{matches_node_selector, s};
 use crate::fakeapi::Gvr;
 use crate::fakeapi::store::now_rfc3339;
-
-/// Bytes of the termination message file that end up in the pod status.
-const MAX_TERMINATION_MESSAGE: usize = 4096;
+use crate::podrun::{self, Data, Kind, Sources, expand, write_files};
 
 /// A running process of a pod.
 pub(crate) struct Proc {
@@ -169,89 +166,21 @@ fn waiting(inner: &Inner, pod: &Value, reason: &str, message: &str) {
     });
 }
 
-/// Looks up a Secret or ConfigMap key: `Ok(None)` when optional and missing.
-fn lookup(
-    inner: &Inner,
-    ns: &str,
-    kind: &str,
-    name: &str,
-    key: Option<&str>,
-    optional: bool,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-    let data: Option<BTreeMap<String, Vec<u8>>> = if kind == "Secret" {
-        inner.store.get::<Secret>(ns, name).map(|sec| {
-            sec.data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect()
-        })
-    } else {
-        inner.store.get::<ConfigMap>(ns, name).map(|cm| {
-            let mut m: BTreeMap<String, Vec<u8>> = cm
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect();
-            m.extend(
-                cm.binary_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0)),
-            );
-            m
-        })
-    };
-    let Some(data) = data else {
-        return if optional {
-            Ok(None)
-        } else {
-            Err(format!("{} \"{name}\" not found", kind.to_lowercase()))
-        };
-    };
-    if let Some(key) = key
-        && !data.contains_key(key)
-    {
-        return if optional {
-            Ok(None)
-        } else {
-            Err(format!("couldn't find key {key} in {kind} {ns}/{name}"))
-        };
+/// A Secret's or ConfigMap's data in the store, `None` when there is none.
+fn fetch(inner: &Inner, ns: &str, kind: Kind, name: &str) -> Option<Data> {
+    match kind {
+        Kind::Secret => inner.store.get::<Secret>(ns, name).map(podrun::secret_data),
+        Kind::ConfigMap => inner
+            .store
+            .get::<ConfigMap>(ns, name)
+            .map(podrun::config_map_data),
     }
-    Ok(Some(data))
 }
 
-/// `$(VAR)` expansion as in container env, command and args (`$$` escapes).
-fn expand(s: &str, vars: &[(String, String)]) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        if rest.starts_with("$$") {
-            out.push('$');
-            rest = &rest[2..];
-            continue;
-        }
-        if rest.starts_with("$(")
-            && let Some(end) = rest.find(')')
-            && let Some((_, v)) = vars.iter().rev().find(|(k, _)| *k == rest[2..end])
-        {
-            out.push_str(v);
-            rest = &rest[end + 1..];
-            continue;
-        }
-        out.push('$');
-        rest = &rest[1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The container's environment, as the kubelet builds it (envFrom, then env). Literal
-/// values are pod-spec text: their pod paths are mapped through `mounts` before `$(VAR)`
-/// expansion; values from Secrets, ConfigMaps and fields are data, passed unchanged.
+/// The container's environment, as the kubelet builds it (`podrun::container_env`).
+/// Literal values are pod-spec text: their pod paths are mapped through `mounts`
+/// before `$(VAR)` expansion; values from Secrets, ConfigMaps and fields are data,
+/// passed unchanged.
 fn container_env(
     inner: &Inner,
     pod: &Value,
@@ -259,78 +188,16 @@ fn container_env(
     mounts: &[(String, PathBuf)],
 ) -> Result<Vec<(String, String)>, String> {
     let ns = s(pod, "/metadata/namespace");
-    let mut env: Vec<(String, String)> = Vec::new();
-    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
-        env.retain(|(n, _)| *n != k);
-        env.push((k, v));
-    };
-    for from in c["envFrom"].as_array().into_iter().flatten() {
-        let prefix = from["prefix"].as_str().unwrap_or("");
-        let (kind, r) = if from["secretRef"].is_object() {
-            ("Secret", &from["secretRef"])
-        } else {
-            ("ConfigMap", &from["configMapRef"])
-        };
-        let optional = r["optional"].as_bool().unwrap_or(false);
-        if let Some(data) = lookup(inner, ns, kind, s(r, "/name"), None, optional)? {
-            for (k, v) in data {
-                set(
-                    &mut env,
-                    format!("{prefix}{k}"),
-                    String::from_utf8_lossy(&v).into_owned(),
-                );
-            }
-        }
-    }
-    for e in c["env"].as_array().into_iter().flatten() {
-        let name = s(e, "/name").to_string();
-        let vf = &e["valueFrom"];
-        let value = if let Some(v) = e["value"].as_str() {
-            Some(expand(&rewrite(v, mounts), &env))
-        } else if vf.is_object() {
-            let (kind, r) = if vf["secretKeyRef"].is_object() {
-                ("Secret", &vf["secretKeyRef"])
-            } else if vf["configMapKeyRef"].is_object() {
-                ("ConfigMap", &vf["configMapKeyRef"])
-            } else {
-                ("", &Value::Null)
-            };
-            if !kind.is_empty() {
-                let key = s(r, "/key");
-                let optional = r["optional"].as_bool().unwrap_or(false);
-                lookup(inner, ns, kind, s(r, "/name"), Some(key), optional)?
-                    .and_then(|d| d.get(key).cloned())
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-            } else if let Some(path) = vf["fieldRef"]["fieldPath"].as_str() {
-                Some(match path {
-                    "metadata.name" => s(pod, "/metadata/name").to_string(),
-                    "metadata.namespace" => ns.to_string(),
-                    "metadata.uid" => s(pod, "/metadata/uid").to_string(),
-                    "spec.nodeName" => s(pod, "/spec/nodeName").to_string(),
-                    "spec.serviceAccountName" => s(pod, "/spec/serviceAccountName").to_string(),
-                    "status.podIP" | "status.hostIP" => "127.0.0.1".to_string(),
-                    p => {
-                        // metadata.labels['k'] / metadata.annotations['k']
-                        let (field, key) = p.split_once("['").unwrap_or((p, ""));
-                        let key = key.trim_end_matches("']");
-                        let field = field.trim_start_matches("metadata.");
-                        pod["metadata"][field][key]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_string()
-                    }
-                })
-            } else {
-                Some(String::new())
-            }
-        } else {
-            Some(String::new())
-        };
-        if let Some(v) = value {
-            set(&mut env, name, v);
-        }
-    }
-    Ok(env)
+    let typed_pod: Pod = serde_json::from_value(pod.clone()).map_err(|e| e.to_string())?;
+    let c: Container = serde_json::from_value(c.clone()).map_err(|e| e.to_string())?;
+    let sources: Sources = podrun::env_sources(&c)
+        .into_iter()
+        .map(|(kind, name)| {
+            let data = fetch(inner, ns, kind, &name);
+            ((kind, name), data)
+        })
+        .collect();
+    podrun::container_env(&typed_pod, &c, &sources, |v| rewrite(v, mounts))
 }
 
 /// Replaces container paths (`/data`, `/data/x`) with host paths wherever they
@@ -367,42 +234,6 @@ pub(crate) fn rewrite(text: &str, mounts: &[(String, PathBuf)]) -> String {
         i += c.len_utf8();
     }
     out
-}
-
-fn write_files(
-    dir: &Path,
-    data: &BTreeMap<String, Vec<u8>>,
-    items: Option<&Vec<Value>>,
-    mode: Option<u32>,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let entries: Vec<(String, String, Option<u32>)> = match items {
-        Some(items) => items
-            .iter()
-            .map(|i| {
-                (
-                    s(i, "/key").to_string(),
-                    s(i, "/path").to_string(),
-                    i["mode"].as_u64().map(|m| m as u32),
-                )
-            })
-            .collect(),
-        None => data.keys().map(|k| (k.clone(), k.clone(), None)).collect(),
-    };
-    for (key, path, item_mode) in entries {
-        let Some(content) = data.get(&key) else {
-            continue;
-        };
-        let file = dir.join(&path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&file, content)?;
-        if let Some(m) = item_mode.or(mode) {
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m))?;
-        }
-    }
-    Ok(())
 }
 
 fn node_labels(inner: &Inner, node: &str) -> BTreeMap<String, String> {
@@ -469,28 +300,38 @@ fn volume_dirs(
 fn materialise(inner: &Inner, pod: &Value, dirs: &HashMap<String, PathBuf>) -> Result<(), String> {
     let ns = s(pod, "/metadata/namespace");
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
-        let dir = &dirs[s(v, "/name")];
-        let (kind, src, name_field) = if v["secret"].is_object() {
-            ("Secret", &v["secret"], "/secretName")
-        } else if v["configMap"].is_object() {
-            ("ConfigMap", &v["configMap"], "/name")
+        let v: Volume = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        let dir = &dirs[&v.name];
+        let (kind, name, optional, items, mode) = if let Some(sec) = &v.secret {
+            let name = sec.secret_name.clone().unwrap_or_default();
+            (
+                Kind::Secret,
+                name,
+                sec.optional,
+                &sec.items,
+                sec.default_mode,
+            )
+        } else if let Some(cm) = &v.config_map {
+            (
+                Kind::ConfigMap,
+                cm.name.clone(),
+                cm.optional,
+                &cm.items,
+                cm.default_mode,
+            )
         } else {
-            if !v["persistentVolumeClaim"].is_object() && !v["hostPath"].is_object() {
+            if v.persistent_volume_claim.is_none() && v.host_path.is_none() {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
             }
             continue;
         };
-        let optional = src["optional"].as_bool().unwrap_or(false);
-        let data = lookup(inner, ns, kind, s(src, name_field), None, optional)
-            .map_err(|e| {
-                format!(
-                    "MountVolume.SetUp failed for volume \"{}\" : {e}",
-                    s(v, "/name")
-                )
-            })?
+        let mut sources = Sources::new();
+        sources.insert((kind, name.clone()), fetch(inner, ns, kind, &name));
+        let data = podrun::lookup(&sources, kind, &name, optional.unwrap_or(false))
+            .map_err(|e| format!("MountVolume.SetUp failed for volume \"{}\" : {e}", v.name))?
+            .cloned()
             .unwrap_or_default();
-        let mode = src["defaultMode"].as_u64().map(|m| m as u32);
-        write_files(dir, &data, src["items"].as_array(), mode).map_err(|e| e.to_string())?;
+        write_files(dir, &data, items.as_deref(), mode).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -665,9 +506,9 @@ fn start_pod(inner: &Arc<Inner>, k: &mut Kubelet, pod: &Value) {
             Ok(st) => st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(9)),
             Err(_) => 137,
         };
-        let mut message = read_capped(&term_file);
+        let mut message = podrun::termination_message(&term_file);
         if message.is_empty() && code != 0 && policy == "FallbackToLogsOnError" {
-            message = tail(&pod_dir.join("stderr"));
+            message = podrun::log_tail(&pod_dir.join("stderr"));
         }
         let finished = now_rfc3339();
         set_status(&task_inner, &tns, &tname, &tuid, |st| {
@@ -716,61 +557,4 @@ fn running(st: &mut Value, statuses: Vec<Value>, now: &str) {
     set_condition(st, "Initialized", "True", "", "");
     set_condition(st, "ContainersReady", "True", "", "");
     set_condition(st, "Ready", "True", "", "");
-}
-
-fn read_capped(path: &Path) -> String {
-    let mut data = std::fs::read(path).unwrap_or_default();
-    data.truncate(MAX_TERMINATION_MESSAGE);
-    String::from_utf8_lossy(&data).into_owned()
-}
-
-/// The end of a log: the last 80 lines, at most 2048 bytes (the kubelet's fallback).
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut t = lines[lines.len().saturating_sub(80)..].join("\n");
-    if t.len() > 2048 {
-        let mut cut = t.len() - 2048;
-        while !t.is_char_boundary(cut) {
-            cut += 1;
-        }
-        t = t[cut..].to_string();
-    }
-    t
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rewrites_paths() {
-        let m = vec![
-            ("/data".to_string(), PathBuf::from("/h/vol")),
-            ("/data/sub".to_string(), PathBuf::from("/h/other")),
-            ("/dev/termination-log".to_string(), PathBuf::from("/h/term")),
-        ];
-        assert_eq!(rewrite("/data", &m), "/h/vol");
-        assert_eq!(rewrite("/data/x", &m), "/h/vol/x");
-        assert_eq!(rewrite("/data/sub/y", &m), "/h/other/y");
-        assert_eq!(
-            rewrite("ls /data > /data/out; echo x > /dev/termination-log", &m),
-            "ls /h/vol > /h/vol/out; echo x > /h/term"
-        );
-        assert_eq!(rewrite("--path=/data", &m), "--path=/h/vol");
-        assert_eq!(rewrite("/database /x/data", &m), "/database /x/data");
-        assert_eq!(rewrite("'/data'", &m), "'/h/vol'");
-        // A path after `$(VAR)` belongs to the variable's value.
-        assert_eq!(rewrite("$(HOME)/data", &m), "$(HOME)/data");
-        assert_eq!(rewrite("(cd /data)", &m), "(cd /h/vol)");
-        // A mount at `/` maps nothing (and never loops).
-        let root = vec![(String::new(), PathBuf::from("/h/root"))];
-        assert_eq!(rewrite("/data", &root), "/data");
-    }
-
-    #[test]
-    fn expands_vars() {
-        let v = vec![("A".to_string(), "1".to_string())];
-        assert_eq!(expand("x$(A)y$(B)$$(A)$", &v), "x1y$(B)$(A)$");
-    }
 }

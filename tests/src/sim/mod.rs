@@ -13,6 +13,17 @@
 //! as the test user), Job `ttlSecondsAfterFinished`, parallelism and retry back-off
 //! delays are ignored, volume snapshots are copies of the volume directory
 //! (snapshots.rs), and the PV/PVC protection finalizers only track pods.
+//!
+//! Why it stays beside the real control plane ([`crate::kube`]): the README's first
+//! command runs the demo here on a fresh machine in seconds, without the 15-minute
+//! control-plane build; pre-backup hooks need `pods/exec`, which the process kubelet
+//! does not serve (the API server proxies exec to a kubelet's streaming endpoint over
+//! SPDY/WebSocket: `exec.rs` plays it on the fake API); the Snapshot and Clone copy
+//! methods need a CSI snapshot controller and a CSI driver (`snapshots.rs`); API fault
+//! injection (errors, conflicts, latency on chosen requests) and the 1,000-PVC scale
+//! runs need the fake API. Its Job controller, binder and garbage collector serve
+//! those scenarios (and the demo); every other end-to-end scenario runs on the real
+//! control plane's controllers (`tests/tests/kube/`).
 
 mod controllers;
 pub mod digest;

@@ -1,7 +1,7 @@
 //! The mover against damaged local repositories, restores that must not end empty,
 //! and replaces that must leave the snapshot's content.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::FileExt;

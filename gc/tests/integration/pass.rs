@@ -4,7 +4,7 @@
 //! back when it would forget too much at once; the real binary's `--now` and its push
 //! to a Pushgateway.
 
-mod support;
+use crate::support;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
@@ -44,15 +44,6 @@ fn b64(s: &str) -> String {
     out
 }
 
-fn put<K>(api: &FakeApi, v: Value) -> K
-where
-    K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
-{
-    api.store()
-        .create::<K>(&serde_json::from_value(v).unwrap())
-        .unwrap()
-}
-
 fn ago(h: i64) -> String {
     (Timestamp::now() - SignedDuration::from_hours(h)).to_string()
 }
@@ -73,24 +64,18 @@ fn world() -> World {
     let base = format!("s3:{}/{bucket}/backups", g.endpoint);
     let api = FakeApi::start();
     for ns in ["stowage", "a"] {
-        put::<Namespace>(&api, json!({"metadata": {"name": ns}}));
+        api.put::<Namespace>(json!({"metadata": {"name": ns}}));
     }
-    put::<ConfigMap>(
-        &api,
-        json!({
-            "metadata": {"name": "stowage-policies", "namespace": "stowage"},
-            "data": {"policies.yaml": "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n"}
-        }),
-    );
-    put::<Secret>(
-        &api,
-        json!({
-            "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-            "data": {"master-password": b64(MASTER),
-                     "gc-access-key-id": b64(&g.access_key),
-                     "gc-secret-access-key": b64(&g.secret_key)}
-        }),
-    );
+    api.put::<ConfigMap>(json!({
+        "metadata": {"name": "stowage-policies", "namespace": "stowage"},
+        "data": {"policies.yaml": "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n"}
+    }));
+    api.put::<Secret>(json!({
+        "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+        "data": {"master-password": b64(MASTER),
+                 "gc-access-key-id": b64(&g.access_key),
+                 "gc-secret-access-key": b64(&g.secret_key)}
+    }));
     let mut vars = vec![
         ("STOWAGE_REPOSITORY_BASE".to_string(), base.clone()),
         ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
@@ -153,16 +138,13 @@ impl World {
     }
 
     fn job(&self, name: &str, finished_hours_ago: Option<i64>, ttl: Option<i32>) -> Job {
-        let job: Job = put(
-            &self.api,
-            json!({
-                "metadata": {"name": name, "namespace": "a",
-                             "labels": mover_labels(Operation::Backup, "uid-data")},
-                "spec": {"ttlSecondsAfterFinished": ttl,
-                         "template": {"spec": {"containers": [{"name": "m", "image": "x"}],
-                                                "restartPolicy": "Never"}}}
-            }),
-        );
+        let job: Job = self.api.put(json!({
+            "metadata": {"name": name, "namespace": "a",
+                         "labels": mover_labels(Operation::Backup, "uid-data")},
+            "spec": {"ttlSecondsAfterFinished": ttl,
+                     "template": {"spec": {"containers": [{"name": "m", "image": "x"}],
+                                            "restartPolicy": "Never"}}}
+        }));
         if let Some(h) = finished_hours_ago {
             self.api
                 .store()
@@ -182,15 +164,12 @@ impl World {
             json!([{"apiVersion": "batch/v1", "kind": "Job",
             "name": j.metadata.name, "uid": j.metadata.uid, "controller": true}])
         });
-        put::<Secret>(
-            &self.api,
-            json!({
-                "metadata": {"name": name, "namespace": "a",
-                             "labels": mover_labels(Operation::Backup, "uid-data"),
-                             "ownerReferences": owners},
-                "data": {"RESTIC_PASSWORD": b64("x")}
-            }),
-        );
+        self.api.put::<Secret>(json!({
+            "metadata": {"name": name, "namespace": "a",
+                         "labels": mover_labels(Operation::Backup, "uid-data"),
+                         "ownerReferences": owners},
+            "data": {"RESTIC_PASSWORD": b64("x")}
+        }));
     }
 
     /// A pass at the world's clock.
@@ -246,24 +225,18 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
     let w = world();
-    put::<PersistentVolumeClaim>(
-        &w.api,
-        json!({
-            "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        }),
-    );
+    w.api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }));
     let data = w.repository("a", "data", 100);
     let gone = w.repository("a", "gone", 200);
     // Backed up by hand only (no policy label): each snapshot lives for the manual TTL
     // (720h) after it was taken, the newest however old.
-    put::<PersistentVolumeClaim>(
-        &w.api,
-        json!({
-            "metadata": {"name": "hand", "namespace": "a"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        }),
-    );
+    w.api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": "hand", "namespace": "a"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }));
     let hand = w.repository_at(
         "a",
         "hand",
@@ -364,13 +337,10 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
     let w = world();
-    put::<PersistentVolumeClaim>(
-        &w.api,
-        json!({
-            "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        }),
-    );
+    w.api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }));
     w.repository("a", "data", 400);
     let old = w.job("stowage-backup-data-old", Some(30), None);
     w.secret_of("stowage-backup-data-old", Some(&old));
@@ -445,9 +415,7 @@ async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
     let w = world();
     let mut repos = Vec::new();
     for (i, pvc) in ["p1", "p2", "p3"].into_iter().enumerate() {
-        put::<PersistentVolumeClaim>(
-            &w.api,
-            json!({
+        w.api.put::<PersistentVolumeClaim>(json!({
                 "metadata": {"name": pvc, "namespace": "a", "labels": {"backup": "hourly"}},
                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
             }),
@@ -574,13 +542,10 @@ fn events(w: &World, reason: &str, name: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_that_forgets_too_much_waits_for_a_confirmation() {
     let w = world();
-    put::<PersistentVolumeClaim>(
-        &w.api,
-        json!({
-            "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        }),
-    );
+    w.api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }));
     let days = |d: &[i64]| d.iter().map(|d| days_before(w.now, *d)).collect::<Vec<_>>();
     // keepLast 1 (the world's `hourly`): 6 of 7 go.
     let data_times = days(&[1, 2, 3, 4, 5, 6, 7]);

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+use stowage_testkit::obj;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
@@ -22,10 +23,6 @@ use stowage_testkit::{bins, garage};
 const SCHEDULER: &str = "system:serviceaccount:stowage:stowage-scheduler";
 const MASTER: &str = "consistency master password";
 const WAIT: Duration = Duration::from_secs(120);
-
-fn obj<K: serde::de::DeserializeOwned>(v: Value) -> K {
-    serde_json::from_value(v).unwrap()
-}
 
 fn snapshots_gvr() -> Gvr {
     Gvr::new("snapshot.storage.k8s.io", "v1", "volumesnapshots")

@@ -7,7 +7,7 @@
 //! counted first, then the proxy holds request N (and all after it) of a new run, which
 //! is SIGKILLed while it waits there — from its first request to its last.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Child, Stdio};

@@ -7,7 +7,7 @@
 //! forget-then-prune, whose process is SIGKILLed while it waits there — from the
 //! forget's first request to the prune's last.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use stowage_testkit::obj;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
@@ -99,17 +100,8 @@ fn snapshots(env: &[(String, String)]) -> Vec<Value> {
 
 /// `restic` with `env` (Debian's, as an operator would use it).
 fn restic(env: &[(String, String)], args: &[&str], cwd: Option<&Path>) -> Output {
-    let mut c = Command::new("restic");
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .arg("--no-cache")
-        .args(args);
-    if let Some(d) = cwd {
-        c.current_dir(d);
-    }
-    c.output().expect("restic is installed")
+    let args: Vec<&str> = ["--no-cache"].iter().chain(args).copied().collect();
+    stowage_testkit::cli::restic(env, &args, cwd)
 }
 
 /// Lock files in a repository (none may be left behind by a refused run).
@@ -157,10 +149,6 @@ fn gc_env(w: &World) -> Vec<(String, String)> {
     let mut env = w.scheduler_env();
     env.retain(|(k, _)| k != "STOWAGE_MOVER_IMAGE" && k != "STOWAGE_MAX_CONCURRENT_JOBS");
     env
-}
-
-fn obj<K: serde::de::DeserializeOwned>(v: Value) -> K {
-    serde_json::from_value(v).unwrap()
 }
 
 // ---------------------------------------------------------------- policies ----------

@@ -122,22 +122,7 @@ pub fn assert_same_tree(source: &Path, restored: &Path) {
 
 /// `restic` with the test password and `env`.
 pub fn restic(env: &[(String, String)], args: &[&str], cwd: Option<&Path>) -> Run {
-    let mut c = Command::new("restic");
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env(
-            "RESTIC_CACHE_DIR",
-            std::env::temp_dir().join("stowage-test-restic-cache"),
-        )
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .args(args);
-    if let Some(d) = cwd {
-        c.current_dir(d);
-    }
-    c.output()
-        .expect("restic is installed (scripts/install-test-tools.sh)")
-        .into()
+    stowage_testkit::cli::restic(env, args, cwd).into()
 }
 
 pub fn tmp() -> tempfile::TempDir {

@@ -2,7 +2,7 @@
 //! and the next backup succeeds and restores completely. One stopped with SIGTERM (a
 //! deleted Job, a deadline) also releases its lock at once and reports `Terminated`.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

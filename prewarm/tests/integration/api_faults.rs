@@ -13,8 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 use stowage_common::env::PrewarmConfig;
 use stowage_common::k8s::contract::prewarm as pc;
 use stowage_common::k8s::credentials::derive_repository_password;
@@ -40,15 +39,6 @@ fn restored(api: &FakeApi, job: &str) -> String {
     .to_string()
 }
 
-fn put<K>(api: &FakeApi, v: Value) -> K
-where
-    K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
-{
-    api.store()
-        .create::<K>(&serde_json::from_value::<K>(v).unwrap())
-        .unwrap()
-}
-
 struct World {
     api: FakeApi,
     dir: tempfile::TempDir,
@@ -58,24 +48,21 @@ impl World {
     fn new() -> Self {
         let api = FakeApi::start();
         for ns in [NS, "app"] {
-            put::<Namespace>(&api, json!({"metadata": {"name": ns}}));
+            api.put::<Namespace>(json!({"metadata": {"name": ns}}));
         }
-        put::<StorageClass>(
-            &api,
+        api.put::<StorageClass>(
             json!({"metadata": {"name": "local"}, "provisioner": "local.csi.openebs.io",
                    "volumeBindingMode": "Immediate"}),
         );
         // The probe found the class safe earlier.
-        put::<ConfigMap>(
-            &api,
+        api.put::<ConfigMap>(
             json!({"metadata": {"name": pc::probe::CONFIGMAP, "namespace": NS},
                    "data": {"local": json!({"verdict": pc::probe::SAFE,
                                             "provisioner": "local.csi.openebs.io",
                                             "judgedAt": "2026-11-23T09:00:00Z",
                                             "detail": "probe"}).to_string()}}),
         );
-        put::<Secret>(
-            &api,
+        api.put::<Secret>(
             json!({"metadata": {"name": "stowage-credentials", "namespace": NS},
                    "stringData": {"master-password": MASTER, "mover-access-key-id": "AK",
                                   "mover-secret-access-key": "SK"}}),
@@ -115,16 +102,13 @@ impl World {
 
     /// A user PVC populated through the Restore object `restore` (default: its name).
     fn pvc(&self, name: &str, restore: Option<&str>) {
-        put::<PersistentVolumeClaim>(
-            &self.api,
-            json!({
-                "metadata": {"name": name, "namespace": "app"},
-                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
-                         "resources": {"requests": {"storage": "1Gi"}},
-                         "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore",
-                                           "name": restore.unwrap_or(name)}}
-            }),
-        );
+        self.api.put::<PersistentVolumeClaim>(json!({
+            "metadata": {"name": name, "namespace": "app"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                     "resources": {"requests": {"storage": "1Gi"}},
+                     "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore",
+                                       "name": restore.unwrap_or(name)}}
+        }));
     }
 
     fn ctx(&self) -> Ctx {
@@ -172,14 +156,12 @@ impl World {
             }
             let name = p.metadata.name.clone().unwrap();
             let pv = format!("pv-{name}");
-            put::<PersistentVolume>(
-                &self.api,
-                json!({"metadata": {"name": pv},
+            self.api
+                .put::<PersistentVolume>(json!({"metadata": {"name": pv},
                        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
                                 "hostPath": {"path": "/tmp/x"}, "storageClassName": "local",
                                 "claimRef": {"namespace": NS, "name": name,
-                                             "uid": p.metadata.uid}}}),
-            );
+                                             "uid": p.metadata.uid}}}));
             self.api
                 .store()
                 .modify::<PersistentVolumeClaim>(NS, &name, |p| {
@@ -223,8 +205,7 @@ impl World {
     /// Marks a restore Job done with the mover's result line.
     fn finish(&self, job: &str) {
         let message = restored(&self.api, job);
-        put::<Pod>(
-            &self.api,
+        self.api.put::<Pod>(
             json!({"metadata": {"name": format!("{job}-x"), "namespace": NS,
                                 "labels": {"job-name": job}},
                    "spec": {"containers": [{"name": "mover", "image": "m"}]}}),

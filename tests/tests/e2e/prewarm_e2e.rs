@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use stowage_testkit::obj;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
@@ -27,10 +28,6 @@ struct World {
     endpoint: String,
     keys: BTreeMap<String, String>,
     runs: std::sync::atomic::AtomicUsize,
-}
-
-fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
-    serde_json::from_value(v).unwrap()
 }
 
 fn bound(s: &stowage_testkit::fakeapi::Store, ns: &str, pvc: &str) -> bool {

@@ -2,7 +2,7 @@
 //! peer: forget then prune reclaim space, SIGKILL during prune, stale and fresh locks, a
 //! backup during prune, a corrupted pack found by the read-data subset.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

@@ -1,7 +1,7 @@
 //! The mover against a local repository: round trips, incremental behaviour, guards
 //! and bad input.
 
-mod support;
+use crate::support;
 
 use std::fs;
 

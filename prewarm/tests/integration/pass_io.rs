@@ -11,7 +11,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use stowage_common::env::PrewarmConfig;
 use stowage_common::k8s::contract::{prewarm as pc, user};
@@ -29,37 +28,25 @@ struct World {
     dir: tempfile::TempDir,
 }
 
-fn put<K>(api: &FakeApi, v: Value) -> K
-where
-    K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
-{
-    api.store()
-        .create::<K>(&serde_json::from_value::<K>(v).unwrap())
-        .unwrap()
-}
-
 impl World {
     fn new() -> Self {
         let api = FakeApi::start();
         for ns in [NS, "app"] {
-            put::<Namespace>(&api, json!({"metadata": {"name": ns}}));
+            api.put::<Namespace>(json!({"metadata": {"name": ns}}));
         }
-        put::<StorageClass>(
-            &api,
+        api.put::<StorageClass>(
             json!({"metadata": {"name": "local"}, "provisioner": "local.csi.openebs.io",
                    "volumeBindingMode": "Immediate"}),
         );
         // The probe found the class safe earlier (probing: plan.rs, prewarm_e2e).
-        put::<k8s_openapi::api::core::v1::ConfigMap>(
-            &api,
+        api.put::<k8s_openapi::api::core::v1::ConfigMap>(
             json!({"metadata": {"name": pc::probe::CONFIGMAP, "namespace": NS},
                    "data": {"local": json!({"verdict": pc::probe::SAFE,
                                             "provisioner": "local.csi.openebs.io",
                                             "judgedAt": "2026-11-23T09:00:00Z",
                                             "detail": "probe"}).to_string()}}),
         );
-        put::<Secret>(
-            &api,
+        api.put::<Secret>(
             json!({"metadata": {"name": "stowage-credentials", "namespace": NS},
                    "stringData": {"master-password": MASTER, "mover-access-key-id": "AK",
                                   "mover-secret-access-key": "SK"}}),
@@ -101,16 +88,13 @@ impl World {
     }
 
     fn pvc(&self, name: &str, annotations: Value) {
-        put::<PersistentVolumeClaim>(
-            &self.api,
-            json!({
-                "metadata": {"name": name, "namespace": "app", "annotations": annotations},
-                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
-                         "resources": {"requests": {"storage": "1Gi"}},
-                         "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore",
-                                           "name": name}}
-            }),
-        );
+        self.api.put::<PersistentVolumeClaim>(json!({
+            "metadata": {"name": name, "namespace": "app", "annotations": annotations},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                     "resources": {"requests": {"storage": "1Gi"}},
+                     "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore",
+                                       "name": name}}
+        }));
     }
 
     fn ctx(&self, base: &str) -> Ctx {
@@ -153,14 +137,12 @@ impl World {
             }
             let name = p.metadata.name.clone().unwrap();
             let pv = format!("pv-{name}");
-            put::<PersistentVolume>(
-                &self.api,
-                json!({"metadata": {"name": pv},
+            self.api
+                .put::<PersistentVolume>(json!({"metadata": {"name": pv},
                        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
                                 "hostPath": {"path": "/tmp/x"}, "storageClassName": "local",
                                 "claimRef": {"namespace": NS, "name": name,
-                                             "uid": p.metadata.uid}}}),
-            );
+                                             "uid": p.metadata.uid}}}));
             self.api
                 .store()
                 .modify::<PersistentVolumeClaim>(NS, &name, |p| {
@@ -177,8 +159,7 @@ impl World {
 
     /// Marks a restore Job done with the mover's result line.
     fn finish(&self, job: &str, ok: bool, message: &str) {
-        put::<Pod>(
-            &self.api,
+        self.api.put::<Pod>(
             json!({"metadata": {"name": format!("{job}-x"), "namespace": NS,
                                 "labels": {"job-name": job}},
                    "spec": {"containers": [{"name": "mover", "image": "m"}]}}),
@@ -455,33 +436,27 @@ async fn a_restore_that_restored_nothing_is_not_handed_over() {
 async fn probes_judge_unknown_classes_record_the_verdict_and_clean_up() {
     let w = World::new();
     for (name, provisioner) in [("odd", "example.com/naive"), ("careful", "example.com/csi")] {
-        put::<StorageClass>(
-            &w.api,
+        w.api.put::<StorageClass>(
             json!({"metadata": {"name": name}, "provisioner": provisioner,
                    "volumeBindingMode": "Immediate"}),
         );
     }
     for (name, class) in [("x", "odd"), ("y", "careful")] {
-        put::<PersistentVolumeClaim>(
-            &w.api,
-            json!({
-                "metadata": {"name": name, "namespace": "app"},
-                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
-                         "resources": {"requests": {"storage": "1Gi"}},
-                         "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore",
-                                           "name": name}}
-            }),
-        );
+        w.api.put::<PersistentVolumeClaim>(json!({
+            "metadata": {"name": name, "namespace": "app"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                     "resources": {"requests": {"storage": "1Gi"}},
+                     "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore",
+                                       "name": name}}
+        }));
     }
     // A volume left by the probe of a run killed after deleting its PVC (Retain).
-    put::<PersistentVolume>(
-        &w.api,
-        json!({"metadata": {"name": "pv-old"},
+    w.api
+        .put::<PersistentVolume>(json!({"metadata": {"name": "pv-old"},
                "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"],
                         "hostPath": {"path": "/tmp/x"}, "storageClassName": "odd",
                         "claimRef": {"namespace": NS, "name": "stowage-probe-odd",
-                                     "uid": "gone"}}}),
-    );
+                                     "uid": "gone"}}}));
     let ctx = w.ctx(&w.base());
     let t0 = Timestamp::now();
     let mut r = Report::default();
@@ -506,15 +481,13 @@ async fn probes_judge_unknown_classes_record_the_verdict_and_clean_up() {
     );
     // The naive provisioner provisions its probe at once.
     let probe: PersistentVolumeClaim = w.api.store().get(NS, "stowage-probe-odd").unwrap();
-    put::<PersistentVolume>(
-        &w.api,
-        json!({"metadata": {"name": "pv-probe"},
+    w.api
+        .put::<PersistentVolume>(json!({"metadata": {"name": "pv-probe"},
                "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"],
                         "hostPath": {"path": "/tmp/x"}, "storageClassName": "odd",
                         "persistentVolumeReclaimPolicy": "Retain",
                         "claimRef": {"namespace": NS, "name": "stowage-probe-odd",
-                                     "uid": probe.metadata.uid}}}),
-    );
+                                     "uid": probe.metadata.uid}}}));
     // Before the wait is over: the provisioned one is judged, the other still waits.
     let mut r = Report::default();
     pass::round(&ctx, t0 + jiff::SignedDuration::from_secs(5), &mut r)

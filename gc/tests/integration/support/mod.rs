@@ -75,20 +75,7 @@ pub fn gc_run(env: &[(String, String)], args: &[&str]) -> Run {
 }
 
 pub fn restic(env: &[(String, String)], args: &[&str], cwd: Option<&Path>) -> Run {
-    let mut c = Command::new("restic");
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env(
-            "RESTIC_CACHE_DIR",
-            std::env::temp_dir().join("stowage-gc-test-restic-cache"),
-        )
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .args(args);
-    if let Some(d) = cwd {
-        c.current_dir(d);
-    }
-    c.output().expect("restic is installed").into()
+    stowage_testkit::cli::restic(env, args, cwd).into()
 }
 
 /// A repository with one snapshot per entry of `times` (`--time`), each adding

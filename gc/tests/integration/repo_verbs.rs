@@ -3,7 +3,7 @@
 //! snapshots), `forget` lists what it would forget and forgets exactly that only with
 //! `--yes`, `prune` and `unlock` do nothing else.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

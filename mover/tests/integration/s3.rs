@@ -1,7 +1,7 @@
 //! The mover against a real S3 server process (Garage on loopback), including the
 //! failures a real network and a real server produce.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::time::Duration;

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+use stowage_testkit::obj;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
@@ -27,10 +28,6 @@ use stowage_testkit::{bins, garage, trees};
 const PREWARM: &str = "system:serviceaccount:stowage:stowage-prewarm";
 const MASTER: &str = "prewarm faults master password";
 const WAIT: Duration = Duration::from_secs(120);
-
-fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
-    serde_json::from_value(v).unwrap()
-}
 
 struct World {
     cluster: Cluster,

@@ -13,7 +13,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use stowage_testkit::bins;
 use stowage_testkit::fakeapi::{AuditRecord, FakeApi};
@@ -203,33 +202,18 @@ fn run(api: &FakeApi, program: &str, args: &[&str], env: &[(&str, &str)]) -> Str
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn put<K>(api: &FakeApi, v: Value) -> K
-where
-    K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
-{
-    api.store()
-        .create::<K>(&serde_json::from_value::<K>(v).unwrap())
-        .unwrap()
-}
-
 /// A bound PVC with its PV and a running app pod on node-a.
 fn pvc(api: &FakeApi, ns: &str, name: &str, labels: Value, annotations: Value) {
-    put::<PersistentVolume>(
-        api,
-        json!({
-            "metadata": {"name": format!("pv-{ns}-{name}")},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                     "hostPath": {"path": "/tmp/x"}}
-        }),
-    );
-    put::<PersistentVolumeClaim>(
-        api,
-        json!({
-            "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                     "volumeName": format!("pv-{ns}-{name}")}
-        }),
-    );
+    api.put::<PersistentVolume>(json!({
+        "metadata": {"name": format!("pv-{ns}-{name}")},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "hostPath": {"path": "/tmp/x"}}
+    }));
+    api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "volumeName": format!("pv-{ns}-{name}")}
+    }));
     api.store()
         .modify::<PersistentVolumeClaim>(ns, name, |p| {
             p.status = Some(
@@ -238,19 +222,16 @@ fn pvc(api: &FakeApi, ns: &str, name: &str, labels: Value, annotations: Value) {
             );
         })
         .unwrap();
-    put::<Pod>(
-        api,
-        json!({
-            "metadata": {"name": format!("app-{name}"), "namespace": ns},
-            "spec": {
-                "nodeName": "node-a",
-                "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-                "containers": [{"name": "app", "image": "app",
-                                "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
-                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}]
-            }
-        }),
-    );
+    api.put::<Pod>(json!({
+        "metadata": {"name": format!("app-{name}"), "namespace": ns},
+        "spec": {
+            "nodeName": "node-a",
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+            "containers": [{"name": "app", "image": "app",
+                            "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}]
+        }
+    }));
     api.store()
         .modify::<Pod>(ns, &format!("app-{name}"), |p| {
             p.status = Some(serde_json::from_value(json!({"phase": "Running"})).unwrap());
@@ -260,14 +241,11 @@ fn pvc(api: &FakeApi, ns: &str, name: &str, labels: Value, annotations: Value) {
 
 /// Marks a mover Job finished, with the mover's result as its pod's termination message.
 fn finish(api: &FakeApi, ns: &str, job: &str, ok: bool, message: &str) {
-    put::<Pod>(
-        api,
-        json!({
-            "metadata": {"name": format!("{job}-abcde"), "namespace": ns,
-                         "labels": {"job-name": job, "app.kubernetes.io/managed-by": "stowage"}},
-            "spec": {"containers": [{"name": "mover", "image": "m"}]},
-        }),
-    );
+    api.put::<Pod>(json!({
+        "metadata": {"name": format!("{job}-abcde"), "namespace": ns,
+                     "labels": {"job-name": job, "app.kubernetes.io/managed-by": "stowage"}},
+        "spec": {"containers": [{"name": "mover", "image": "m"}]},
+    }));
     api.store()
         .modify::<Pod>(ns, &format!("{job}-abcde"), |p| {
             p.status = Some(serde_json::from_value(json!({
@@ -300,31 +278,22 @@ fn last_job(api: &FakeApi, ns: &str, pvc: &str) -> String {
 /// policy reported, and a second pass racing into a Job that already exists.
 fn scheduler_scenario(api: &FakeApi, program: &str) {
     for ns in [NS, "a", "b"] {
-        put::<Namespace>(api, json!({"metadata": {"name": ns}}));
+        api.put::<Namespace>(json!({"metadata": {"name": ns}}));
     }
-    put::<ConfigMap>(
-        api,
-        json!({
-            "metadata": {"name": "stowage-policies", "namespace": NS},
-            "data": {"policies.yaml": "hourly: {schedule: \"@hourly\"}\n"}
-        }),
-    );
-    put::<Secret>(
-        api,
-        json!({
-            "metadata": {"name": "stowage-credentials", "namespace": NS},
-            "stringData": {"master-password": "m", "mover-access-key-id": "AK",
-                           "mover-secret-access-key": "SK"}
-        }),
-    );
-    put::<Secret>(
-        api,
-        json!({
-            "metadata": {"name": "own", "namespace": "b"},
-            "stringData": {"RESTIC_REPOSITORY": "s3:https://s3.lan/other/b", "RESTIC_PASSWORD": "p",
-                           "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}
-        }),
-    );
+    api.put::<ConfigMap>(json!({
+        "metadata": {"name": "stowage-policies", "namespace": NS},
+        "data": {"policies.yaml": "hourly: {schedule: \"@hourly\"}\n"}
+    }));
+    api.put::<Secret>(json!({
+        "metadata": {"name": "stowage-credentials", "namespace": NS},
+        "stringData": {"master-password": "m", "mover-access-key-id": "AK",
+                       "mover-secret-access-key": "SK"}
+    }));
+    api.put::<Secret>(json!({
+        "metadata": {"name": "own", "namespace": "b"},
+        "stringData": {"RESTIC_REPOSITORY": "s3:https://s3.lan/other/b", "RESTIC_PASSWORD": "p",
+                       "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}
+    }));
     pvc(api, "a", "data", json!({"backup": "hourly"}), json!({}));
     pvc(
         api,
@@ -458,30 +427,21 @@ fn gc_scenario(api: &FakeApi, program: &str) {
         ("b", json!({"backup": "hourly"})),
         ("flux-system", json!({})),
     ] {
-        put::<Namespace>(api, json!({"metadata": {"name": ns, "labels": labels}}));
+        api.put::<Namespace>(json!({"metadata": {"name": ns, "labels": labels}}));
     }
-    put::<Secret>(
-        api,
-        json!({
-            "metadata": {"name": "sops-age", "namespace": "flux-system"},
-            "stringData": {"age.agekey": "AGE-SECRET-KEY-1..."}
-        }),
-    );
-    put::<ConfigMap>(
-        api,
-        json!({
-            "metadata": {"name": "stowage-policies", "namespace": NS},
-            "data": {"policies.yaml": "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n"}
-        }),
-    );
-    put::<Secret>(
-        api,
-        json!({
-            "metadata": {"name": "stowage-credentials", "namespace": NS},
-            "stringData": {"master-password": MASTER, "gc-access-key-id": "GK",
-                           "gc-secret-access-key": "GS"}
-        }),
-    );
+    api.put::<Secret>(json!({
+        "metadata": {"name": "sops-age", "namespace": "flux-system"},
+        "stringData": {"age.agekey": "AGE-SECRET-KEY-1..."}
+    }));
+    api.put::<ConfigMap>(json!({
+        "metadata": {"name": "stowage-policies", "namespace": NS},
+        "data": {"policies.yaml": "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n"}
+    }));
+    api.put::<Secret>(json!({
+        "metadata": {"name": "stowage-credentials", "namespace": NS},
+        "stringData": {"master-password": MASTER, "gc-access-key-id": "GK",
+                       "gc-secret-access-key": "GS"}
+    }));
 
     // a/data (label): two backups, then a mover killed while it holds its lock.
     pvc(api, "a", "data", json!({"backup": "hourly"}), json!({}));
@@ -554,13 +514,10 @@ fn gc_scenario(api: &FakeApi, program: &str) {
         ("b", "inherit"),
     );
     let own_url = format!("{}/own", own_base.display());
-    put::<Secret>(
-        api,
-        json!({
-            "metadata": {"name": "restic-own", "namespace": "b"},
-            "stringData": {"RESTIC_REPOSITORY": own_url, "RESTIC_PASSWORD": "own password"}
-        }),
-    );
+    api.put::<Secret>(json!({
+        "metadata": {"name": "restic-own", "namespace": "b"},
+        "stringData": {"RESTIC_REPOSITORY": own_url, "RESTIC_PASSWORD": "own password"}
+    }));
     pvc(
         api,
         "b",
@@ -576,25 +533,19 @@ fn gc_scenario(api: &FakeApi, program: &str) {
         ("stowage-backup-data-old", true),
         ("stowage-backup-data-run", false),
     ] {
-        let j: Job = put(
-            api,
-            json!({
-                "metadata": {"name": job, "namespace": "a",
-                             "labels": mover_labels(Operation::Backup, "uid-data")},
-                "spec": {"template": {"spec": {"containers": [{"name": "m", "image": "x"}],
-                                                "restartPolicy": "Never"}}}
-            }),
-        );
-        put::<Secret>(
-            api,
-            json!({
-                "metadata": {"name": job, "namespace": "a",
-                             "labels": mover_labels(Operation::Backup, "uid-data"),
-                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
-                                 "name": job, "uid": j.metadata.uid, "controller": true}]},
-                "stringData": {"RESTIC_PASSWORD": "x"}
-            }),
-        );
+        let j: Job = api.put(json!({
+            "metadata": {"name": job, "namespace": "a",
+                         "labels": mover_labels(Operation::Backup, "uid-data")},
+            "spec": {"template": {"spec": {"containers": [{"name": "m", "image": "x"}],
+                                            "restartPolicy": "Never"}}}
+        }));
+        api.put::<Secret>(json!({
+            "metadata": {"name": job, "namespace": "a",
+                         "labels": mover_labels(Operation::Backup, "uid-data"),
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                             "name": job, "uid": j.metadata.uid, "controller": true}]},
+            "stringData": {"RESTIC_PASSWORD": "x"}
+        }));
         if done {
             let two_days_ago =
                 (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48)).to_string();
@@ -611,9 +562,7 @@ fn gc_scenario(api: &FakeApi, program: &str) {
                 })
                 .unwrap();
         } else {
-            put::<Pod>(
-                api,
-                json!({
+            api.put::<Pod>(json!({
                     "metadata": {"name": format!("{job}-abcde"), "namespace": "a",
                                  "labels": {"job-name": job, "app.kubernetes.io/managed-by": "stowage"}},
                     "spec": {"containers": [{"name": "mover", "image": "m"}]},
@@ -724,16 +673,13 @@ fn gc_may_only_get_secrets() {
 
 /// A Pending PVC that names the stowage kind.
 fn pending_pvc(api: &FakeApi, ns: &str, name: &str, class: &str, annotations: Value) {
-    put::<PersistentVolumeClaim>(
-        api,
-        json!({
-            "metadata": {"name": name, "namespace": ns, "labels": {"backup": "hourly"},
-                         "annotations": annotations},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
-                     "resources": {"requests": {"storage": "1Gi"}},
-                     "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore", "name": name}}
-        }),
-    );
+    api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"backup": "hourly"},
+                     "annotations": annotations},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                 "resources": {"requests": {"storage": "1Gi"}},
+                 "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore", "name": name}}
+    }));
 }
 
 /// The PV binder's part: every prime PVC of the stowage namespace gets a volume.
@@ -748,15 +694,12 @@ fn bind_primes(api: &FakeApi) {
         }
         let name = p.metadata.name.clone().unwrap();
         let pv = format!("pv-{name}");
-        put::<PersistentVolume>(
-            api,
-            json!({
-                "metadata": {"name": pv},
-                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                         "hostPath": {"path": "/tmp/x"}, "storageClassName": "local",
-                         "claimRef": {"namespace": NS, "name": name, "uid": p.metadata.uid}}
-            }),
-        );
+        api.put::<PersistentVolume>(json!({
+            "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "hostPath": {"path": "/tmp/x"}, "storageClassName": "local",
+                     "claimRef": {"namespace": NS, "name": name, "uid": p.metadata.uid}}
+        }));
         api.store()
             .modify::<PersistentVolumeClaim>(NS, &name, |p| {
                 p.spec.as_mut().unwrap().volume_name = Some(pv.clone());
@@ -799,16 +742,13 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
     let base = dir.path().join("backups");
     let base_s = base.to_str().unwrap().to_string();
     for ns in [NS, "a", "b"] {
-        put::<Namespace>(api, json!({"metadata": {"name": ns}}));
+        api.put::<Namespace>(json!({"metadata": {"name": ns}}));
     }
-    put::<Secret>(
-        api,
-        json!({
-            "metadata": {"name": "stowage-credentials", "namespace": NS},
-            "stringData": {"master-password": MASTER, "mover-access-key-id": "AK",
-                           "mover-secret-access-key": "SK"}
-        }),
-    );
+    api.put::<Secret>(json!({
+        "metadata": {"name": "stowage-credentials", "namespace": NS},
+        "stringData": {"master-password": MASTER, "mover-access-key-id": "AK",
+                       "mover-secret-access-key": "SK"}
+    }));
     for (name, provisioner, binding) in [
         ("local", "local.csi.openebs.io", "Immediate"),
         (
@@ -817,26 +757,20 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
             "WaitForFirstConsumer",
         ),
     ] {
-        put::<k8s_openapi::api::storage::v1::StorageClass>(
-            api,
+        api.put::<k8s_openapi::api::storage::v1::StorageClass>(
             json!({"metadata": {"name": name}, "provisioner": provisioner,
                    "volumeBindingMode": binding}),
         );
     }
     // The probe already found "local" safe; "local-path" is probed (on a Ready node,
     // WaitForFirstConsumer), provisioned, judged unsafe, and its probe and PV deleted.
-    put::<ConfigMap>(
-        api,
-        json!({
+    api.put::<ConfigMap>(json!({
             "metadata": {"name": "stowage-storage-classes", "namespace": NS},
             "data": {"local": r#"{"verdict":"safe","provisioner":"local.csi.openebs.io","judgedAt":"2026-11-23T09:00:00Z","detail":"probe"}"#}
         }),
     );
-    put::<k8s_openapi::api::core::v1::Node>(
-        api,
-        json!({"metadata": {"name": "node-a"},
-               "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
-    );
+    api.put::<k8s_openapi::api::core::v1::Node>(json!({"metadata": {"name": "node-a"},
+               "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
     // Backups: a/restored under the base (derived password), b/own in a VolSync
     // repository of its own.
     let data = dir.path().join("data");
@@ -851,13 +785,10 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
     );
     let own_url = format!("{}/volsync/own", dir.path().display());
     backup(&own_url, "own password", &data, ("b", "own"));
-    put::<Secret>(
-        api,
-        json!({
-            "metadata": {"name": "restic-own", "namespace": "b"},
-            "stringData": {"RESTIC_REPOSITORY": own_url, "RESTIC_PASSWORD": "own password"}
-        }),
-    );
+    api.put::<Secret>(json!({
+        "metadata": {"name": "restic-own", "namespace": "b"},
+        "stringData": {"RESTIC_REPOSITORY": own_url, "RESTIC_PASSWORD": "own password"}
+    }));
     pending_pvc(api, "a", "restored", "local", json!({}));
     pending_pvc(api, "a", "fresh", "local", json!({}));
     pending_pvc(api, "a", "unsafe", "local-path", json!({}));
@@ -991,9 +922,7 @@ fn prewarm_scenario(api: &FakeApi, program: &str) {
     };
     assert!(suspended(api, &job[0]), "created suspended\n{log}");
     // Flux scales the app up again before the restore started.
-    put::<Pod>(
-        api,
-        json!({"metadata": {"name": "app-manual-2", "namespace": "a"},
+    api.put::<Pod>(json!({"metadata": {"name": "app-manual-2", "namespace": "a"},
                "spec": {"containers": [{"name": "app", "image": "app"}],
                         "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "manual"}}]},
                "status": {"phase": "Running"}}),

@@ -5,14 +5,14 @@
 //! changed nothing, or it goes on with what it could do and fails at its end; the
 //! re-run converges.
 
-mod support;
+use crate::support;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
 use rustic_core::NoProgressBars;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 use stowage_common::env::GcConfig;
 use stowage_common::k8s::credentials::derive_repository_password;
 use stowage_common::k8s::mover_job::mover_labels;
@@ -31,15 +31,6 @@ const LEADER: &str = "etcdserver: leader changed";
 const POLICIES: &str = "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n\
                         long: {schedule: \"@daily\", retention: {keepLast: 3}}\n";
 
-fn put<K>(api: &FakeApi, v: Value) -> K
-where
-    K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
-{
-    api.store()
-        .create::<K>(&serde_json::from_value(v).unwrap())
-        .unwrap()
-}
-
 struct World {
     api: FakeApi,
     base: String,
@@ -56,23 +47,20 @@ impl World {
         let base = format!("s3:{}/{bucket}/backups", g.endpoint);
         let api = FakeApi::start();
         for ns in ["stowage", "a"] {
-            put::<Namespace>(&api, json!({"metadata": {"name": ns}}));
+            api.put::<Namespace>(json!({"metadata": {"name": ns}}));
         }
-        put::<ConfigMap>(
-            &api,
+        api.put::<ConfigMap>(
             json!({"metadata": {"name": "stowage-policies", "namespace": "stowage"},
                    "data": {"policies.yaml": POLICIES}}),
         );
-        put::<Secret>(
-            &api,
+        api.put::<Secret>(
             json!({"metadata": {"name": "stowage-credentials", "namespace": "stowage"},
                    "stringData": {"master-password": MASTER,
                                   "gc-access-key-id": g.access_key,
                                   "gc-secret-access-key": g.secret_key}}),
         );
         for (name, policy) in [("data", "hourly"), ("long", "long")] {
-            put::<PersistentVolumeClaim>(
-                &api,
+            api.put::<PersistentVolumeClaim>(
                 json!({"metadata": {"name": name, "namespace": "a", "labels": {"backup": policy}},
                        "spec": {"accessModes": ["ReadWriteOnce"],
                                 "resources": {"requests": {"storage": "1Gi"}}}}),
@@ -246,8 +234,7 @@ async fn a_pass_without_its_facts_fails_clearly_and_forgets_nothing() {
 async fn errors_while_cleaning_up_fail_the_pass_and_the_rerun_converges() {
     let w = World::new();
     let stale = stale_lock(&w.data).await;
-    let job: Job = put(
-        &w.api,
+    let job: Job = w.api.put(
         json!({"metadata": {"name": "stowage-backup-data-old", "namespace": "a",
                             "labels": mover_labels(Operation::Backup, "uid-data")},
                "spec": {"template": {"spec": {"containers": [{"name": "m", "image": "x"}],
@@ -265,8 +252,7 @@ async fn errors_while_cleaning_up_fail_the_pass_and_the_rerun_converges() {
             );
         })
         .unwrap();
-    put::<Secret>(
-        &w.api,
+    w.api.put::<Secret>(
         json!({"metadata": {"name": "stowage-backup-data-old", "namespace": "a",
                             "labels": mover_labels(Operation::Backup, "uid-data"),
                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",

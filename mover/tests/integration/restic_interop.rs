@@ -1,6 +1,6 @@
 //! Interoperability with Debian's `restic`, both ways, on local and S3 repositories.
 
-mod support;
+use crate::support;
 
 use std::fs;
 
