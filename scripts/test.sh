@@ -12,6 +12,9 @@ export STOWAGE_KUBE_BIN STOWAGE_KUBE_CRDS
 cargo fmt --all --check
 bash scripts/check-manifests.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# vendor/rustic_core is the published crate plus vendor/patches, and upstream's unit tests
+# pass on it.
+bash scripts/vendor-rustic-core.sh --tests
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

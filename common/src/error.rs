@@ -54,9 +54,7 @@ impl Error {
     /// The storage's failure (a request failed or was refused, after the retries) that
     /// a rustic_core error reports, in one line; `None` for errors of the repository.
     pub fn storage_failure(e: &rustic_core::RusticError) -> Option<String> {
-        let line = e.display_log();
-        line.contains("(kind: related to the backend")
-            .then(|| one_line(&line))
+        (e.kind() == rustic_core::ErrorKind::Backend).then(|| one_line(&e.display_log()))
     }
 }
 

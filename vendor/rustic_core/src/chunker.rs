@@ -27,7 +27,7 @@ impl<R: Read + Send> ChunkIter<R> {
             Chunker::Rabin => {
                 let poly = config.poly()?;
                 Self::Rabin(Box::new(RabinChunkIter::new(
-                    RabinTables::for_polynom(poly),
+                    RabinTables::for_polynom(poly)?,
                     config.chunk_size(),
                     config.chunk_min_size(),
                     config.chunk_max_size(),

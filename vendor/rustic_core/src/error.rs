@@ -356,6 +356,14 @@ impl RusticError {
         self.error_code.as_ref().is_some_and(|c| c.as_str() == code)
     }
 
+    /// The kind of the error.
+    ///
+    /// stowage patch: lets a caller classify errors (a backend failure, say) without
+    /// reading the text of their report.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
     /// Checks if the error is due to an incorrect password
     pub fn is_incorrect_password(&self) -> bool {
         self.is_code("C002")

@@ -43,7 +43,6 @@ pub(crate) fn check_rabin_params(
     Ok(())
 }
 
-/// `ChunkIter` is an iterator that chunks data.
 /// Tables of the Rabin fingerprint for one polynomial (window of 64 bytes).
 ///
 /// stowage patch: computing them costs about as much as chunking 100 KiB, and they
@@ -60,21 +59,32 @@ const WINDOW_SIZE: usize = 64;
 
 impl RabinTables {
     /// The tables for `poly`, computed once per process and polynomial.
-    pub(crate) fn for_polynom(poly: Polynom64) -> Arc<Self> {
+    ///
+    /// # Errors
+    ///
+    /// A polynomial of degree below 8 (restic's have degree 53): the hash would be
+    /// shifted by a negative amount. Upstream's `Rabin64` panics there; chunking with
+    /// another shift would cut chunks no restic cuts.
+    pub(crate) fn for_polynom(poly: Polynom64) -> RusticResult<Arc<Self>> {
+        let Ok(polynom_shift) = u32::try_from(poly.degree() - 8) else {
+            return Err(RusticError::new(
+                ErrorKind::Unsupported,
+                "The chunker polynomial `{poly}` of the repository config has degree below 8: not a polynomial restic chunks with.",
+            )
+            .attach_context("poly", format!("{poly:#x}")));
+        };
         static CACHE: Mutex<Vec<(Polynom64, Arc<RabinTables>)>> = Mutex::new(Vec::new());
         let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((_, tables)) = cache.iter().find(|(p, _)| *p == poly) {
-            return tables.clone();
+            return Ok(tables.clone());
         }
         let tables = Arc::new(Self {
             out_table: Rabin64::calculate_out_table(WINDOW_SIZE, &poly),
             mod_table: Rabin64::calculate_mod_table(&poly),
-            // The polynomials used have degree 53; `max` guards against a malformed
-            // one in a config file (a shift below 0 would panic).
-            polynom_shift: u32::try_from(poly.degree() - 8).unwrap_or(0),
+            polynom_shift,
         });
         cache.push((poly, tables.clone()));
-        tables
+        Ok(tables)
     }
 }
 
@@ -434,8 +444,14 @@ mod tests {
 
     fn chunker<R: Read + Send>(reader: R, size_hint: usize) -> ChunkIter<R> {
         let poly = 0x003D_A335_8B4D_C173;
-        let tables = RabinTables::for_polynom(poly);
+        let tables = RabinTables::for_polynom(poly).unwrap();
         ChunkIter::new(tables, SIZE, MIN_SIZE, MAX_SIZE, reader, size_hint).unwrap()
+    }
+
+    #[test]
+    fn a_polynomial_of_degree_below_8_is_refused() {
+        assert!(RabinTables::for_polynom(0x7f).is_err());
+        assert!(RabinTables::for_polynom(0x1ff).is_ok());
     }
 
     #[test]
