@@ -21,7 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use stowage_common::backend::{BackendOptions, Storage};
 use stowage_common::env::{GcConfig, ResticEnv, may_start};
 use stowage_common::k8s::contract::{self, app, reason, run_secret_keys, secret_keys};
-use stowage_common::k8s::credentials::derive_repository_password;
+use stowage_common::k8s::credentials::{derive_repository_password, secret_value};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::policy::Policies;
 use stowage_common::k8s::{describe_kube_error, is_status, mover_job};
@@ -164,18 +164,6 @@ pub fn access_for(url: &str, creds: &RepoCreds, cfg: &GcConfig) -> Result<RepoAc
     );
     access.backend_options = BackendOptions::from_env(&cfg.common);
     Ok(access)
-}
-
-fn secret_value(s: &Secret, key: &str) -> Option<String> {
-    s.data
-        .as_ref()?
-        .get(key)
-        .map(|v| {
-            String::from_utf8_lossy(&v.0)
-                .trim_end_matches('\n')
-                .to_string()
-        })
-        .filter(|v| !v.is_empty())
 }
 
 struct Facts {

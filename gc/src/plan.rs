@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
-use stowage_common::k8s::contract::{self, user};
+use stowage_common::k8s::contract::user;
 use stowage_common::k8s::credentials::repository_identity;
 use stowage_common::k8s::policy::{Policies, PolicyProblem, Retention};
+pub use stowage_common::k8s::pvc::policy_of;
 use stowage_common::locks::LockInfo;
 
 use crate::retention::Confirmation;
@@ -109,24 +110,6 @@ pub fn retention_for(
             (n, r, None)
         }
     }
-}
-
-/// The backup policy a PVC is under: its label, else its namespace's; empty and
-/// opt-out values (`none`, `off`, ...) mean none. The scheduler's rule
-/// (`stowage_scheduler::plan::policy_of`): gc must agree with what was backed up.
-pub fn policy_of(
-    pvc_labels: &BTreeMap<String, String>,
-    ns_labels: Option<&BTreeMap<String, String>>,
-    key: &str,
-) -> Option<String> {
-    let value = pvc_labels
-        .get(key)
-        .or_else(|| ns_labels.and_then(|l| l.get(key)))?;
-    let v = value.trim();
-    if v.is_empty() || contract::OPT_OUT_VALUES.contains(&v.to_ascii_lowercase().as_str()) {
-        return None;
-    }
-    Some(v.to_string())
 }
 
 /// All repositories of a pass: those found under the base (`discovered`: namespace,

@@ -263,18 +263,8 @@ async fn run_index(
             p.credentials_secret
         )
     })?;
-    let get = |k: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|v| {
-                String::from_utf8_lossy(&v.0)
-                    .trim_end_matches('\n')
-                    .to_string()
-            })
-            .unwrap_or_default()
-    };
+    let get =
+        |k: &str| stowage_common::k8s::credentials::secret_value(&secret, k).unwrap_or_default();
     use stowage_common::k8s::contract::secret_keys as keys;
     let master = get(keys::MASTER_PASSWORD);
     if master.is_empty() {

@@ -37,8 +37,10 @@ use serde_json::json;
 use stowage_common::k8s::contract::{self, user};
 use stowage_common::k8s::credentials::{self, RunCredentials};
 use stowage_common::k8s::grant;
+use stowage_common::k8s::job_result;
 use stowage_common::k8s::mover_job::{self, MoverJobSpec, Placement, RunAs};
 use stowage_common::k8s::naming::{self, Operation};
+use stowage_common::k8s::pvc::{parse_user, quantity_bytes};
 use stowage_common::k8s::{describe_kube_error, is_status};
 use stowage_common::result::{RunResult, reason as result_reason};
 
@@ -135,7 +137,7 @@ fn request(p: &PersistentVolumeClaim) -> Option<Request> {
             .as_ref()
             .and_then(|s| s.capacity.as_ref())
             .and_then(|c| c.get("storage"))
-            .map(|q| crate::pass::quantity_bytes(&q.0))
+            .map(|q| quantity_bytes(&q.0))
             .unwrap_or_default(),
         deadline: a.get(user::MOVER_DEADLINE).cloned(),
     })
@@ -149,20 +151,6 @@ pub fn job_name(pvc: &str, uid: &str, resource_version: &str) -> String {
         uid,
         &format!("manual:{resource_version}"),
     )
-}
-
-/// `UID` or `UID:GID`.
-fn parse_user(v: &str) -> Option<(i64, i64)> {
-    let (u, g) = match v.trim().split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (v.trim(), None),
-    };
-    let uid: i64 = u.parse().ok()?;
-    let gid: i64 = match g {
-        Some(g) => g.parse().ok()?,
-        None => uid,
-    };
-    (uid >= 0 && gid >= 0).then_some((uid, gid))
 }
 
 /// Serves every request until none is in flight or `budget` has passed.
@@ -293,7 +281,7 @@ async fn serve(ctx: &Ctx, r: &Request, summary: &mut Summary) -> Result<(), Stri
             .insert(r.key(), format!("restore Job {job_name} running"));
         return Ok(());
     };
-    let result = job_result(ctx, &r.namespace, job_name).await?;
+    let result = job_result::fetch(&ctx.client, &job).await?;
     let (outcome, event) = outcome(r, job_name, succeeded, result.as_ref());
     finish(ctx, r, &outcome, event, summary).await
 }
@@ -405,7 +393,7 @@ async fn check(ctx: &Ctx, r: &Request) -> Result<Result<(), String>, String> {
         return Ok(Err(why));
     }
     if let Some(u) = &r.mover_user
-        && parse_user(u).is_none()
+        && parse_user(u).is_err()
     {
         return Ok(Err(format!(
             "{} {u:?} is not a user: expected UID or UID:GID",
@@ -544,24 +532,26 @@ async fn run_as(ctx: &Ctx, r: &Request) -> Result<Result<RunAs, String>, String>
         .and_then(|n| n.metadata.labels)
         .and_then(|l| l.get(contract::LABEL_PRIVILEGED_MOVER).cloned())
         .is_some_and(|v| v == "true");
-    Ok(match r.mover_user.as_deref().and_then(parse_user) {
-        Some((0, _)) | None if privileged => Ok(RunAs::Privileged),
-        Some((uid, gid)) if uid != 0 => Ok(RunAs::User {
-            uid,
-            gid,
-            groups: Vec::new(),
-        }),
-        Some(_) => Err(format!(
-            "{} asks for root, which needs the namespace label {}=true",
-            user::MOVER_USER,
-            contract::LABEL_PRIVILEGED_MOVER
-        )),
-        None => Ok(RunAs::User {
-            uid: mover_job::NONROOT_ID,
-            gid: mover_job::NONROOT_ID,
-            groups: Vec::new(),
-        }),
-    })
+    Ok(
+        match r.mover_user.as_deref().and_then(|u| parse_user(u).ok()) {
+            Some((0, _)) | None if privileged => Ok(RunAs::Privileged),
+            Some((uid, gid)) if uid != 0 => Ok(RunAs::User {
+                uid,
+                gid,
+                groups: Vec::new(),
+            }),
+            Some(_) => Err(format!(
+                "{} asks for root, which needs the namespace label {}=true",
+                user::MOVER_USER,
+                contract::LABEL_PRIVILEGED_MOVER
+            )),
+            None => Ok(RunAs::User {
+                uid: mover_job::NONROOT_ID,
+                gid: mover_job::NONROOT_ID,
+                groups: Vec::new(),
+            }),
+        },
+    )
 }
 
 /// Creates the restore Job (and its per-run Secret); both idempotent.
@@ -689,38 +679,6 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The mover's result from the termination message of the Job's newest pod (also of a
-/// failed pod: the mover writes its result before it exits non-zero).
-async fn job_result(ctx: &Ctx, ns: &str, job: &str) -> Result<Option<RunResult>, String> {
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
-        .await
-        .map_err(|e| describe_kube_error(&e, &format!("list pods of job {ns}/{job}")))?;
-    let mut messages: Vec<(Option<jiff::Timestamp>, String)> = pods
-        .items
-        .iter()
-        .filter_map(|p| {
-            let term = p
-                .status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .find_map(|c| c.state.as_ref()?.terminated.clone())?;
-            Some((
-                term.finished_at.as_ref().map(|t| t.0),
-                term.message.unwrap_or_default(),
-            ))
-        })
-        .collect();
-    messages.sort_by_key(|(t, _)| *t);
-    Ok(messages.iter().rev().find_map(|(_, m)| {
-        m.lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<RunResult>(l).ok())
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,9 +738,9 @@ mod tests {
     fn job_names_differ_per_request() {
         assert_ne!(job_name("pg", "u", "3"), job_name("pg", "u", "4"));
         assert_eq!(job_name("pg", "u", "3"), job_name("pg", "u", "3"));
-        assert_eq!(parse_user("1000"), Some((1000, 1000)));
-        assert_eq!(parse_user("33:44"), Some((33, 44)));
-        assert_eq!(parse_user("www"), None);
+        assert_eq!(parse_user("1000"), Ok((1000, 1000)));
+        assert_eq!(parse_user("33:44"), Ok((33, 44)));
+        assert!(parse_user("www").is_err());
     }
 
     #[test]

@@ -9,8 +9,7 @@ use anyhow::Result;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
-    Secret,
+    ConfigMap, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Secret,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -20,12 +19,13 @@ use stowage_common::env::{PrewarmConfig, list};
 use stowage_common::k8s::contract::{self, app, label, prewarm as pc, reason, secret_keys, status};
 use stowage_common::k8s::credentials::{self, RunCredentials};
 use stowage_common::k8s::events::Events;
+use stowage_common::k8s::job_result;
 use stowage_common::k8s::mover_job::{self, MoverJobSpec, Placement, RunAs};
 use stowage_common::k8s::naming::Operation;
+use stowage_common::k8s::pvc::quantity_bytes;
 use stowage_common::k8s::restore_kind::{Restore, RestoreSpec, names_stowage_kind};
 use stowage_common::k8s::{describe_kube_error, is_status};
 use stowage_common::metrics::{Registry, prewarm_names as names};
-use stowage_common::result::RunResult;
 
 use crate::plan::{
     self, ClassFacts, JobFacts, JobState, PrimeFacts, ProbeFacts, ProbeStep, PvFacts, Step,
@@ -270,21 +270,12 @@ pub(crate) async fn central(ctx: &Ctx) -> Result<Central, String> {
         }
     };
     let get = |k: &str| -> Result<String, String> {
-        s.data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|v| {
-                String::from_utf8_lossy(&v.0)
-                    .trim_end_matches('\n')
-                    .to_string()
-            })
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                format!(
-                    "credentials Secret {}/{} has no key {k}: add it",
-                    p.system_namespace, p.credentials_secret
-                )
-            })
+        credentials::secret_value(&s, k).ok_or_else(|| {
+            format!(
+                "credentials Secret {}/{} has no key {k}: add it",
+                p.system_namespace, p.credentials_secret
+            )
+        })
     };
     Ok(Central {
         master: get(secret_keys::MASTER_PASSWORD)?,
@@ -332,17 +323,7 @@ async fn repo_credentials(
                 contract::user::SECRET
             )
         })?;
-    let get = |k: &str| {
-        s.data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|v| {
-                String::from_utf8_lossy(&v.0)
-                    .trim_end_matches('\n')
-                    .to_string()
-            })
-            .filter(|v| !v.is_empty())
-    };
+    let get = |k: &str| credentials::secret_value(&s, k);
     use contract::run_secret_keys as k;
     let password = get(k::RESTIC_PASSWORD).ok_or_else(|| {
         format!(
@@ -571,13 +552,15 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
             let state = job_state(j, now);
             // What a succeeded Job restored is checked against the plan (`decide`).
             let result = match &state {
-                JobState::Succeeded { .. } if prime.is_some() => match job_result(ctx, j).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        unreadable = Some(e);
-                        break;
+                JobState::Succeeded { .. } if prime.is_some() => {
+                    match job_result::fetch(&ctx.client, j).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            unreadable = Some(e);
+                            break;
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             my_jobs.push(JobFacts {
@@ -1480,63 +1463,6 @@ async fn start_job(
 
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
-}
-
-/// Bytes of a quantity such as `10Gi` (0 if unreadable: only scales deadlines).
-pub fn quantity_bytes(q: &str) -> u64 {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, unit) = q.split_at(split);
-    let n: f64 = num.parse().unwrap_or(0.0);
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        _ => 0.0,
-    };
-    (n * mult) as u64
-}
-
-/// The mover's result from the termination message of the Job's newest pod.
-async fn job_result(ctx: &Ctx, job: &Job) -> Result<Option<RunResult>, String> {
-    let name = job.name_any();
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ctx.ns())
-        .list(&ListParams::default().labels(&format!("job-name={name}")))
-        .await
-        .map_err(|e| describe_kube_error(&e, &format!("list pods of job {}/{name}", ctx.ns())))?;
-    let mut messages: Vec<(Option<Timestamp>, String)> = pods
-        .items
-        .iter()
-        .filter_map(|p| {
-            let term = p
-                .status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .find_map(|c| c.state.as_ref()?.terminated.clone())?;
-            (term.exit_code == 0).then(|| {
-                (
-                    term.finished_at.as_ref().map(|t| t.0),
-                    term.message.unwrap_or_default(),
-                )
-            })
-        })
-        .collect();
-    messages.sort_by_key(|(t, _)| *t);
-    Ok(messages.iter().rev().find_map(|(_, m)| {
-        m.lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<RunResult>(l).ok())
-    }))
 }
 
 /// Step 4: record on the user PVC what it gets, move the PV to it, delete the prime.

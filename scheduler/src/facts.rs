@@ -5,35 +5,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use stowage_common::k8s::contract::{self, app, label};
+pub use stowage_common::k8s::pvc::quantity_bytes;
 
 use crate::plan::{ActiveJob, Consumer, NamespaceFacts, PvcFacts};
-
-/// Bytes of a Kubernetes quantity such as `10Gi`, `500M` or `1e9` (0 if unreadable:
-/// only used to scale deadlines).
-pub fn quantity_bytes(q: &str) -> u64 {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, unit) = q.split_at(split);
-    let n: f64 = num.parse().unwrap_or(0.0);
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        u if u.starts_with('e') || u.starts_with('E') => 10f64.powi(u[1..].parse().unwrap_or(0)),
-        _ => 0.0,
-    };
-    (n * mult) as u64
-}
 
 pub fn namespace_facts(ns: &Namespace) -> NamespaceFacts {
     NamespaceFacts {
@@ -195,15 +169,6 @@ pub fn pods_by_namespace(pods: Vec<Pod>) -> BTreeMap<String, Vec<Pod>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(quantity_bytes("10Gi"), 10 << 30);
-        assert_eq!(quantity_bytes("500M"), 500_000_000);
-        assert_eq!(quantity_bytes("1e9"), 1_000_000_000);
-        assert_eq!(quantity_bytes("1.5Gi"), 3 << 29);
-        assert_eq!(quantity_bytes("junk"), 0);
-    }
 
     #[test]
     fn consumers_take_the_mounting_containers_user() {

@@ -18,6 +18,7 @@ use stowage_common::env::{SchedulerConfig, list};
 use stowage_common::k8s::contract::{self, reason, secret_keys, status, user};
 use stowage_common::k8s::credentials::{self, RunCredentials};
 use stowage_common::k8s::events::Events;
+use stowage_common::k8s::job_result;
 use stowage_common::k8s::mover_job::{self, MoverJobSpec};
 use stowage_common::k8s::naming::Operation;
 use stowage_common::k8s::policy::Policies;
@@ -700,7 +701,7 @@ async fn harvest(
     let (ok, result) = match jobs.get(&(ns.clone(), job_name.clone())) {
         Some(job) => match facts::job_finished(job) {
             None => return Ok(Vec::new()),
-            Some(ok) => (ok, job_result(ctx, &ns, job).await?),
+            Some(ok) => (ok, job_result::fetch(&ctx.client, job).await?),
         },
         None => (
             false,
@@ -880,56 +881,6 @@ fn partial_note(job_name: &str, result: &RunResult) -> String {
     )
 }
 
-/// The mover's result from the termination message of the Job's last pod; a Job that
-/// failed without one (deadline, image pull) gets its condition as the error.
-async fn job_result(ctx: &Ctx<'_>, ns: &str, job: &Job) -> Result<Option<RunResult>, String> {
-    let name = job.name_any();
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("job-name={name}")))
-        .await
-        .map_err(|e| describe_kube_error(&e, &format!("list pods of job {ns}/{name}")))?;
-    let mut messages: Vec<(Option<Timestamp>, String)> = pods
-        .items
-        .iter()
-        .filter_map(|p| {
-            let st = p.status.as_ref()?;
-            let term = st
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .find_map(|c| c.state.as_ref()?.terminated.clone())?;
-            Some((
-                term.finished_at.as_ref().map(|t| t.0),
-                term.message.unwrap_or_default(),
-            ))
-        })
-        .collect();
-    messages.sort_by_key(|(t, _)| *t);
-    let parsed = messages.iter().rev().find_map(|(_, m)| {
-        m.lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<RunResult>(l).ok())
-    });
-    if parsed.is_some() {
-        return Ok(parsed);
-    }
-    let cond = job
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Failed" && c.status == "True"));
-    Ok(cond.map(|c| RunResult {
-        ok: false,
-        error: Some(format!(
-            "Job failed: {} {}",
-            c.reason.clone().unwrap_or_default(),
-            c.message.clone().unwrap_or_default()
-        )),
-        reason: c.reason.clone(),
-        ..Default::default()
-    }))
-}
-
 /// Credentials for a PVC's mover: its own Secret (annotation), or a per-run Secret
 /// from the central one for the repository the plan allowed. Err: message.
 async fn run_credentials(
@@ -1008,27 +959,18 @@ struct Central {
 fn central_keys(cfg: &SchedulerConfig, sec: &Secret) -> Result<Central, String> {
     let s = &cfg.scheduler;
     let get = |k: &str| -> Result<String, String> {
-        sec.data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|v| {
-                String::from_utf8_lossy(&v.0)
-                    .trim_end_matches('\n')
-                    .to_string()
-            })
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                format!(
-                    "credentials Secret {}/{} has no key {k} (or it is empty): add it (the keys \
+        credentials::secret_value(sec, k).ok_or_else(|| {
+            format!(
+                "credentials Secret {}/{} has no key {k} (or it is empty): add it (the keys \
                      are {}, {}, {}), or give the PVC its own Secret with annotation {}",
-                    s.system_namespace,
-                    s.credentials_secret,
-                    secret_keys::MASTER_PASSWORD,
-                    secret_keys::MOVER_ACCESS_KEY_ID,
-                    secret_keys::MOVER_SECRET_ACCESS_KEY,
-                    user::SECRET
-                )
-            })
+                s.system_namespace,
+                s.credentials_secret,
+                secret_keys::MASTER_PASSWORD,
+                secret_keys::MOVER_ACCESS_KEY_ID,
+                secret_keys::MOVER_SECRET_ACCESS_KEY,
+                user::SECRET
+            )
+        })
     };
     Ok(Central {
         master: get(secret_keys::MASTER_PASSWORD)?,

@@ -13,6 +13,7 @@ use stowage_common::k8s::hooks::{self, Hook, Phase};
 use stowage_common::k8s::mover_job::{self, Placement, RunAs};
 use stowage_common::k8s::naming::{self, Operation};
 use stowage_common::k8s::policy::{Policies, PolicyProblem};
+pub use stowage_common::k8s::pvc::{parse_user, policy_of};
 use stowage_common::location::Location;
 use stowage_common::schedule::{self, Due, RunHistory, Schedule};
 
@@ -227,21 +228,6 @@ pub struct Planned {
     pub decision: Decision,
 }
 
-/// The policy a PVC follows: its own label, else its namespace's; an opt-out value on
-/// the PVC wins over the namespace. None: not opted in.
-pub fn policy_of(
-    pvc_labels: &BTreeMap<String, String>,
-    ns_labels: &BTreeMap<String, String>,
-    key: &str,
-) -> Option<String> {
-    let value = pvc_labels.get(key).or_else(|| ns_labels.get(key))?;
-    let v = value.trim();
-    if v.is_empty() || contract::OPT_OUT_VALUES.contains(&v.to_ascii_lowercase().as_str()) {
-        return None;
-    }
-    Some(v.to_string())
-}
-
 /// Whether the namespace is in scope of the include/exclude lists.
 pub fn namespace_in_scope(ns: &str, s: &PassSettings) -> bool {
     (s.include_namespaces.is_empty() || s.include_namespaces.iter().any(|n| n == ns))
@@ -258,29 +244,6 @@ pub fn history(annotations: &BTreeMap<String, String>) -> RunHistory {
         last_attempt: parse_time(annotations, contract::status::LAST_ATTEMPT),
         last_success: parse_time(annotations, contract::status::LAST_BACKUP),
     }
-}
-
-/// `UID` or `UID:GID`.
-pub fn parse_user(v: &str) -> Result<(i64, i64), String> {
-    let bad = || {
-        format!(
-            "{} {v:?} is not a user: expected UID or UID:GID, e.g. 1000 or 1000:1000",
-            user::MOVER_USER
-        )
-    };
-    let (u, g) = match v.trim().split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (v.trim(), None),
-    };
-    let uid: i64 = u.parse().map_err(|_| bad())?;
-    let gid: i64 = match g {
-        Some(g) => g.parse().map_err(|_| bad())?,
-        None => uid,
-    };
-    if uid < 0 || gid < 0 {
-        return Err(bad());
-    }
-    Ok((uid, gid))
 }
 
 /// Whom the mover runs as: the PVC annotation, else root-with-capabilities where the
@@ -440,7 +403,8 @@ pub fn plan(
             continue;
         }
         let ns = namespaces.get(&pvc.namespace).cloned().unwrap_or_default();
-        let Some(policy_name) = policy_of(&pvc.labels, &ns.labels, &settings.backup_label) else {
+        let Some(policy_name) = policy_of(&pvc.labels, Some(&ns.labels), &settings.backup_label)
+        else {
             continue;
         };
         let decision = decide_one(

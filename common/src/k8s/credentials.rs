@@ -16,6 +16,22 @@ use crate::location::Location;
 /// Domain separation: a derived password is useless for anything else.
 const DERIVATION_CONTEXT: &str = "stowage repository password v1";
 
+/// A Secret's value for `key`, as the programs read credentials: decoded (lossy
+/// UTF-8), trailing newlines dropped (a `kubectl create secret --from-file` of an
+/// edited file ends with one), `None` when absent or empty.
+pub fn secret_value(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .map(|v| {
+            String::from_utf8_lossy(&v.0)
+                .trim_end_matches('\n')
+                .to_string()
+        })
+        .filter(|v| !v.is_empty())
+}
+
 /// The repository's identity for derivation: for S3, `bucket/prefix` (so moving the
 /// endpoint or switching http/https keeps the password); for a local path, the path.
 pub fn repository_identity(repository: &str) -> String {
@@ -206,6 +222,19 @@ mod tests {
     // Computed independently: python3 -c "import hmac,hashlib; print(hmac.new(b'correct horse',
     // b'stowage repository password v1\\x00b/ns/pvc', hashlib.sha256).hexdigest())"
     const PINNED: &str = "b8e1393b2ba5862e2c5203f9636fff5e0c3e411e6c95c5d7935d433f834234f4";
+
+    #[test]
+    fn secret_values_are_decoded_without_trailing_newlines_and_empty_is_absent() {
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(serde_json::json!({
+                "data": {"a": "cGFzcwo=", "b": "", "c": "YQpiCgo="}
+            }))
+            .unwrap();
+        assert_eq!(secret_value(&secret, "a").as_deref(), Some("pass"));
+        assert_eq!(secret_value(&secret, "b"), None);
+        assert_eq!(secret_value(&secret, "c").as_deref(), Some("a\nb"));
+        assert_eq!(secret_value(&secret, "missing"), None);
+    }
 
     #[test]
     fn run_secret_carries_restic_variables() {

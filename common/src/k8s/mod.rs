@@ -7,10 +7,12 @@ pub mod credentials;
 pub mod events;
 pub mod grant;
 pub mod hooks;
+pub mod job_result;
 pub mod mover_job;
 pub mod naming;
 pub mod pod_security;
 pub mod policy;
+pub mod pvc;
 pub mod restore_kind;
 
 use crate::Error;
