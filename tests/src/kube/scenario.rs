@@ -119,4 +119,3 @@ pub async fn app_volume(
     let dir = std::path::PathBuf::from(pv.spec.unwrap().local.unwrap().path);
     (pvc, dir)
 }
-
