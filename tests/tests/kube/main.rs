@@ -14,6 +14,7 @@ use stowage_testkit::kube::scenario::{
 };
 
 mod flux;
+mod rbac;
 
 /// The control plane's own controllers act: a Job created through the API server gets
 /// its Pod from the real Job controller, with the ServiceAccount admission plugin's
