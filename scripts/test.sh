@@ -4,11 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-test-tools.sh
-# The tests on a real control plane (tests/tests/kube/) run these; warm, the script
-# only prints the paths.
+# The tests on a real control plane (tests/tests/kube/) run these; warm, the scripts
+# only print the paths.
 STOWAGE_KUBE_BIN="$(bash scripts/build-kube.sh)"
 STOWAGE_KUBE_CRDS="$(bash scripts/build-kube.sh --crds)"
-export STOWAGE_KUBE_BIN STOWAGE_KUBE_CRDS
+STOWAGE_FLUX_BIN="$(bash scripts/build-flux.sh)"
+export STOWAGE_KUBE_BIN STOWAGE_KUBE_CRDS STOWAGE_FLUX_BIN
 cargo fmt --all --check
 bash scripts/check-manifests.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,7 +1,8 @@
-//! Installing what users install, the way Flux installs it: `kustomize build` (the
-//! real kubectl's), Flux's `postBuild.substitute` on each object's YAML text, then a
-//! server-side apply to the real API server (CustomResourceDefinitions and Namespaces
-//! first, once established the rest).
+//! Installing what users install, the way Flux installs it: rendered by Flux's own
+//! code (`testbed/flux`: kustomize-controller's generator, `SecureBuild` and
+//! `SubstituteVariables` for `postBuild.substitute`, the normalization before its
+//! apply), then a server-side apply to the real API server (CustomResourceDefinitions
+//! and Namespaces first, once established the rest).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -96,94 +97,87 @@ pub fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> Out
     child.wait_with_output().expect("kubectl")
 }
 
-/// `kubectl kustomize dir`: the rendered YAML, or kubectl's error.
-pub fn kustomize(dir: &Path) -> Result<String, String> {
-    let out = Command::new(command("kubectl"))
-        .arg("kustomize")
-        .arg(dir)
+/// The Flux renderer of `testbed/flux` (kustomize-controller's build and
+/// `postBuild.substitute`, Flux's own Go code): `STOWAGE_FLUX_BIN` (set by
+/// `scripts/test.sh`), else what `scripts/build-flux.sh` prints (it builds the binary
+/// when its cache has none). There is no other renderer: without it the tests fail.
+pub fn flux_renderer() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("STOWAGE_FLUX_BIN") {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "STOWAGE_FLUX_BIN={} does not exist: run `bash scripts/build-flux.sh` and \
+                 set it to the path it prints",
+                p.display()
+            );
+            return p;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-flux.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed ({}): the shipped kustomizations are rendered with Flux's own code, \
+             built from Go modules (Go >= 1.26 and the Go module proxy)",
+            script.display(),
+            out.status
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// What Flux's kustomize-controller sends to the API server for a Flux Kustomization
+/// with `spec` whose `spec.path` is relative to `root` (the source's root): the
+/// kustomization generated from the spec, the build confined to `root`,
+/// `postBuild.substitute` on every object not annotated
+/// `kustomize.toolkit.fluxcd.io/substitute: disabled`, and the apply's normalization
+/// (`testbed/flux/main.go`). Returns the renderer's error text when Flux would fail.
+pub fn flux_render(root: &Path, spec: &Value) -> Result<Vec<Value>, String> {
+    flux_render_with(root, spec, false)
+}
+
+/// [`flux_render`] as a kustomize-controller with the feature gate
+/// `StrictPostBuildSubstitutions` renders: a variable without a default that
+/// `postBuild.substitute` does not set fails the build (instead of rendering empty).
+pub fn flux_render_strict(root: &Path, spec: &Value) -> Result<Vec<Value>, String> {
+    flux_render_with(root, spec, true)
+}
+
+fn flux_render_with(root: &Path, spec: &Value, strict: bool) -> Result<Vec<Value>, String> {
+    let ks = serde_json::json!({
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "metadata": {"name": "stowage", "namespace": "flux-system"},
+        "spec": spec,
+    });
+    let file = tempfile::NamedTempFile::new().expect("temporary file");
+    std::fs::write(file.path(), serde_json::to_vec(&ks).unwrap()).expect("write ks.yaml");
+    let bin = flux_renderer();
+    let out = Command::new(&bin)
+        .arg("build")
+        .arg(format!("--root={}", root.display()))
+        .arg(format!("--kustomization={}", file.path().display()))
+        .args(strict.then_some("--strict"))
         .output()
-        .expect("run kubectl kustomize");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).expect("utf-8 YAML"))
-    } else {
-        Err(format!(
-            "kubectl kustomize {}: {}",
-            dir.display(),
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    if !out.status.success() {
+        return Err(format!(
+            "Flux's build of {} (spec.path {}): {}",
+            root.display(),
+            spec["path"],
             String::from_utf8_lossy(&out.stderr)
-        ))
+        ));
     }
-}
-
-/// Flux's variable substitution (drone/envsubst as Flux configures it, not strict) on
-/// one object's YAML text: `${NAME}`, `${NAME:=default}`, `${NAME:-default}` (default
-/// when unset or empty), `${NAME=default}`, `${NAME-default}` (default when unset);
-/// an unset variable without default becomes empty; `$${` stays a literal `${`.
-pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        if let Some(after) = rest.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-            continue;
-        }
-        let Some(body_end) = rest.strip_prefix("${").and_then(|b| b.find('}')) else {
-            out.push('$');
-            rest = &rest[1..];
-            continue;
-        };
-        let body = &rest[2..2 + body_end];
-        let name_len = body
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(body.len());
-        let (name, op) = body.split_at(name_len);
-        let value = vars.get(name).map(String::as_str);
-        let resolved = if let Some(d) = op.strip_prefix(":=").or(op.strip_prefix(":-")) {
-            Some(value.filter(|v| !v.is_empty()).unwrap_or(d))
-        } else if let Some(d) = op.strip_prefix('=').or(op.strip_prefix('-')) {
-            Some(value.unwrap_or(d))
-        } else if op.is_empty() && !name.is_empty() {
-            Some(value.unwrap_or(""))
-        } else {
-            None
-        };
-        match resolved {
-            Some(v) => {
-                out.push_str(v);
-                rest = &rest[2 + body_end + 1..];
-            }
-            None => {
-                out.push('$');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The objects of a rendering, each substituted as Flux does it (objects annotated
-/// `kustomize.toolkit.fluxcd.io/substitute: disabled` are left alone).
-pub fn flux_objects(rendered: &str, vars: &BTreeMap<String, String>) -> Vec<Value> {
-    split_documents(rendered)
+    let text = String::from_utf8(out.stdout).expect("utf-8 YAML");
+    split_documents(&text)
         .into_iter()
-        .map(|doc| {
-            let obj: Value = serde_saphyr::from_str(doc).expect("kustomize's YAML parses");
-            let disabled = obj["metadata"]["annotations"][SUBSTITUTE_ANNOTATION] == "disabled";
-            if disabled {
-                obj
-            } else {
-                let text = substitute(doc, vars);
-                serde_saphyr::from_str(&text).unwrap_or_else(|e| {
-                    panic!(
-                        "{} {}: after Flux's substitution the YAML no longer parses: {e}",
-                        obj["kind"], obj["metadata"]["name"]
-                    )
-                })
-            }
-        })
+        .map(|doc| serde_saphyr::from_str(doc).map_err(|e| format!("Flux's YAML: {e}")))
         .collect()
 }
 
@@ -322,6 +316,27 @@ impl KustomizeTree {
         d
     }
 
+    /// [`flux_render`] of the kustomization directory `dir` of this tree with
+    /// `postBuild.substitute` set to `vars`, as a Flux Kustomization whose source is
+    /// the tree and whose `spec.path` is `dir`.
+    pub fn flux_build(
+        &self,
+        dir: &Path,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Vec<Value>, String> {
+        let path = dir
+            .strip_prefix(self.dir.path())
+            .unwrap_or_else(|_| panic!("{} is not in the tree", dir.display()));
+        flux_render(
+            self.dir.path(),
+            &serde_json::json!({
+                "path": format!("./{}", path.display()),
+                "prune": true,
+                "postBuild": {"substitute": vars},
+            }),
+        )
+    }
+
     /// The names of the components in `kustomize/components/`.
     pub fn components(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.root().join("components"))
@@ -445,7 +460,12 @@ pub fn app_kustomization(components: &[String]) -> String {
 /// user's credentials Secret.
 pub fn stowage(cp: &'static ControlPlane) -> &'static Stowage {
     static INSTALLED: std::sync::OnceLock<Stowage> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
+    INSTALLED.get_or_init(|| install_stowage(cp))
+}
+
+/// What [`stowage`] installs once per process, into `cp` (a test's own control plane).
+pub fn install_stowage(cp: &ControlPlane) -> Stowage {
+    {
         apply(cp, &third_party_crds()).unwrap_or_else(|e| panic!("{e}"));
         let g = crate::garage::shared();
         let bucket = g.bucket("kube");
@@ -473,7 +493,9 @@ pub fn stowage(cp: &'static ControlPlane) -> &'static Stowage {
         );
         let tree = KustomizeTree::copy();
         let dir = tree.kustomization("stowage", &app_kustomization(&app_components(&tree)));
-        let objects = flux_objects(&kustomize(&dir).unwrap_or_else(|e| panic!("{e}")), &vars);
+        let objects = tree
+            .flux_build(&dir, &vars)
+            .unwrap_or_else(|e| panic!("{e}"));
         apply(cp, &objects).unwrap_or_else(|e| panic!("{e}"));
         let master = "kube-test-master-password".to_string();
         let secret = serde_json::json!({
@@ -494,7 +516,7 @@ pub fn stowage(cp: &'static ControlPlane) -> &'static Stowage {
             objects,
             master,
         }
-    })
+    }
 }
 
 /// `kubectl create job --from=cronjob/<cronjob> <job> -n stowage`, as an operator
@@ -567,43 +589,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn substitutes_as_flux_does() {
-        let v = vars(&[("SET", "x"), ("EMPTY", "")]);
-        assert_eq!(substitute("a: ${SET}", &v), "a: x");
-        assert_eq!(substitute("a: ${UNSET}", &v), "a: ");
-        assert_eq!(substitute("a: ${UNSET:=17 * * * *}", &v), "a: 17 * * * *");
-        assert_eq!(substitute("a: ${EMPTY:=d}", &v), "a: d");
-        assert_eq!(substitute("a: ${EMPTY:-d}", &v), "a: d");
-        assert_eq!(substitute("a: ${EMPTY=d}", &v), "a: ");
-        assert_eq!(substitute("a: ${UNSET-d}", &v), "a: d");
-        assert_eq!(substitute("a: ${SET:=d}", &v), "a: x");
-        assert_eq!(substitute("a: ${UNSET:=}", &v), "a: ");
-        assert_eq!(substitute("a: $${SET} $5 $", &v), "a: ${SET} $5 $");
-    }
-
     #[test]
     fn splits_documents_and_skips_empty_ones() {
         let docs = split_documents("---\na: 1\n---\n# only a comment\n---\nb: 2\n");
         assert_eq!(docs, vec!["a: 1\n", "b: 2\n"]);
-    }
-
-    #[test]
-    fn leaves_objects_with_substitution_disabled_alone() {
-        let rendered = format!(
-            "kind: ConfigMap\nmetadata:\n  name: a\ndata:\n  x: ${{V:=1}}\n---\n\
-             kind: ConfigMap\nmetadata:\n  name: b\n  annotations:\n    {SUBSTITUTE_ANNOTATION}: disabled\ndata:\n  x: ${{V:=1}}\n"
-        );
-        let objs = flux_objects(&rendered, &BTreeMap::new());
-        assert_eq!(objs[0]["data"]["x"], 1);
-        assert_eq!(objs[1]["data"]["x"], "${V:=1}");
     }
 
     #[test]

@@ -273,6 +273,7 @@ pub struct ControlPlane {
     /// The run's directory: certificates, kubeconfigs, etcd's data, `logs/`.
     pub dir: PathBuf,
     logs: PathBuf,
+    audit_log: Option<PathBuf>,
     components: Mutex<Vec<Component>>,
     counter: AtomicU32,
     issuer: Mutex<Issuer<'static, KeyPair>>,
@@ -287,10 +288,29 @@ pub fn shared() -> &'static ControlPlane {
     SHARED.get_or_init(ControlPlane::start)
 }
 
+/// How a control plane differs from the default one of [`ControlPlane::start`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The API server writes an audit log (`--audit-policy-file`, `--audit-log-path`):
+    /// one JSON line per request at level `Metadata` (who, verb, object, response
+    /// code; no bodies) once it is answered, read with [`ControlPlane::audit_events`].
+    pub audit: bool,
+}
+
+/// The audit policy of [`Options::audit`]: every request at level `Metadata`, once
+/// its response is complete (or started, for a watch).
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\n\
+                            omitStages: [RequestReceived]\nrules:\n  - level: Metadata\n";
+
 impl ControlPlane {
     /// Starts etcd, the API server, the controller manager and the scheduler, and
     /// returns once each of them reports healthy.
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with(&Options::default())
+    }
+
+    /// [`ControlPlane::start`] with `options`.
+    pub fn start_with(options: &Options) -> ControlPlane {
         let bin = binary();
         let run_dir = tempfile::Builder::new()
             .prefix("stowage-kube-")
@@ -323,7 +343,7 @@ impl ControlPlane {
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let args = |a: &[String]| a.to_vec();
-        let plan: [(&'static str, Vec<String>); 4] = [
+        let mut plan: [(&'static str, Vec<String>); 4] = [
             (
                 "etcd",
                 args(&[
@@ -402,6 +422,19 @@ impl ControlPlane {
                 ]),
             ),
         ];
+        let audit_log = options.audit.then(|| logs.join("audit.log"));
+        if let Some(log) = &audit_log {
+            let policy = dir.join("audit-policy.yaml");
+            std::fs::write(&policy, AUDIT_POLICY).unwrap();
+            plan[1].1.extend([
+                format!("--audit-policy-file={}", s(&policy)),
+                format!("--audit-log-path={}", s(log)),
+                // The request waits for its event to be written: once a program's
+                // run is over, every request it made is in the log.
+                "--audit-log-mode=blocking".into(),
+                "--audit-log-format=json".into(),
+            ]);
+        }
         // The run's directory goes when the test process exits (the static is never
         // dropped): a shell waits for its stdin to close.
         let mut cleaner = Command::new("sh")
@@ -418,6 +451,7 @@ impl ControlPlane {
             admin_kubeconfig: admin,
             dir: dir.clone(),
             logs: logs.clone(),
+            audit_log,
             components: Mutex::new(Vec::new()),
             _cleaner: Mutex::new((cleaner, cleaner_stdin)),
             counter: AtomicU32::new(0),
@@ -513,6 +547,21 @@ impl ControlPlane {
     /// The directory of the components' logs.
     pub fn logs(&self) -> &Path {
         &self.logs
+    }
+
+    /// The API server's audit events so far (`audit.k8s.io/v1` Event objects, in the
+    /// order written); panics when the control plane was started without
+    /// [`Options::audit`].
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let log = self
+            .audit_log
+            .as_ref()
+            .expect("this control plane was started without an audit log (Options::audit)");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .collect()
     }
 
     /// A client of a cluster administrator, for the caller's runtime.
@@ -685,8 +734,13 @@ pub const LOCAL_CLASS: &str = "local";
 /// the shipped images, and the default class [`LOCAL_CLASS`].
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let cp = shared();
+    CLUSTER.get_or_init(|| Cluster::start(shared()))
+}
+
+impl Cluster {
+    /// What [`cluster`] starts, on the control plane `cp` (a test's own, for example
+    /// one with an audit log).
+    pub fn start(cp: &'static ControlPlane) -> Cluster {
         let binaries = kubelet::shipped_images()
             .into_iter()
             .map(|(image, bin)| (image, crate::bins::path(&bin)))
@@ -703,5 +757,5 @@ pub fn cluster() -> &'static Cluster {
             kubelet,
             storage,
         }
-    })
+    }
 }

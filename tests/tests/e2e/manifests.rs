@@ -501,112 +501,30 @@ fn no_unencrypted_secret_is_committed() {
 }
 
 // ---------------------------------------------------------------------------------
-// Rendered with `kubectl kustomize` (the kustomize Flux's kustomize-controller embeds),
-// then Flux's postBuild substitution as Flux does it.
+// Rendered by Flux's own code (`testbed/flux`, `stowage_testkit::kube::install`):
+// kustomize-controller's generator and build, `postBuild.substitute` in strict mode (a
+// variable without a default that is not set fails the test instead of rendering
+// empty), the normalization before its apply.
 
-/// kubectl: `$KUBECTL`, else the one `scripts/check-manifests.sh --install` puts in its
-/// tool cache, else `kubectl` on the PATH.
-fn kubectl() -> PathBuf {
-    if let Some(k) = std::env::var_os("KUBECTL") {
-        return k.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
-    if let Some(c) = cache {
-        let k = c.join("stowage-manifest-tools/bin/kubectl");
-        if k.exists() {
-            return k;
-        }
-    }
-    PathBuf::from("kubectl")
+/// The objects Flux applies for a Flux Kustomization whose `spec.path` is `dir` (in a
+/// [`scratch`] copy), with `spec` besides (`targetNamespace`, `components`, ...) and
+/// `postBuild.substitute` set to `vars`.
+fn render_flux(dir: &Path, spec: Value, vars: &BTreeMap<String, String>) -> Vec<Value> {
+    let root = dir
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "kustomize"))
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in a scratch copy of kustomize/", dir.display()));
+    let mut spec = spec;
+    spec["path"] = Value::from(format!("./{}", dir.strip_prefix(root).unwrap().display()));
+    spec["postBuild"] = serde_json::json!({"substitute": vars});
+    stowage_testkit::kube::install::flux_render_strict(root, &spec)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `kubectl kustomize dir`, one YAML text per object.
-fn kustomize_texts(dir: &Path) -> Vec<String> {
-    let out = std::process::Command::new(kubectl())
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): install it with `bash scripts/check-manifests.sh \
-                 --install` or set KUBECTL",
-                kubectl().display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut docs = vec![String::new()];
-    for line in text.lines() {
-        if line == "---" {
-            docs.push(String::new());
-        } else {
-            let d = docs.last_mut().unwrap();
-            d.push_str(line);
-            d.push('\n');
-        }
-    }
-    docs.retain(|d| !d.trim().is_empty());
-    docs
-}
-
-/// Flux's postBuild substitution (drone/envsubst forms `${NAME}`, `${NAME:=default}`,
-/// `${NAME:-default}`, `${NAME=default}`, `${NAME-default}`) in one object's YAML text:
-/// a variable set in `vars` wins, else the default; an unset variable without a default
-/// fails the test (Flux would render it empty).
-fn flux_substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let end = after.find('}').expect("unterminated ${");
-        let expr = &after[..end];
-        let name_end = expr
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(expr.len());
-        let (name, op) = expr.split_at(name_end);
-        let default = [":=", ":-", "=", "-"]
-            .iter()
-            .find_map(|o| op.strip_prefix(o));
-        assert!(
-            op.is_empty() || default.is_some(),
-            "unsupported substitution ${{{expr}}}"
-        );
-        match (vars.get(name), default) {
-            (Some(v), _) => out.push_str(v),
-            (None, Some(d)) => out.push_str(d),
-            (None, None) => panic!("${{{name}}} has no default and is not set"),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Rendered objects after Flux's substitution (objects annotated
-/// `kustomize.toolkit.fluxcd.io/substitute: disabled` are left alone, as Flux does).
+/// [`render_flux`] of `dir` with nothing else in the spec.
 fn render(dir: &Path, vars: &BTreeMap<String, String>) -> Vec<Value> {
-    kustomize_texts(dir)
-        .iter()
-        .map(|t| {
-            let obj: Value = serde_saphyr::from_str(t).unwrap();
-            if obj["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/substitute"]
-                == "disabled"
-            {
-                obj
-            } else {
-                serde_saphyr::from_str(&flux_substitute(t, vars))
-                    .unwrap_or_else(|e| panic!("after substitution: {e}\n{t}"))
-            }
-        })
-        .collect()
+    render_flux(dir, serde_json::json!({}), vars)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -853,15 +771,16 @@ fn app_and_components_render_into_another_namespace() {
         problems.join("\n")
     );
 
-    // Flux: path ./kustomize/app, targetNamespace, spec.components.
-    let mut flux = docs_of(&k.join("app/kustomization.yaml")).remove(0);
-    flux["namespace"] = Value::from(new);
-    flux["components"] = comps
-        .iter()
-        .map(|c| Value::from(format!("../components/{c}")))
-        .collect();
-    write_kustomization(&k.join("app"), &flux);
-    let targeted = render(&k.join("app"), &no_vars());
+    // Flux: path ./kustomize/app, targetNamespace, spec.components (Flux's generator
+    // writes them into the kustomization).
+    let targeted = render_flux(
+        &k.join("app"),
+        serde_json::json!({
+            "targetNamespace": new,
+            "components": comps.iter().map(|c| format!("../components/{c}")).collect::<Vec<_>>(),
+        }),
+        &no_vars(),
+    );
     let problems = references_to_namespace(&targeted, &s.system_namespace, new);
     assert!(
         problems.is_empty(),

@@ -13,6 +13,9 @@ use stowage_testkit::kube::scenario::{
     app_volume, finished_job, first_with_labels, job_has, restricted_pod_spec,
 };
 
+mod flux;
+mod rbac;
+
 /// The control plane's own controllers act: a Job created through the API server gets
 /// its Pod from the real Job controller, with the ServiceAccount admission plugin's
 /// token volume, in a namespace that enforces Pod Security `restricted`.
@@ -205,10 +208,9 @@ async fn the_app_with_every_component_installs_on_a_real_api_server() {
         "mover-network-policy",
         &format!("namespace: {app_ns}\ncomponents: [../../components/mover-network-policy]\n"),
     );
-    let objects = install::flux_objects(
-        &install::kustomize(&dir).unwrap_or_else(|e| panic!("{e}")),
-        &installed.vars,
-    );
+    let objects = tree
+        .flux_build(&dir, &installed.vars)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!objects.is_empty());
     install::apply(cp, &objects).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(existing(cp, &objects).len(), objects.len());
@@ -231,8 +233,9 @@ async fn the_app_rendered_into_another_namespace_binds_its_own_service_accounts(
             install::app_kustomization(&install::app_components(&tree))
         ),
     );
-    let rendered = install::kustomize(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let objects = install::flux_objects(&rendered, &installed.vars);
+    let objects = tree
+        .flux_build(&dir, &installed.vars)
+        .unwrap_or_else(|e| panic!("{e}"));
     let dangling = install::dangling_subjects(&objects);
     assert!(
         dangling.is_empty(),
