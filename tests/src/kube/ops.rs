@@ -17,12 +17,12 @@ use k8s_openapi::api::events::v1::Event;
 use super::scenario::{finished_job, first_with_labels, job_has};
 use super::{Cluster, ControlPlane, WAIT, install};
 
-/// The operations scenarios take turns: a gc pass works on every repository of the
-/// cluster (it would prune or lock one under another scenario's mover, and meet the
-/// fault proxy of another), so the scenarios that start gc, movers or faults hold this.
-pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
+/// The operations scenarios take turns, and run alone on the shared install: a gc pass
+/// works on every repository of the cluster (it would prune or lock one under another
+/// scenario's mover, and meet the fault proxy of another), so the scenarios that start
+/// gc, movers or faults hold this ([`super::scenario::gc_turn`]).
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    super::scenario::gc_turn().await
 }
 
 /// Runs kubectl as the administrator; panics with its stderr if it fails.

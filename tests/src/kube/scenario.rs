@@ -119,3 +119,23 @@ pub async fn app_volume(
     let dir = std::path::PathBuf::from(pv.spec.unwrap().local.unwrap().path);
     (pvc, dir)
 }
+
+/// Turns on the shared install between gc and the movers: a gc pass works on every
+/// repository of the shared bucket and prunes under an exclusive lock, so a mover that
+/// starts then fails `Locked` (exit 11; in a cluster the next pass retries it). A
+/// scenario that runs movers on the shared install holds [`movers_turn`] (any number
+/// at once), one that runs gc holds [`gc_turn`] (alone).
+fn turns() -> &'static tokio::sync::RwLock<()> {
+    static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+    &TURNS
+}
+
+/// See [`turns`]: for scenarios that run movers on the shared install.
+pub async fn movers_turn() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    turns().read().await
+}
+
+/// See [`turns`]: for scenarios that run gc on the shared install.
+pub async fn gc_turn() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    turns().write().await
+}

@@ -663,7 +663,12 @@ fn gc_may_only_get_secrets() {
         .filter(|g| g.user == user && g.resources.iter().any(|r| r == "secrets" || r == "*"))
         .collect();
     assert_eq!(secrets.len(), 1, "one rule for Secrets: {secrets:?}");
-    assert_eq!(secrets[0].verbs, vec!["get".to_string()], "{:?}", secrets[0]);
+    assert_eq!(
+        secrets[0].verbs,
+        vec!["get".to_string()],
+        "{:?}",
+        secrets[0]
+    );
 }
 
 /// A Pending PVC that names the stowage kind.

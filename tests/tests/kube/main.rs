@@ -352,6 +352,7 @@ async fn a_mover_job_backs_up_a_node_local_volume_into_garage() {
 async fn fresh_install_the_scheduler_backs_up_an_opted_in_pvc() {
     use stowage_common::k8s::contract::status;
 
+    let _turn = stowage_testkit::kube::scenario::movers_turn().await;
     let c = cluster::cluster();
     let cp = c.cp;
     let scope = cp.scope("fresh");
