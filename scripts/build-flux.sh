@@ -7,6 +7,7 @@
 #
 #   bin="$(bash scripts/build-flux.sh)"     # .../stowage/flux-<hash>/stowage-flux
 #   "$bin" build --root . --kustomization ks.yaml
+#   bash scripts/build-flux.sh --cached     # the path if built, else exit 1
 set -euo pipefail
 cd "$(dirname "$0")/../testbed/flux"
 
@@ -18,6 +19,8 @@ if [ -x "$bin" ]; then
   echo "$bin"
   exit 0
 fi
+# --cached: the path if built, else exit 1 (builds nothing).
+[ "${1:-}" = "--cached" ] && exit 1
 
 if ! command -v go >/dev/null; then
   echo "go is not installed: the Flux renderer of the end-to-end tests is built from Go modules (Go >= 1.26)" >&2

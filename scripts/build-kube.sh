@@ -8,6 +8,7 @@
 #   bin="$(bash scripts/build-kube.sh)"          # .../stowage/kube-<hash>/stowage-kube
 #   "$bin" kubectl version --client              # or the symlinks beside it: etcd, kubectl, ...
 #   crds="$(bash scripts/build-kube.sh --crds)"  # .../stowage/crds-<hash>/
+#   bash scripts/build-kube.sh --cached          # the path if built, else exit 1
 set -euo pipefail
 cd "$(dirname "$0")/../testbed/kube"
 
@@ -23,6 +24,15 @@ need_go() {
 
 # The CRDs: a directory of YAML files, keyed by crds.txt.
 crds="$base/crds-$(sha256sum crds.txt | cut -c1-16)"
+hash="$(cat go.mod go.sum ./*.go | sha256sum | cut -c1-16)"
+cache="$base/kube-$hash"
+bin="$cache/stowage-kube"
+# --cached: the binary's path if it and the CRDs are built, else exit 1 (builds nothing).
+if [ "${1:-}" = "--cached" ]; then
+  [ -x "$bin" ] && [ -d "$crds" ] || exit 1
+  echo "$bin"
+  exit 0
+fi
 if ! [ -d "$crds" ]; then
   need_go
   mkdir -p "$base"
@@ -40,9 +50,6 @@ if [ "${1:-}" = "--crds" ]; then
   exit 0
 fi
 
-hash="$(cat go.mod go.sum ./*.go | sha256sum | cut -c1-16)"
-cache="$base/kube-$hash"
-bin="$cache/stowage-kube"
 if [ -x "$bin" ]; then
   echo "$bin"
   exit 0

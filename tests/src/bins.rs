@@ -4,14 +4,17 @@
 
 use std::path::PathBuf;
 
-/// `target/<profile>/<name>`; panics with what to do when it was not built.
+/// `target/<profile>/<name>`, found from the running executable: a test binary lives
+/// in `target/<profile>/deps/`, a binary of the workspace (the demo) next to the
+/// others. Panics with what to do when it was not built.
 pub fn path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test binary>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("test binary lives in target/<profile>/deps");
+    let here = exe.parent().expect("the executable's directory");
+    let beside = here.join(name);
+    if beside.exists() {
+        return beside;
+    }
+    let dir = here.parent().unwrap_or(here);
     let p = dir.join(name);
     assert!(
         p.exists(),
