@@ -598,14 +598,23 @@ impl ControlPlane {
     }
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        // Closing the keeper shells' stdin ends the components (last started first).
+impl ControlPlane {
+    /// Stops every component (last started first), as a cluster that is destroyed:
+    /// its API server and etcd are gone; a control plane that lives for the rest of
+    /// the process (a `'static` one) ends this way.
+    pub fn stop(&self) {
+        // Closing the keeper shells' stdin ends the components.
         let mut cs = self.components.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut c) = cs.pop() {
             drop(c._stdin);
             let _ = c.child.wait();
         }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

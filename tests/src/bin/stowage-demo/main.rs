@@ -1,12 +1,17 @@
-//! stowage-demo: the whole promise on a fresh machine, in the cluster simulator. Three
+//! stowage-demo: the whole promise on a fresh machine, in the cluster simulator (or, with
+//! `--control-plane`, on a real Kubernetes control plane: `real.rs`). Three
 //! apps get volumes (a fresh install: empty), write data and are backed up; the cluster
 //! is wiped; the same PVCs are applied again, and each comes back with its data before
 //! any app could start. Real stowage-scheduler, stowage-mover and stowage-prewarm
 //! binaries; repositories in a local directory (no S3 account needed).
 //!
-//! Run: `scripts/demo.sh` (one `cargo build --release` of the four programs, then this
-//! binary, which finds the others next to itself). Options: `--work-dir DIR` (where the
-//! repositories go; default: a new directory under the system's temporary directory).
+//! Run: `scripts/demo.sh` (one `cargo build --release` of the programs, then this
+//! binary, which finds the others next to itself; it passes `--control-plane` when the
+//! test bed is built). Options: `--work-dir DIR` (simulator: where the repositories go;
+//! default: a new directory under the system's temporary directory), `--control-plane`,
+//! `--simulator` (the default).
+
+mod real;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,15 +26,20 @@ use stowage_testkit::fakeapi::Store;
 use stowage_testkit::sim::{Cluster, ClusterOptions, NodeSpec, PvcSpec, StorageClassSpec, digest};
 use stowage_testkit::trees;
 
-const APPS: [(&str, &str, &str); 3] = [
+pub(crate) const APPS: [(&str, &str, &str); 3] = [
     ("db", "pg-data", "node-a"),
     ("db", "pg-wal", "node-b"),
     ("media", "library", "node-a"),
 ];
 const WAIT: Duration = Duration::from_secs(180);
-const PROGRAMS: [&str; 3] = ["stowage-mover", "stowage-scheduler", "stowage-prewarm"];
+const PROGRAMS: [&str; 4] = [
+    "stowage-mover",
+    "stowage-scheduler",
+    "stowage-prewarm",
+    "stowage-gc",
+];
 
-fn say(s: impl AsRef<str>) {
+pub(crate) fn say(s: impl AsRef<str>) {
     println!("{}", s.as_ref());
 }
 
@@ -247,38 +257,49 @@ fn fill(dir: &Path, seed: u64) {
     let _ = std::os::unix::fs::symlink("sub/blob.bin", dir.join("latest-blob"));
 }
 
-fn short(s: &str) -> &str {
+pub(crate) fn short(s: &str) -> &str {
     s.get(..12).unwrap_or(s)
 }
 
-/// `--work-dir DIR`: the directory under which the demo's own (temporary) directory
-/// goes; default: the system's temporary directory.
-fn work_parent() -> Result<PathBuf, String> {
+/// Where the demo runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bed {
+    Simulator,
+    ControlPlane,
+}
+
+const USAGE: &str = "usage: stowage-demo [--work-dir DIR] [--control-plane | --simulator]  \
+                     (run it with scripts/demo.sh)";
+
+/// The command line: `--work-dir DIR` (the directory under which the simulator's
+/// demo directory goes; default: the system's temporary directory) and the bed.
+fn args() -> Result<(PathBuf, Bed), String> {
     let mut args = std::env::args().skip(1);
     let mut dir = std::env::temp_dir();
+    let mut bed = Bed::Simulator;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--work-dir" => {
                 dir = PathBuf::from(args.next().ok_or("--work-dir needs a directory")?);
             }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: stowage-demo [--work-dir DIR]  (run it with scripts/demo.sh)".into(),
-                );
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: stowage-demo [--work-dir DIR]"
-                ));
-            }
+            "--control-plane" => bed = Bed::ControlPlane,
+            "--simulator" => bed = Bed::Simulator,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
-    Ok(dir)
+    Ok((dir, bed))
 }
 
 async fn run() -> Result<bool, String> {
-    let parent = work_parent()?;
+    let (parent, bed) = args()?;
     let bins = binaries()?;
+    if bed == Bed::ControlPlane {
+        // The test kit panics with what failed; a task turns that into an error.
+        return tokio::spawn(real::run())
+            .await
+            .map_err(|e| format!("the demo on the control plane stopped: {e}"))?;
+    }
     let work = tempfile::Builder::new()
         .prefix("stowage-demo-")
         .tempdir_in(&parent)
