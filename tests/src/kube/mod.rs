@@ -32,6 +32,7 @@ use crate::free_port;
 
 pub mod install;
 pub mod kubelet;
+pub mod populate;
 pub mod scenario;
 pub mod storage;
 

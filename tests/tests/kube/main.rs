@@ -3,6 +3,8 @@
 //! Go modules by `scripts/build-kube.sh`. These tests fail, never skip, when the
 //! binary cannot be had.
 
+mod populate;
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, PostParams};
