@@ -440,7 +440,7 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
             .get(pc::prime::FOR_UID)
             .cloned()
             .unwrap_or_default();
-        if pending_uids.contains(for_uid.as_str()) || prime.metadata.deletion_timestamp.is_some() {
+        if pending_uids.contains(for_uid.as_str()) {
             continue;
         }
         // A PV that still names the prime would be reclaimed with it: only delete once
@@ -451,17 +451,32 @@ pub async fn round(ctx: &Ctx, now: Timestamp, report: &mut Report) -> Result<()>
         } else {
             "its PVC no longer waits for a volume"
         };
-        delete_prime(ctx, &prime.name_any(), why, report).await;
-        if abandoned {
-            // A restore still running for a deleted PVC would only keep the prime
-            // volume busy: its Job goes (with its pod and per-run Secret).
-            for j in jobs.items.iter().filter(|j| {
-                j.labels().get(label::PVC_UID) == Some(&for_uid)
-                    && j.metadata.deletion_timestamp.is_none()
-            }) {
-                delete_job(ctx, &j.name_any(), report).await;
-            }
+        if prime.metadata.deletion_timestamp.is_none() {
+            delete_prime(ctx, &prime.name_any(), why, report).await;
         }
+    }
+    // Restore Jobs of PVCs that no longer wait go too (with their pods and per-run
+    // Secrets): a restore still running would only keep the prime volume busy, and a
+    // finished one's pod still names the prime PVC, which the PVC protection controller
+    // keeps Terminating for as long as such a pod exists (the Job's
+    // ttlSecondsAfterFinished).
+    for j in jobs
+        .items
+        .iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+    {
+        let Some(for_uid) = j.labels().get(label::PVC_UID) else {
+            continue;
+        };
+        if pending_uids.contains(for_uid.as_str()) {
+            continue;
+        }
+        let why = if live_uids.contains(for_uid) {
+            "its PVC no longer waits for a volume"
+        } else {
+            "its PVC was deleted"
+        };
+        delete_job(ctx, &j.name_any(), why, report).await;
     }
 
     let mut classes: BTreeMap<String, Option<ClassFacts>> = BTreeMap::new();
@@ -1182,12 +1197,12 @@ async fn delete_prime(ctx: &Ctx, name: &str, why: &str, report: &mut Report) {
     }
 }
 
-async fn delete_job(ctx: &Ctx, name: &str, report: &mut Report) {
+async fn delete_job(ctx: &Ctx, name: &str, why: &str, report: &mut Report) {
     match Api::<Job>::namespaced(ctx.client.clone(), ctx.ns())
         .delete(name, &DeleteParams::background())
         .await
     {
-        Ok(_) => tracing::info!(job = %name, "restore Job of a deleted PVC deleted"),
+        Ok(_) => tracing::info!(job = %name, "restore Job deleted: {why}"),
         Err(e) if is_status(&e, 404) => {}
         Err(e) => {
             report.errors.insert(describe_kube_error(
@@ -1552,8 +1567,28 @@ async fn hand_over(
             ));
         }
     }
-    // c. The prime PVC no longer owns the PV: deleting it leaves the volume alone.
+    // c. The prime PVC no longer owns the PV: deleting it leaves the volume alone. Its
+    //    restore Job goes with it: the finished pod names the prime PVC, which the
+    //    PVC protection controller keeps Terminating while such a pod exists.
     delete_prime(ctx, &prime.name, "volume handed over", report).await;
+    let selector = format!("{}={}", label::PVC_UID, u.uid);
+    match Api::<Job>::namespaced(ctx.client.clone(), ctx.ns())
+        .list(&ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(jobs) => {
+            for j in jobs.items {
+                delete_job(ctx, &j.name_any(), "volume handed over", report).await;
+            }
+        }
+        // The next round with the prime still Terminating deletes them.
+        Err(e) => {
+            report.errors.insert(describe_kube_error(
+                &e,
+                &format!("list jobs {} -l {selector}", ctx.ns()),
+            ));
+        }
+    }
     let (reason, msg, what) = match &prime.snapshot {
         Some(id) => (
             pc::reason::RESTORED,

@@ -438,7 +438,7 @@ async fn an_api_error_at_each_call_of_a_populate_fails_clearly_and_the_next_roun
     assert!(w.primes().is_empty(), "the prime is gone after the re-run");
     assert_eq!(w.events("db", pc::reason::RESTORED), 1, "one hand-over");
     assert_eq!(w.events("db", pc::reason::BOUND_EMPTY), 0);
-    assert_eq!(w.jobs().len(), 1, "one restore Job in all");
+    assert!(w.jobs().is_empty(), "the restore Job goes with its prime");
 }
 
 /// The Restore object names another PVC's backups; reading it fails (500). The PVC's
@@ -565,4 +565,29 @@ fn a_hung_api_and_a_failed_index_write_fail_the_run_clearly_and_a_rerun_converge
         cm.data.unwrap()[pc::INDEX_KEY].contains("\"db\""),
         "the index lists the repository"
     );
+}
+
+/// Once the volume is handed over and the user PVC is bound, the restore Job goes with
+/// the prime PVC: its finished pod names the prime, and on a real cluster the PVC
+/// protection controller keeps a PVC Terminating while a pod bound to a node names it
+/// (found on the real control plane: the prime PVCs stayed for the Job's day-long TTL).
+#[tokio::test]
+async fn the_restore_job_goes_with_the_prime_pvc_once_the_volume_is_handed_over() {
+    let w = World::new();
+    w.backup("db");
+    w.pvc("db", None);
+    let ctx = w.ctx();
+    w.ok_round(&ctx).await;
+    w.bind_primes();
+    w.ok_round(&ctx).await;
+    let jobs = w.jobs();
+    assert_eq!(jobs.len(), 1, "one restore Job");
+    w.finish(jobs[0].metadata.name.as_deref().unwrap());
+    w.ok_round(&ctx).await;
+    assert!(w.handed_over("db"));
+    w.bind_user("db");
+    let r = w.ok_round(&ctx).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(w.primes().is_empty(), "prime PVC deleted");
+    assert!(w.jobs().is_empty(), "restore Job deleted with it");
 }

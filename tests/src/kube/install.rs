@@ -460,15 +460,88 @@ pub fn app_kustomization(components: &[String]) -> String {
 /// user's credentials Secret.
 pub fn stowage(cp: &'static ControlPlane) -> &'static Stowage {
     static INSTALLED: std::sync::OnceLock<Stowage> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| install_stowage(cp))
+    INSTALLED.get_or_init(|| stowage_with(cp, &Options::default()))
 }
 
-/// What [`stowage`] installs once per process, into `cp` (a test's own control plane).
+/// What an install of [`stowage_with`] differs in.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The bucket (in the shared Garage); `None`: a new one.
+    pub bucket: Option<String>,
+    /// Whether the user's credentials Secret is applied with the app.
+    pub secret: bool,
+    /// Settings patched into `stowage-settings` (as a user patches them).
+    pub settings: Vec<(String, String)>,
+}
+
+/// The master password of every install of the test kit.
+pub const MASTER_PASSWORD: &str = "kube-test-master-password";
+
+/// prewarm's run shortened for tests (a run polls every second for 20 seconds, a
+/// storage class probe waits 10 seconds, a failed restore is retried after 2): the
+/// shipped values (50, 2, 60, 30) are for a CronJob every minute.
+pub fn prewarm_test_settings() -> Vec<(String, String)> {
+    [
+        ("STOWAGE_RUN_SECONDS", "20"),
+        ("STOWAGE_POLL_SECONDS", "1"),
+        ("STOWAGE_PROBE_SECONDS", "10"),
+        ("STOWAGE_RESTORE_BACKOFF_SECONDS", "2"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec()
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            bucket: None,
+            secret: true,
+            settings: prewarm_test_settings(),
+        }
+    }
+}
+
+/// A kustomization patch that adds `settings` to `stowage-settings`.
+pub fn settings_patch(settings: &[(String, String)]) -> String {
+    let ops: String = settings
+        .iter()
+        .map(|(k, v)| format!("    - op: add\n      path: /data/{k}\n      value: \"{v}\"\n"))
+        .collect();
+    if ops.is_empty() {
+        return String::new();
+    }
+    format!("- target: {{kind: ConfigMap, name: stowage-settings}}\n  patch: |\n{ops}")
+}
+
+/// The user's credentials Secret of `installed`, applied.
+pub fn credentials_secret(cp: &ControlPlane, installed: &Stowage) {
+    let g = crate::garage::shared();
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+        "stringData": {
+            "master-password": installed.master,
+            "mover-access-key-id": g.access_key,
+            "mover-secret-access-key": g.secret_key,
+            "gc-access-key-id": g.access_key,
+            "gc-secret-access-key": g.secret_key,
+        },
+    });
+    apply(cp, &[secret]).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// [`stowage_with`] the default [`Options`], into `cp` (a test's own control plane).
 pub fn install_stowage(cp: &ControlPlane) -> Stowage {
+    stowage_with(cp, &Options::default())
+}
+
+/// Installs [`Stowage`] into `cp` as `options` say (the third-party CRDs too): what
+/// [`stowage`] does once per process, for a test's own control plane.
+pub fn stowage_with(cp: &ControlPlane, options: &Options) -> Stowage {
     {
         apply(cp, &third_party_crds()).unwrap_or_else(|e| panic!("{e}"));
         let g = crate::garage::shared();
-        let bucket = g.bucket("kube");
+        let bucket = options.bucket.clone().unwrap_or_else(|| g.bucket("kube"));
         let mut vars = example_substitute();
         let port = g
             .endpoint
@@ -492,30 +565,28 @@ pub fn install_stowage(cp: &ControlPlane) -> Stowage {
             format!("http://127.0.0.1:{}", pushgateway_sink()),
         );
         let tree = KustomizeTree::copy();
-        let dir = tree.kustomization("stowage", &app_kustomization(&app_components(&tree)));
+        let dir = tree.kustomization(
+            "stowage",
+            &format!(
+                "{}{}",
+                app_kustomization(&app_components(&tree)),
+                settings_patch(&options.settings)
+            ),
+        );
         let objects = tree
             .flux_build(&dir, &vars)
             .unwrap_or_else(|e| panic!("{e}"));
         apply(cp, &objects).unwrap_or_else(|e| panic!("{e}"));
-        let master = "kube-test-master-password".to_string();
-        let secret = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-            "stringData": {
-                "master-password": master,
-                "mover-access-key-id": g.access_key,
-                "mover-secret-access-key": g.secret_key,
-                "gc-access-key-id": g.access_key,
-                "gc-secret-access-key": g.secret_key,
-            },
-        });
-        apply(cp, &[secret]).unwrap_or_else(|e| panic!("{e}"));
-        Stowage {
+        let installed = Stowage {
             bucket,
             vars,
             objects,
-            master,
+            master: MASTER_PASSWORD.to_string(),
+        };
+        if options.secret {
+            credentials_secret(cp, &installed);
         }
+        installed
     }
 }
 

@@ -33,6 +33,7 @@ use crate::free_port;
 pub mod install;
 pub mod kubelet;
 pub mod ops;
+pub mod populate;
 pub mod scenario;
 pub mod storage;
 

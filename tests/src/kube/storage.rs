@@ -5,6 +5,11 @@
 //! binds it. Claims with a `dataSourceRef` or `dataSource` are left alone (a populator
 //! or a CSI clone would fill them: this provisioner makes only empty volumes). A
 //! Released PV of reclaim policy Delete is removed with its directory.
+//!
+//! [`NAIVE_PROVISIONER`] is the same storage in the manner of rancher local-path: it
+//! provisions every claim of its classes, a claim with a foreign `dataSourceRef` too
+//! (empty: it does not implement the populator contract), which is what prewarm's
+//! storage-class probe must find out.
 
 use std::path::{Path, PathBuf};
 
@@ -39,17 +44,46 @@ pub enum Decision {
     Provision { node: String },
 }
 
+/// The provisioner name of the classes of the naive provisioner (in the manner of
+/// rancher local-path, under a name that no list of prewarm knows: only its probe can
+/// judge it).
+pub const NAIVE_PROVISIONER: &str = "naive.stowage.test/local-path";
+
+/// How a provisioner treats claims: its name, and whether it leaves claims with a
+/// data source to their populator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    pub provisioner: &'static str,
+    pub respects_populators: bool,
+}
+
+/// The node-local provisioner in the manner of OpenEBS LocalPV ([`PROVISIONER`]).
+pub const LOCAL_PV: Style = Style {
+    provisioner: PROVISIONER,
+    respects_populators: true,
+};
+/// The provisioner in the manner of rancher local-path ([`NAIVE_PROVISIONER`]).
+pub const LOCAL_PATH: Style = Style {
+    provisioner: NAIVE_PROVISIONER,
+    respects_populators: false,
+};
+
 /// The decision for `pvc` (pure: the claim and the class's binding mode).
 pub fn decide(pvc: &PersistentVolumeClaim, default_node: &str) -> Decision {
+    decide_as(LOCAL_PV, pvc, default_node)
+}
+
+/// The decision of a provisioner of `style` for `pvc`.
+pub fn decide_as(style: Style, pvc: &PersistentVolumeClaim, default_node: &str) -> Decision {
     let ann = pvc.metadata.annotations.clone().unwrap_or_default();
     let spec = pvc.spec.clone().unwrap_or_default();
-    if ann.get(STORAGE_PROVISIONER).map(String::as_str) != Some(PROVISIONER)
+    if ann.get(STORAGE_PROVISIONER).map(String::as_str) != Some(style.provisioner)
         || spec.volume_name.is_some()
         || pvc.metadata.deletion_timestamp.is_some()
     {
         return Decision::Ignore;
     }
-    if spec.data_source_ref.is_some() || spec.data_source.is_some() {
+    if style.respects_populators && (spec.data_source_ref.is_some() || spec.data_source.is_some()) {
         return Decision::Foreign;
     }
     // The PV controller hands a WaitForFirstConsumer claim over only once the
@@ -75,7 +109,24 @@ impl Provisioner {
         default_node: &str,
         classes: Vec<StorageClass>,
     ) -> Provisioner {
-        let root = cp.dir.join("volumes");
+        Provisioner::start_as(cp, LOCAL_PV, default_node, classes)
+    }
+
+    /// [`Provisioner::start`] for a provisioner of `style` (volumes under
+    /// `<control plane dir>/volumes/<provisioner>/`: one per provisioner).
+    pub fn start_as(
+        cp: &'static ControlPlane,
+        style: Style,
+        default_node: &str,
+        classes: Vec<StorageClass>,
+    ) -> Provisioner {
+        let root = if style == LOCAL_PV {
+            cp.dir.join("volumes")
+        } else {
+            cp.dir
+                .join("volumes")
+                .join(style.provisioner.replace('/', "_"))
+        };
         std::fs::create_dir_all(&root).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -96,8 +147,8 @@ impl Provisioner {
                 }
             }
             let _ = ready_tx.send(());
-            tokio::spawn(reclaim(client.clone(), r.clone()));
-            provision(client, r, node).await;
+            tokio::spawn(reclaim(client.clone(), r.clone(), style));
+            provision(client, r, node, style).await;
         });
         ready_rx
             .recv()
@@ -108,26 +159,38 @@ impl Provisioner {
 
 /// A StorageClass of this provisioner (`WaitForFirstConsumer` unless `immediate`).
 pub fn storage_class(name: &str, default: bool, immediate: bool) -> StorageClass {
+    class_of(LOCAL_PV, name, default, immediate, "Delete")
+}
+
+/// A StorageClass of a provisioner of `style` with reclaim policy `reclaim`.
+pub fn class_of(
+    style: Style,
+    name: &str,
+    default: bool,
+    immediate: bool,
+    reclaim: &str,
+) -> StorageClass {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": {
             "storageclass.kubernetes.io/is-default-class": if default { "true" } else { "false" }}},
-        "provisioner": PROVISIONER,
-        "reclaimPolicy": "Delete",
+        "provisioner": style.provisioner,
+        "reclaimPolicy": reclaim,
         "volumeBindingMode": if immediate { "Immediate" } else { "WaitForFirstConsumer" },
     }))
     .unwrap()
 }
 
-async fn provision(client: Client, root: PathBuf, default_node: String) {
+async fn provision(client: Client, root: PathBuf, default_node: String, style: Style) {
     let pvcs = Api::<PersistentVolumeClaim>::all(client.clone());
     let pvs = Api::<PersistentVolume>::all(client.clone());
+    let classes = Api::<StorageClass>::all(client.clone());
     let mut stream = watcher(pvcs, watcher::Config::default())
         .default_backoff()
         .applied_objects()
         .boxed();
     while let Some(pvc) = stream.next().await {
         let Ok(pvc) = pvc else { continue };
-        let Decision::Provision { node } = decide(&pvc, &default_node) else {
+        let Decision::Provision { node } = decide_as(style, &pvc, &default_node) else {
             continue;
         };
         let uid = pvc.metadata.uid.clone().unwrap_or_default();
@@ -137,18 +200,29 @@ async fn provision(client: Client, root: PathBuf, default_node: String) {
             continue;
         }
         let spec = pvc.spec.clone().unwrap_or_default();
+        // The class's reclaim policy, as a provisioner gives it to its volumes.
+        let reclaim = match &spec.storage_class_name {
+            Some(c) => classes
+                .get_opt(c)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| c.reclaim_policy)
+                .unwrap_or_else(|| "Delete".into()),
+            None => "Delete".into(),
+        };
         let size = spec
             .resources
             .and_then(|r| r.requests)
             .and_then(|r| r.get("storage").cloned());
         let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": {PROVISIONED_BY: PROVISIONER}},
+            "metadata": {"name": name, "annotations": {PROVISIONED_BY: style.provisioner}},
             "spec": {
                 "capacity": {"storage": size},
                 "accessModes": spec.access_modes,
                 "volumeMode": spec.volume_mode.unwrap_or_else(|| "Filesystem".into()),
                 "storageClassName": spec.storage_class_name,
-                "persistentVolumeReclaimPolicy": "Delete",
+                "persistentVolumeReclaimPolicy": reclaim,
                 "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                              "namespace": pvc.metadata.namespace, "name": pvc.metadata.name, "uid": uid},
                 "local": {"path": dir.display().to_string()},
@@ -163,7 +237,7 @@ async fn provision(client: Client, root: PathBuf, default_node: String) {
 }
 
 /// Deletes Released PVs of this provisioner with policy Delete, and their directories.
-async fn reclaim(client: Client, root: PathBuf) {
+async fn reclaim(client: Client, root: PathBuf, style: Style) {
     let pvs = Api::<PersistentVolume>::all(client);
     let mut stream = watcher(pvs.clone(), watcher::Config::default())
         .default_backoff()
@@ -176,7 +250,7 @@ async fn reclaim(client: Client, root: PathBuf) {
             .annotations
             .as_ref()
             .and_then(|a| a.get(PROVISIONED_BY))
-            .is_some_and(|p| p == PROVISIONER);
+            .is_some_and(|p| p == style.provisioner);
         let spec = pv.spec.clone().unwrap_or_default();
         let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
         if !ours || !released || spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete")
@@ -232,6 +306,23 @@ mod tests {
         );
         let populated =
             json!({"dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore", "name": "r"}});
-        assert_eq!(decide(&pvc(&[ours], populated), "n"), Decision::Foreign);
+        assert_eq!(
+            decide(&pvc(&[ours], populated.clone()), "n"),
+            Decision::Foreign
+        );
+        // In the manner of rancher local-path: provisioned all the same (empty).
+        let naive = (STORAGE_PROVISIONER, NAIVE_PROVISIONER);
+        assert_eq!(
+            decide_as(
+                LOCAL_PATH,
+                &pvc(&[naive, (SELECTED_NODE, "b")], populated),
+                "a"
+            ),
+            Decision::Provision { node: "b".into() }
+        );
+        assert_eq!(
+            decide_as(LOCAL_PATH, &pvc(&[ours], json!({})), "a"),
+            Decision::Ignore
+        );
     }
 }

@@ -187,6 +187,8 @@ fn names_and_keys_are_the_ones_common_defines() {
         app::STOWAGE,
         "stowage-mover",
         secret_keys_run::CA_CERT,
+        // prewarm deletes the volumes of its storage-class probes by their claim's name.
+        contract::prewarm::probe::NAME_PREFIX,
     ] {
         assert!(
             vap.contains(needle),

@@ -770,6 +770,16 @@ async fn a_restore_killed_halfway_is_completed_and_never_bound_half_done() {
     let killed = w
         .cluster
         .kill_pod("stowage", pod.metadata.name.as_deref().unwrap());
+    // The restore Job as it finished (it goes with the prime PVC once handed over).
+    let job = w
+        .cluster
+        .wait_for(WAIT, |s| {
+            s.list::<Job>(Some("stowage"))
+                .into_iter()
+                .find(|j| j.status.as_ref().and_then(|s| s.succeeded) == Some(1))
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{}\n{}", w.last_prewarm_log(), w.cluster.all_pod_logs()));
     w.cluster
         .wait_for(WAIT, |s| bound(s, "db", "pg").then_some(()))
         .await
@@ -778,13 +788,12 @@ async fn a_restore_killed_halfway_is_completed_and_never_bound_half_done() {
     let _ = prewarm.wait().await;
     assert!(killed, "the restore was still running when killed");
     assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
-    let job: Vec<Job> = w.cluster.store().list(Some("stowage"));
-    assert_eq!(job.len(), 1);
     assert_eq!(
-        job[0].status.as_ref().unwrap().failed,
+        job.status.as_ref().unwrap().failed,
         Some(1),
         "one pod killed, the retry finished"
     );
+    assert_eq!(w.events("db", "pg", pc::reason::RESTORE_STARTED).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -815,8 +824,11 @@ async fn prewarm_killed_between_restore_and_hand_over_is_continued() {
     w.populate(&[("db", "pg")]).await;
     assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
     assert!(w.primes().is_empty());
-    let jobs: Vec<Job> = w.cluster.store().list(Some("stowage"));
-    assert_eq!(jobs.len(), 1, "the restore ran once");
+    assert_eq!(
+        w.events("db", "pg", pc::reason::RESTORE_STARTED).len(),
+        1,
+        "the restore ran once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1130,22 +1142,24 @@ async fn populate_with_the_pvcs_own_volsync_secret() {
             }
         })))
         .unwrap();
+    // The per-run Secret, while its restore Job runs (both go once the volume is
+    // handed over): only restic's and S3's keys, the Secret's own password, owned by
+    // the restore Job.
+    let (job, sec) = w
+        .prewarm_until("the restore Job and its Secret", |s| {
+            let jobs: Vec<Job> = s.list(Some("stowage"));
+            let job = jobs.into_iter().next()?;
+            let sec: Secret = s.get("stowage", job.metadata.name.as_deref()?)?;
+            Some((job, sec))
+        })
+        .await;
+    assert_eq!(w.cluster.store().list::<Job>(Some("stowage")).len(), 1);
     w.populate(&[("db", "pg")]).await;
     assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
     assert_eq!(
         w.ann("db", "pg", pc::status::RESTORED_FROM).as_deref(),
         Some(repo.as_str())
     );
-    // The per-run Secret: only restic's and S3's keys, the Secret's own password, owned
-    // by the restore Job.
-    let jobs: Vec<Job> = w.cluster.store().list(Some("stowage"));
-    assert_eq!(jobs.len(), 1);
-    let job = &jobs[0];
-    let sec: Secret = w
-        .cluster
-        .store()
-        .get("stowage", job.metadata.name.as_deref().unwrap())
-        .expect("per-run Secret");
     let data = sec.data.unwrap();
     let keys: Vec<&str> = data.keys().map(String::as_str).collect();
     assert_eq!(

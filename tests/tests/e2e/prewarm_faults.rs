@@ -260,8 +260,15 @@ fn bound_only_when_restored(
         .get::<PersistentVolumeClaim>(ns, pvc)
         .and_then(|p| p.metadata.uid)
         .unwrap_or_default();
+    // Its restore Job completed, or went with the prime PVC once it had (the hand-over
+    // recorded what was restored).
+    let jobs = jobs_of(s, &uid);
+    let recorded = s
+        .get::<PersistentVolumeClaim>(ns, pvc)
+        .and_then(|p| p.metadata.annotations)
+        .is_some_and(|a| a.contains_key(status::POPULATED_FROM));
     assert!(
-        jobs_of(s, &uid).iter().any(complete),
+        jobs.iter().any(complete) || (jobs.is_empty() && recorded),
         "{case}: {ns}/{pvc} bound before its restore Job completed"
     );
     assert_eq!(
@@ -665,12 +672,21 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
                     "{case}: the mover was running"
                 );
                 drop(pause);
+                // The restore Job as it finished (it goes with the prime once handed over).
+                let job = w
+                    .cluster
+                    .wait_for(WAIT, |s| {
+                        jobs_of(s, &uid)
+                            .into_iter()
+                            .find(|j| j.status.as_ref().and_then(|s| s.succeeded) == Some(1))
+                    })
+                    .await
+                    .unwrap_or_else(|_| panic!("{case}: the restore Job did not finish"));
                 populated(&w, "staging", &pvc, &expected, &case, &log).await;
                 stop(child).await;
-                let jobs = jobs_of(store, &uid);
-                assert_eq!(jobs.len(), 1, "{case}");
+                assert!(jobs_of(store, &uid).len() <= 1, "{case}");
                 assert_eq!(
-                    jobs[0].status.as_ref().unwrap().failed,
+                    job.status.as_ref().unwrap().failed,
                     Some(1),
                     "{case}: one pod killed, the retry finished"
                 );
@@ -684,7 +700,10 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
             let (child, log) = w.spawn_prewarm();
             populated_as(&w, "staging", &pvc, &expected, &case, &log, event_lost).await;
             stop(child).await;
-            assert_eq!(jobs_of(store, &uid).len(), 1, "{case}: one restore Job");
+            assert!(
+                jobs_of(store, &uid).len() <= 1,
+                "{case}: at most the one restore Job (it goes with its prime)"
+            );
         }
         let p: PersistentVolumeClaim = store.get("staging", &pvc).unwrap();
         assert_eq!(

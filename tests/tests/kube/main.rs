@@ -4,6 +4,7 @@
 //! binary cannot be had.
 
 mod operations;
+mod populate;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};

@@ -1,0 +1,594 @@
+//! Zero-touch restore on the real control plane: PVCs whose `spec.dataSourceRef` names
+//! the `Restore` kind, populated by the real `stowage-prewarm` run as users run it
+//! (`kubectl create job --from=cronjob/stowage-prewarm`, as its ServiceAccount, through
+//! the shipped RBAC and the admission policy), with the real PV controller and
+//! scheduler holding the app's pod until its volume is bound. The same scenarios on
+//! the simulator are `tests/tests/prewarm_e2e.rs`. prewarm's run is shortened by
+//! settings of the install (`install::prewarm_test_settings`).
+
+use std::collections::BTreeMap;
+use stowage_testkit::kube::scenario::movers_turn;
+
+use serde_json::json;
+use stowage_common::k8s::contract::{prewarm as pc, reason, status, user};
+use stowage_testkit::kube::install::{self, Options};
+use stowage_testkit::kube::populate::{Env, Order, fill, naive_class, running};
+use stowage_testkit::kube::{LOCAL_CLASS, NODES};
+use stowage_testkit::sim::digest;
+
+/// A fresh install: the PVC names the `Restore` kind and no backup exists. prewarm
+/// binds it empty (annotation and Event `BoundEmpty`), the app's pod starts only once
+/// it is bound, and the scheduler's first backup of it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_install_binds_empty_through_the_populator_then_the_first_backup_follows() {
+    let _turn = movers_turn().await;
+    let env = Env::shared();
+    let _scope = env.c.cp.scope("populate-fresh");
+    let ns = env.c.cp.unique_name("populate-fresh");
+    env.namespace(&ns, &[]).await;
+    let order = Order::record(&env, &[&ns]).await;
+    env.apply_app(&ns, "data", LOCAL_CLASS, "data", NODES[0])
+        .await;
+    env.populate(&[(&ns, "data")]).await;
+    assert_eq!(
+        env.ann(&ns, "data", pc::status::BOUND_EMPTY)
+            .await
+            .as_deref(),
+        Some(pc::EMPTY_NO_BACKUP)
+    );
+    assert_eq!(env.ann(&ns, "data", status::POPULATED_FROM).await, None);
+    assert_eq!(
+        env.events(&ns, "data", pc::reason::BOUND_EMPTY).await.len(),
+        1
+    );
+    assert!(env.primes_for(&ns, "data").await.is_empty());
+    let dir = env.dir(&ns, "data").await;
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "empty");
+    running(&env, &[(&ns, "app-data".to_string())]).await;
+    let (bound, started) = (order.bound(&ns, "data"), order.started(&ns, "app-data"));
+    assert!(
+        bound.is_some() && bound < started,
+        "the app's pod was bound to a node (revision {started:?}) only after its PVC (revision {bound:?})"
+    );
+
+    // The app writes; the scheduler backs it up (no history: no guard in the way).
+    fill(&dir, 1);
+    let log = env.backup(&[&ns]).await;
+    assert_eq!(
+        env.ann(&ns, "data", status::LAST_RESULT).await.as_deref(),
+        Some("Succeeded"),
+        "{log}\n{}",
+        env.logs(&[&ns])
+    );
+    assert_eq!(env.snapshots(&ns, "data").len(), 1);
+}
+
+/// A cluster rebuild: PVCs in two namespaces, on both nodes of a WaitForFirstConsumer
+/// node-local class, backed up; then a new control plane (a new etcd) with the same
+/// bucket, stowage and the apps re-applied. A scheduler run before prewarm starts no
+/// backup; prewarm restores every PVC identical in content and metadata before its
+/// app's pod is bound to a node, records `stowage.io/populated-from`, leaves no prime
+/// PVC; the next backups continue each history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_rebuild_restores_every_pvc_before_its_app_starts_and_before_any_backup() {
+    let _turn = movers_turn().await;
+    let old = Env::shared();
+    let _old_scope = old.c.cp.scope("populate-rebuild");
+    let (db, web) = (
+        old.c.cp.unique_name("rebuild-db"),
+        old.c.cp.unique_name("rebuild-web"),
+    );
+    let apps = [
+        (db.as_str(), "pg-data", NODES[0]),
+        (db.as_str(), "pg-wal", NODES[1]),
+        (web.as_str(), "uploads", NODES[0]),
+    ];
+    let namespaces = [db.as_str(), web.as_str()];
+    for ns in namespaces {
+        old.namespace(ns, &[]).await;
+    }
+    for (ns, pvc, node) in apps {
+        old.apply_app(ns, pvc, LOCAL_CLASS, pvc, node).await;
+    }
+    let keys: Vec<(&str, &str)> = apps.iter().map(|(n, p, _)| (*n, *p)).collect();
+    old.populate(&keys).await;
+    for (i, (ns, pvc, _)) in apps.iter().enumerate() {
+        fill(&old.dir(ns, pvc).await, i as u64);
+    }
+    let log = old.backup(&namespaces).await;
+    let mut before = BTreeMap::new();
+    for (ns, pvc, _) in apps {
+        assert_eq!(
+            old.ann(ns, pvc, status::LAST_RESULT).await.as_deref(),
+            Some("Succeeded"),
+            "{log}"
+        );
+        before.insert(
+            (ns, pvc),
+            (
+                digest::entries(&old.dir(ns, pvc).await),
+                old.ann(ns, pvc, status::LAST_SNAPSHOT).await.unwrap(),
+            ),
+        );
+    }
+    // The old cluster is gone (for these apps: the shared one serves other tests).
+    for ns in namespaces {
+        old.delete_namespace(ns).await;
+    }
+
+    // The rebuild: a new etcd, the same S3 bucket, stowage and the apps from Git.
+    let new = Env::new(&Options {
+        bucket: Some(old.installed.bucket.clone()),
+        ..Options::default()
+    });
+    let _scope = new.c.cp.scope("populate-rebuilt");
+    for ns in namespaces {
+        new.namespace(ns, &[]).await;
+    }
+    let order = Order::record(&new, &namespaces).await;
+    for (ns, pvc, node) in apps {
+        new.apply_app(ns, pvc, LOCAL_CLASS, pvc, node).await;
+    }
+    // The scheduler runs before prewarm: no backup may race the restore.
+    let early = new.run("stowage-scheduler").await;
+    assert!(early.ok(), "{}", early.log);
+    for ns in namespaces {
+        assert!(
+            new.backup_jobs(ns).await.is_empty(),
+            "no backup of a PVC being restored\n{}",
+            early.log
+        );
+    }
+    new.populate(&keys).await;
+    for (ns, pvc, _) in apps {
+        let (entries, snap) = &before[&(ns, pvc)];
+        assert_eq!(
+            &digest::entries(&new.dir(ns, pvc).await),
+            entries,
+            "{ns}/{pvc}"
+        );
+        assert_eq!(
+            new.ann(ns, pvc, status::POPULATED_FROM).await.as_ref(),
+            Some(snap)
+        );
+        assert_eq!(new.events(ns, pvc, pc::reason::RESTORED).await.len(), 1);
+        assert_eq!(
+            new.events(ns, pvc, pc::reason::RESTORE_STARTED).await.len(),
+            1
+        );
+        assert!(new.primes_for(ns, pvc).await.is_empty(), "prime PVC gone");
+    }
+    let pods: Vec<(&str, String)> = apps
+        .iter()
+        .map(|(ns, pvc, _)| (*ns, format!("app-{pvc}")))
+        .collect();
+    running(&new, &pods).await;
+    for (ns, pvc, _) in apps {
+        let (bound, started) = (
+            order.bound(ns, pvc),
+            order.started(ns, &format!("app-{pvc}")),
+        );
+        assert!(
+            bound.is_some() && bound < started,
+            "{ns}/app-{pvc} was bound to a node (revision {started:?}) before its PVC was \
+             bound (revision {bound:?})"
+        );
+    }
+    // Backups continue the history (the first-backup guard lets populated PVCs through).
+    let log = new.backup(&namespaces).await;
+    for (ns, pvc, _) in apps {
+        assert_eq!(
+            new.ann(ns, pvc, status::LAST_RESULT).await.as_deref(),
+            Some("Succeeded"),
+            "{log}\n{}",
+            new.logs(&namespaces)
+        );
+        assert_eq!(new.snapshots(ns, pvc).len(), 2, "{ns}/{pvc}");
+    }
+}
+
+/// Restore into another namespace: refused until the source namespace grants it
+/// (`stowage.io/grant-repositories-to`), then the latest snapshot and, as of a point
+/// in time, the first; then the app is deleted and re-added and gets the latest back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_added() {
+    let _turn = movers_turn().await;
+    let env = Env::shared();
+    let _scope = env.c.cp.scope("populate-grant");
+    let (db, staging) = (
+        env.c.cp.unique_name("grant-db"),
+        env.c.cp.unique_name("grant-staging"),
+    );
+    env.namespace(&db, &[]).await;
+    env.apply_app(&db, "pg", LOCAL_CLASS, "pg", NODES[0]).await;
+    env.populate(&[(&db, "pg")]).await;
+    let dir = env.dir(&db, "pg").await;
+    std::fs::write(dir.join("v"), "version 1").unwrap();
+    env.backup(&[&db]).await;
+    std::fs::write(dir.join("v"), "version 2").unwrap();
+    env.annotate_pvc(&db, "pg", &[(user::BACKUP_NOW, "1")])
+        .await;
+    let log = env.backup(&[&db]).await;
+    let snaps = env.snapshots(&db, "pg");
+    assert_eq!(snaps.len(), 2, "{log}");
+    let first_time: jiff::Timestamp = snaps
+        .iter()
+        .map(|s| s["time"].as_str().unwrap().to_string())
+        .min()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Staging gets prod's latest; "yesterday" gets the first snapshot.
+    env.namespace(&staging, &[]).await;
+    let restore = |name: &str, spec: serde_json::Value| {
+        json!({"apiVersion": "stowage.io/v1alpha1", "kind": "Restore",
+               "metadata": {"name": name, "namespace": staging}, "spec": spec})
+    };
+    install::apply(
+        env.c.cp,
+        &[
+            restore(
+                "from-prod",
+                json!({"sourceNamespace": db, "sourcePvc": "pg"}),
+            ),
+            restore(
+                "as-of",
+                json!({"sourceNamespace": db, "sourcePvc": "pg", "asOf": first_time.to_string()}),
+            ),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    env.apply_claim(&staging, "pg-copy", LOCAL_CLASS, "from-prod", false)
+        .await;
+    env.apply_pod(&staging, "pg-copy", NODES[1]).await;
+    env.apply_claim(&staging, "pg-old", LOCAL_CLASS, "as-of", false)
+        .await;
+    env.apply_pod(&staging, "pg-old", NODES[1]).await;
+    // prod has not granted staging its data: refused, with the fix.
+    let hint =
+        format!("kubectl annotate namespace {db} stowage.io/grant-repositories-to={staging}");
+    {
+        let (env, staging, hint) = (env, staging.clone(), hint.clone());
+        env.prewarm_until("cross-namespace restores refused", true, move || {
+            let (staging, hint) = (staging.clone(), hint.clone());
+            async move {
+                for pvc in ["pg-copy", "pg-old"] {
+                    let refused = env
+                        .events(&staging, pvc, pc::reason::RESTORE_NOT_GRANTED)
+                        .await
+                        .iter()
+                        .any(|n| n.contains(&hint));
+                    if !refused {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+    }
+    for pvc in ["pg-copy", "pg-old"] {
+        assert!(!env.bound(&staging, pvc).await, "{pvc} waits for the grant");
+        assert!(
+            env.primes_for(&staging, pvc).await.is_empty(),
+            "nothing read before the grant"
+        );
+    }
+    let out = install::kubectl(
+        env.c.cp,
+        &[
+            "annotate",
+            "namespace",
+            &db,
+            &format!("stowage.io/grant-repositories-to={staging}"),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.populate(&[(&staging, "pg-copy"), (&staging, "pg-old")])
+        .await;
+    let read = |d: std::path::PathBuf| std::fs::read_to_string(d.join("v")).unwrap();
+    assert_eq!(read(env.dir(&staging, "pg-copy").await), "version 2");
+    assert_eq!(read(env.dir(&staging, "pg-old").await), "version 1");
+    assert_eq!(
+        env.ann(&staging, "pg-copy", pc::status::RESTORED_FROM)
+            .await,
+        Some(env.repository(&db, "pg"))
+    );
+
+    // The app is deleted and re-added (same name, new PVC): the latest comes back.
+    env.delete_app(&db, "pg").await;
+    env.apply_app(&db, "pg", LOCAL_CLASS, "pg", NODES[1]).await;
+    env.populate(&[(&db, "pg")]).await;
+    assert_eq!(read(env.dir(&db, "pg").await), "version 2");
+    assert!(env.ann(&db, "pg", status::POPULATED_FROM).await.is_some());
+}
+
+/// A namespace (re)created after the backup index was built: its PVC is restored from
+/// the backup the index holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_created_after_the_backup_was_indexed() {
+    let _turn = movers_turn().await;
+    let env = Env::shared();
+    let _scope = env.c.cp.scope("populate-index");
+    let ns = env.c.cp.unique_name("indexed");
+    env.namespace(&ns, &[]).await;
+    env.apply_app(&ns, "pg", LOCAL_CLASS, "pg", NODES[0]).await;
+    env.populate(&[(&ns, "pg")]).await;
+    fill(&env.dir(&ns, "pg").await, 7);
+    env.backup(&[&ns]).await;
+    let expected = digest::entries(&env.dir(&ns, "pg").await);
+    env.delete_namespace(&ns).await;
+    // The index is rebuilt (an operator drops it: the next prewarm run builds it anew)
+    // while the namespace does not exist.
+    let out = install::kubectl(
+        env.c.cp,
+        &[
+            "delete",
+            "configmap",
+            "-n",
+            "stowage",
+            "stowage-index",
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let needle = format!("\"{ns}\"");
+    env.prewarm_until("the index holds the backup", true, || {
+        let needle = needle.clone();
+        async move {
+            use k8s_openapi::api::core::v1::ConfigMap;
+            kube::Api::<ConfigMap>::namespaced(env.client().await, "stowage")
+                .get_opt("stowage-index")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|cm| cm.data?.get(pc::INDEX_KEY).cloned())
+                .is_some_and(|i| i.contains(&needle))
+        }
+    })
+    .await;
+    // Then the namespace and its PVC appear.
+    env.namespace(&ns, &[]).await;
+    env.apply_app(&ns, "pg", LOCAL_CLASS, "pg", NODES[1]).await;
+    env.populate(&[(&ns, "pg")]).await;
+    assert_eq!(digest::entries(&env.dir(&ns, "pg").await), expected);
+    assert!(env.ann(&ns, "pg", status::POPULATED_FROM).await.is_some());
+}
+
+/// The credentials Secret is missing (a cluster of its own: every other scenario uses
+/// the shared install's Secret): one clear Event, the PVC waits and is never bound
+/// empty; wrong S3 keys: the storage gives no clear answer, the PVC still waits; the
+/// right Secret: it binds (empty: no backup exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_credentials_secret_keeps_the_pvc_pending_until_it_exists() {
+    let env = Env::new(&Options {
+        secret: false,
+        ..Options::default()
+    });
+    let _scope = env.c.cp.scope("populate-secret");
+    let ns = "app";
+    env.namespace(ns, &[]).await;
+    env.apply_app(ns, "data", LOCAL_CLASS, "data", NODES[0])
+        .await;
+    let run = env
+        .prewarm_until("the missing Secret reported", false, || async move {
+            !env.events(ns, "data", reason::CREDENTIALS_MISSING)
+                .await
+                .is_empty()
+        })
+        .await;
+    // The run goes on polling: still one Event, not one per round.
+    let missing = env.events(ns, "data", reason::CREDENTIALS_MISSING).await;
+    assert_eq!(missing.len(), 1, "{}", run.log);
+    assert!(
+        missing[0].contains("stowage/stowage-credentials"),
+        "{}",
+        missing[0]
+    );
+    assert!(
+        !env.bound(ns, "data").await,
+        "never bound empty on an error"
+    );
+    assert!(env.primes_for(ns, "data").await.is_empty());
+
+    // Wrong S3 keys: no clear answer from the storage.
+    let bad = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+        "stringData": {"master-password": install::MASTER_PASSWORD,
+                       "mover-access-key-id": "GKbad", "mover-secret-access-key": "bad"},
+    });
+    install::apply(env.c.cp, &[bad]).unwrap_or_else(|e| panic!("{e}"));
+    env.prewarm_until("the unavailable storage reported", false, || async move {
+        !env.events(ns, "data", pc::reason::SOURCE_UNAVAILABLE)
+            .await
+            .is_empty()
+    })
+    .await;
+    assert!(!env.bound(ns, "data").await);
+    assert!(env.primes_for(ns, "data").await.is_empty());
+
+    // Fixed: it binds (no backup exists: empty, on the storage's clear answer).
+    let out = install::kubectl(
+        env.c.cp,
+        &["delete", "secret", "-n", "stowage", "stowage-credentials"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    install::credentials_secret(env.c.cp, env.installed);
+    env.populate(&[(ns, "data")]).await;
+    assert_eq!(
+        env.ann(ns, "data", pc::status::BOUND_EMPTY)
+            .await
+            .as_deref(),
+        Some(pc::EMPTY_NO_BACKUP)
+    );
+}
+
+/// A storage class in the manner of rancher local-path (it provisions claims that
+/// carry a foreign `dataSourceRef`, empty) under a provisioner name no list knows:
+/// prewarm's probe judges it unsafe, removes its probe (the volume too: the class
+/// retains released volumes), emits the Event on the waiting PVC, and never binds an
+/// empty volume for it although its backup exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_that_ignores_populators_is_judged_unsafe_and_never_bound_empty() {
+    let _turn = movers_turn().await;
+    let env = Env::shared();
+    let _scope = env.c.cp.scope("populate-unsafe");
+    let class = naive_class();
+    let ns = env.c.cp.unique_name("unsafe");
+    env.namespace(&ns, &[]).await;
+    // A backup of the volume exists.
+    env.apply_app(&ns, "data", LOCAL_CLASS, "data", NODES[0])
+        .await;
+    env.populate(&[(&ns, "data")]).await;
+    fill(&env.dir(&ns, "data").await, 3);
+    env.backup(&[&ns]).await;
+    assert_eq!(env.snapshots(&ns, "data").len(), 1);
+    env.delete_app(&ns, "data").await;
+    // Re-added on the naive class (no consumer yet: the provisioner waits for one).
+    env.apply_claim(&ns, "data", class, "data", true).await;
+    {
+        let ns = ns.clone();
+        env.prewarm_until("class judged unsafe, probe cleaned up", true, move || {
+            let ns = ns.clone();
+            async move {
+                !env.events(&ns, "data", pc::reason::UNSAFE_STORAGE_CLASS)
+                    .await
+                    .is_empty()
+                    && env.probe_leftovers(class).await.is_empty()
+            }
+        })
+        .await;
+    }
+    assert_eq!(env.verdict(class).await.as_deref(), Some("unsafe"));
+    let refused = env
+        .events(&ns, "data", pc::reason::UNSAFE_STORAGE_CLASS)
+        .await;
+    assert!(
+        refused.iter().any(
+            |m| m.contains(stowage_testkit::kube::storage::NAIVE_PROVISIONER)
+                && m.contains("probe")
+        ),
+        "{refused:?}"
+    );
+    assert!(!env.bound(&ns, "data").await, "never bound empty");
+    assert_eq!(env.ann(&ns, "data", pc::status::BOUND_EMPTY).await, None);
+    assert!(
+        env.primes_for(&ns, "data").await.is_empty(),
+        "never populated"
+    );
+}
+
+/// The admission policy (shipped component `admission-policy`, in the shared install)
+/// on the real API server, for prewarm's ServiceAccount: it may delete the volume of
+/// one of its probe PVCs (what prewarm does when the probed class retains released
+/// volumes), and no other volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_policy_lets_prewarm_delete_only_the_volumes_of_its_probes() {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use kube::api::{Api, DeleteParams, PostParams};
+
+    let _turn = movers_turn().await;
+    let env = Env::shared();
+    let _scope = env.c.cp.scope("populate-policy");
+    let admin = env.client().await;
+    // prewarm as the API server knows it: its ServiceAccount's name and groups (a
+    // client certificate of the cluster CA with that name).
+    let prewarm = stowage_testkit::kube::client_from(&env.c.cp.kubeconfig_for(
+        "system:serviceaccount:stowage:stowage-prewarm",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:stowage",
+            "system:authenticated",
+        ],
+    ))
+    .await;
+    // The policy is in force once the API server has loaded it (it type-checks what
+    // it loaded: the status' observed generation).
+    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+    let loaded = kube::runtime::wait::await_condition(
+        Api::<ValidatingAdmissionPolicy>::all(admin.clone()),
+        "stowage-service-accounts",
+        |p: Option<&ValidatingAdmissionPolicy>| {
+            p.is_some_and(|p| {
+                p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
+            })
+        },
+    );
+    tokio::time::timeout(stowage_testkit::kube::WAIT, loaded)
+        .await
+        .expect("the admission policy loaded")
+        .expect("watch");
+    let pvs = Api::<PersistentVolume>::all(admin);
+    let pv = |name: &str, claim_ns: &str, claim: &str| -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain",
+                     "storageClassName": "policy-test",
+                     "hostPath": {"path": "/nonexistent"},
+                     "claimRef": {"namespace": claim_ns, "name": claim}},
+        }))
+        .unwrap()
+    };
+    let probe_pv = env.c.cp.unique_name("policy-probe-pv");
+    let user_pv = env.c.cp.unique_name("policy-user-pv");
+    pvs.create(
+        &PostParams::default(),
+        &pv(&probe_pv, "stowage", "stowage-probe-policy-test"),
+    )
+    .await
+    .expect("create PV");
+    pvs.create(&PostParams::default(), &pv(&user_pv, "app", "data"))
+        .await
+        .expect("create PV");
+    let as_prewarm = Api::<PersistentVolume>::all(prewarm);
+    // The API server enforces a new binding once its admission plugin has loaded it,
+    // which no object's status tells: asked with server-side dry runs until denied
+    // (nothing is deleted).
+    let dry = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::background()
+    };
+    let deadline = std::time::Instant::now() + stowage_testkit::kube::WAIT;
+    while as_prewarm.delete(&user_pv, &dry).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admission policy is not enforced"
+        );
+        // Polling the API server's own state: there is no event to await.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    as_prewarm
+        .delete(&probe_pv, &DeleteParams::background())
+        .await
+        .unwrap_or_else(|e| panic!("prewarm may delete its probe's volume: {e}"));
+    match as_prewarm
+        .delete(&user_pv, &DeleteParams::background())
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            // A ValidatingAdmissionPolicy denies as Invalid (422) unless it says otherwise.
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains("stowage-service-accounts"), "{e:?}");
+        }
+        other => panic!("prewarm deleted a volume that is not its probe's: {other:?}"),
+    }
+    let _ = pvs.delete(&user_pv, &DeleteParams::background()).await;
+}
