@@ -931,7 +931,16 @@ async fn probe_classes(
                         .expect("a ConfigMap");
                         match cms.create(&PostParams::default(), &cm).await {
                             Ok(_) => Ok(()),
-                            // Created by a second run meanwhile: the next round patches.
+                            // Created by another run meanwhile (two runs judged the
+                            // first class at once): it exists now, so patch it.
+                            Err(e) if is_status(&e, 409) => cms
+                                .patch(
+                                    pc::probe::CONFIGMAP,
+                                    &PatchParams::default(),
+                                    &Patch::Merge(&patch),
+                                )
+                                .await
+                                .map(|_| ()),
                             Err(e) => Err(e),
                         }
                     }

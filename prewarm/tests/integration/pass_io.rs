@@ -534,6 +534,60 @@ async fn probes_judge_unknown_classes_record_the_verdict_and_clean_up() {
     assert_eq!(w.events("x", pc::reason::UNSAFE_STORAGE_CLASS), 1, "once");
 }
 
+/// Two prewarm runs judge the first class at once: the one whose ConfigMap create
+/// meets the other's (409 AlreadyExists) patches it instead of failing its run.
+#[tokio::test]
+async fn a_verdict_configmap_created_by_another_run_meanwhile_is_patched() {
+    use stowage_testkit::fakeapi::Fault;
+    let w = World::new();
+    w.api.put::<StorageClass>(
+        json!({"metadata": {"name": "odd"}, "provisioner": "example.com/naive",
+               "volumeBindingMode": "Immediate"}),
+    );
+    w.api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": "x", "namespace": "app"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "odd",
+                 "resources": {"requests": {"storage": "1Gi"}},
+                 "dataSourceRef": {"apiGroup": "stowage.io", "kind": "Restore", "name": "x"}}
+    }));
+    let ctx = w.ctx(&w.base());
+    let t0 = Timestamp::now();
+    pass::round(&ctx, t0, &mut Report::default()).await.unwrap();
+    let probe: PersistentVolumeClaim = w.api.store().get(NS, "stowage-probe-odd").unwrap();
+    w.api
+        .put::<PersistentVolume>(json!({"metadata": {"name": "pv-probe"},
+               "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"],
+                        "hostPath": {"path": "/tmp/x"}, "storageClassName": "odd",
+                        "claimRef": {"namespace": NS, "name": "stowage-probe-odd",
+                                     "uid": probe.metadata.uid}}}));
+    // This run finds no ConfigMap (the other run's create lands right after).
+    w.api.inject(
+        Fault::error(
+            404,
+            "NotFound",
+            "configmaps \"stowage-storage-classes\" not found",
+        )
+        .verb("patch")
+        .resource("configmaps")
+        .name(pc::probe::CONFIGMAP)
+        .times(1),
+    );
+    let mut r = Report::default();
+    pass::round(&ctx, t0 + jiff::SignedDuration::from_secs(5), &mut r)
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.class_verdicts["odd"], ("example.com/naive".into(), false));
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        w.api.store().get(NS, pc::probe::CONFIGMAP).unwrap();
+    let data = cm.data.unwrap();
+    assert!(data["odd"].contains("\"unsafe\""), "{data:?}");
+    assert!(
+        data.contains_key("local"),
+        "the other run's verdicts stay: {data:?}"
+    );
+}
+
 #[tokio::test]
 async fn lookups_beyond_the_pass_budget_wait_for_the_next_round() {
     let w = World::new();

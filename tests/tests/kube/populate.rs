@@ -22,13 +22,12 @@ use stowage_testkit::sim::digest;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_install_binds_empty_through_the_populator_then_the_first_backup_follows() {
     let _turn = movers_turn().await;
-    let env = Env::shared();
+    let env = Env::shared().await;
     let _scope = env.c.cp.scope("populate-fresh");
     let ns = env.c.cp.unique_name("populate-fresh");
     env.namespace(&ns, &[]).await;
     let order = Order::record(&env, &[&ns]).await;
-    env.apply_app(&ns, "data", LOCAL_CLASS, "data", NODES[0])
-        .await;
+    env.apply_new_app(&ns, "data", NODES[0]).await;
     env.populate(&[(&ns, "data")]).await;
     assert_eq!(
         env.ann(&ns, "data", pc::status::BOUND_EMPTY)
@@ -53,6 +52,7 @@ async fn fresh_install_binds_empty_through_the_populator_then_the_first_backup_f
 
     // The app writes; the scheduler backs it up (no history: no guard in the way).
     fill(&dir, 1);
+    env.opt_in(&ns, "data").await;
     let log = env.backup(&[&ns]).await;
     assert_eq!(
         env.ann(&ns, "data", status::LAST_RESULT).await.as_deref(),
@@ -72,7 +72,7 @@ async fn fresh_install_binds_empty_through_the_populator_then_the_first_backup_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_rebuild_restores_every_pvc_before_its_app_starts_and_before_any_backup() {
     let _turn = movers_turn().await;
-    let old = Env::shared();
+    let old = Env::shared().await;
     let _old_scope = old.c.cp.scope("populate-rebuild");
     let (db, web) = (
         old.c.cp.unique_name("rebuild-db"),
@@ -88,12 +88,13 @@ async fn cluster_rebuild_restores_every_pvc_before_its_app_starts_and_before_any
         old.namespace(ns, &[]).await;
     }
     for (ns, pvc, node) in apps {
-        old.apply_app(ns, pvc, LOCAL_CLASS, pvc, node).await;
+        old.apply_new_app(ns, pvc, node).await;
     }
     let keys: Vec<(&str, &str)> = apps.iter().map(|(n, p, _)| (*n, *p)).collect();
     old.populate(&keys).await;
     for (i, (ns, pvc, _)) in apps.iter().enumerate() {
         fill(&old.dir(ns, pvc).await, i as u64);
+        old.opt_in(ns, pvc).await;
     }
     let log = old.backup(&namespaces).await;
     let mut before = BTreeMap::new();
@@ -193,17 +194,18 @@ async fn cluster_rebuild_restores_every_pvc_before_its_app_starts_and_before_any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_added() {
     let _turn = movers_turn().await;
-    let env = Env::shared();
+    let env = Env::shared().await;
     let _scope = env.c.cp.scope("populate-grant");
     let (db, staging) = (
         env.c.cp.unique_name("grant-db"),
         env.c.cp.unique_name("grant-staging"),
     );
     env.namespace(&db, &[]).await;
-    env.apply_app(&db, "pg", LOCAL_CLASS, "pg", NODES[0]).await;
+    env.apply_new_app(&db, "pg", NODES[0]).await;
     env.populate(&[(&db, "pg")]).await;
     let dir = env.dir(&db, "pg").await;
     std::fs::write(dir.join("v"), "version 1").unwrap();
+    env.opt_in(&db, "pg").await;
     env.backup(&[&db]).await;
     std::fs::write(dir.join("v"), "version 2").unwrap();
     env.annotate_pvc(&db, "pg", &[(user::BACKUP_NOW, "1")])
@@ -314,13 +316,14 @@ async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_created_after_the_backup_was_indexed() {
     let _turn = movers_turn().await;
-    let env = Env::shared();
+    let env = Env::shared().await;
     let _scope = env.c.cp.scope("populate-index");
     let ns = env.c.cp.unique_name("indexed");
     env.namespace(&ns, &[]).await;
-    env.apply_app(&ns, "pg", LOCAL_CLASS, "pg", NODES[0]).await;
+    env.apply_new_app(&ns, "pg", NODES[0]).await;
     env.populate(&[(&ns, "pg")]).await;
     fill(&env.dir(&ns, "pg").await, 7);
+    env.opt_in(&ns, "pg").await;
     env.backup(&[&ns]).await;
     let expected = digest::entries(&env.dir(&ns, "pg").await);
     env.delete_namespace(&ns).await;
@@ -448,16 +451,16 @@ async fn missing_credentials_secret_keeps_the_pvc_pending_until_it_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_class_that_ignores_populators_is_judged_unsafe_and_never_bound_empty() {
     let _turn = movers_turn().await;
-    let env = Env::shared();
+    let env = Env::shared().await;
     let _scope = env.c.cp.scope("populate-unsafe");
     let class = naive_class();
     let ns = env.c.cp.unique_name("unsafe");
     env.namespace(&ns, &[]).await;
     // A backup of the volume exists.
-    env.apply_app(&ns, "data", LOCAL_CLASS, "data", NODES[0])
-        .await;
+    env.apply_new_app(&ns, "data", NODES[0]).await;
     env.populate(&[(&ns, "data")]).await;
     fill(&env.dir(&ns, "data").await, 3);
+    env.opt_in(&ns, "data").await;
     env.backup(&[&ns]).await;
     assert_eq!(env.snapshots(&ns, "data").len(), 1);
     env.delete_app(&ns, "data").await;
@@ -505,7 +508,7 @@ async fn the_admission_policy_lets_prewarm_delete_only_the_volumes_of_its_probes
     use kube::api::{Api, DeleteParams, PostParams};
 
     let _turn = movers_turn().await;
-    let env = Env::shared();
+    let env = Env::shared().await;
     let _scope = env.c.cp.scope("populate-policy");
     let admin = env.client().await;
     // prewarm as the API server knows it: its ServiceAccount's name and groups (a
