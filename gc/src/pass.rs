@@ -20,7 +20,7 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use stowage_common::backend::{BackendOptions, Storage};
 use stowage_common::env::{GcConfig, ResticEnv, may_start};
-use stowage_common::k8s::contract::{self, app, reason, run_secret_keys, secret_keys};
+use stowage_common::k8s::contract::{self, app, label, reason, run_secret_keys, secret_keys};
 use stowage_common::k8s::credentials::{derive_repository_password, secret_value};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::policy::Policies;
@@ -1180,6 +1180,7 @@ fn job_facts(j: &Job) -> JobFacts {
             .and_then(|s| s.completion_time.as_ref().map(|t| t.0))
             .or(failed_at),
         ttl_seconds: j.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished),
+        pvc_uid: j.labels().get(label::PVC_UID).cloned(),
     }
 }
 
@@ -1198,7 +1199,26 @@ pub async fn cleanup(client: &Client, cfg: &GcConfig, opts: &PassOptions, report
         }
     };
     let jf: Vec<JobFacts> = jobs.iter().map(job_facts).collect();
-    for j in plan::expired_jobs(&jf, opts.now, cfg.gc.job_history_hours) {
+    // PVCs being deleted: their finished movers' pods hold them (PVC protection).
+    let releasing: BTreeSet<String> = match Api::<PersistentVolumeClaim>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(l) => l
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .filter_map(|p| p.metadata.uid)
+            .collect(),
+        Err(e) => {
+            report.errors.push(describe_kube_error(
+                &e,
+                "list persistentvolumeclaims in all namespaces",
+            ));
+            BTreeSet::new()
+        }
+    };
+    for j in plan::expired_jobs(&jf, opts.now, cfg.gc.job_history_hours, &releasing) {
         let what = format!("{}/{}", j.namespace, j.name);
         if opts.dry_run {
             tracing::info!(job = %what, "would delete finished mover Job past its history limit");

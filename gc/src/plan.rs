@@ -267,10 +267,20 @@ pub struct JobFacts {
     /// Completion or failure time; `None`: still running.
     pub finished_at: Option<Timestamp>,
     pub ttl_seconds: Option<i32>,
+    /// The UID of the PVC the Job worked on (its label).
+    pub pvc_uid: Option<String>,
 }
 
-/// Finished Jobs past their history limit (their own TTL, else `default_hours`).
-pub fn expired_jobs(jobs: &[JobFacts], now: Timestamp, default_hours: u64) -> Vec<&JobFacts> {
+/// Finished Jobs past their history limit (their own TTL, else `default_hours`), and
+/// the finished Jobs of PVCs being deleted (`releasing`: their UIDs): a finished pod
+/// that names a PVC holds it (Kubernetes' PVC protection), so a user's deleted PVC
+/// would stay Terminating for the Job's whole history.
+pub fn expired_jobs<'a>(
+    jobs: &'a [JobFacts],
+    now: Timestamp,
+    default_hours: u64,
+    releasing: &BTreeSet<String>,
+) -> Vec<&'a JobFacts> {
     jobs.iter()
         .filter(|j| {
             j.finished_at.is_some_and(|f| {
@@ -279,6 +289,7 @@ pub fn expired_jobs(jobs: &[JobFacts], now: Timestamp, default_hours: u64) -> Ve
                     None => SignedDuration::from_hours(default_hours as i64),
                 };
                 now.duration_since(f) > limit
+                    || j.pvc_uid.as_ref().is_some_and(|u| releasing.contains(u))
             })
         })
         .collect()
@@ -560,6 +571,7 @@ mod tests {
             uid: format!("u-{name}"),
             finished_at: finished.map(t),
             ttl_seconds: ttl,
+            pvc_uid: None,
         }
     }
 
@@ -572,11 +584,29 @@ mod tests {
             job("old", Some("2026-05-07T11:00:00Z"), None),
             job("short-ttl", Some("2026-05-08T11:00:00Z"), Some(600)),
         ];
-        let gone: Vec<&str> = expired_jobs(&jobs, now, 24)
+        let gone: Vec<&str> = expired_jobs(&jobs, now, 24, &BTreeSet::new())
             .iter()
             .map(|j| j.name.as_str())
             .collect();
         assert_eq!(gone, vec!["old", "short-ttl"]);
+    }
+
+    #[test]
+    fn finished_jobs_of_a_pvc_being_deleted_go_at_once_running_ones_stay() {
+        let now = t("2026-05-08T12:00:00Z");
+        let mut fresh = job("fresh", Some("2026-05-08T11:00:00Z"), None);
+        fresh.pvc_uid = Some("pvc-1".into());
+        let mut running = job("running", None, None);
+        running.pvc_uid = Some("pvc-1".into());
+        let mut other = job("other", Some("2026-05-08T11:00:00Z"), None);
+        other.pvc_uid = Some("pvc-2".into());
+        let jobs = vec![fresh, running, other];
+        let releasing = BTreeSet::from(["pvc-1".to_string()]);
+        let gone: Vec<&str> = expired_jobs(&jobs, now, 24, &releasing)
+            .iter()
+            .map(|j| j.name.as_str())
+            .collect();
+        assert_eq!(gone, vec!["fresh"]);
     }
 
     #[test]

@@ -740,3 +740,53 @@ async fn s3_faults_fail_a_backup_and_a_restore_cleanly_and_later_runs_succeed() 
     assert!(r.starts_with("restored snapshot") && r.contains(&s4), "{r}");
     assert_eq!(digest::entries(&dir), expected);
 }
+
+/// An app deleted after its backup: the finished mover pod still names the PVC, and
+/// the real PVC protection controller keeps a PVC that a pod names, finished or not,
+/// so the PVC stays Terminating (for the mover Job's day of history; the simulator
+/// never showed it). The next gc run deletes the finished mover Jobs of PVCs being
+/// deleted, and the PVC goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_apps_pvc_is_released_by_the_next_gc_run() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let c = cluster::cluster();
+    let scope = c.cp.scope("released");
+    let client = c.cp.client().await;
+    install::stowage(c.cp);
+    let _turn = ops::exclusive().await;
+    let ns = scope.namespace(&client, &[RESTRICTED]).await;
+    let (_, dir) = app_volume(&client, &ns, "data", &[("backup", "weekly")]).await;
+    fill(&dir, "v1");
+    let backup = backup_now(c, &client, &ns, "data", "1").await;
+    let mover = backup.mover.expect("the mark started a backup");
+    assert!(job_has(&mover, "Complete"), "{}", backup.mover_log);
+
+    // The user deletes the app from Git: its pod and its PVC.
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .delete("app-data", &DeleteParams::default())
+        .await
+        .expect("delete the app pod");
+    ops::pod_gone(&client, &ns, "app-data").await;
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+    pvcs.delete("data", &DeleteParams::default())
+        .await
+        .expect("delete the PVC");
+    let held = pvcs.get("data").await.expect("the PVC is still there");
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "Terminating: {:?}",
+        held.metadata
+    );
+
+    let gc = ops::run_from(c, &client, "stowage-gc", "gc").await;
+    assert!(gc.succeeded(), "gc failed: {:?}\n{}", gc.job.status, gc.log);
+    ops::job_gone(&client, &ns, mover.metadata.name.as_deref().unwrap()).await;
+    let gone =
+        kube::runtime::wait::await_condition(pvcs, "data", |p: Option<&PersistentVolumeClaim>| {
+            p.is_none()
+        });
+    tokio::time::timeout(cluster::WAIT, gone)
+        .await
+        .unwrap_or_else(|_| panic!("PVC {ns}/data still there after gc\n{}", gc.log))
+        .expect("watch PVCs");
+}
