@@ -311,7 +311,10 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn sources(entries: &[(Kind, &str, &[(&str, &str)])]) -> Sources {
+    /// An object's kind, name and data.
+    type Entry<'a> = (Kind, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn sources(entries: &[Entry]) -> Sources {
         entries
             .iter()
             .map(|(k, n, d)| {
