@@ -205,12 +205,37 @@ fn unreadable_entries_make_a_partial_backup_with_exit_3() {
     fs::set_permissions(src.join("private"), fs::Permissions::from_mode(0o000)).unwrap();
     let env = with(local_env(&repo), &[("STOWAGE_RESULT_FILE", path(&res))]);
     let mut c = mover();
+    if as_root {
+        // `nobody` may not reach the build's directory (a checkout under a 0700
+        // directory, as `mktemp -d` makes): it runs a copy of the mover from the
+        // test's own directory.
+        // A hard link writes no file (a copy being written while another test forks
+        // could fail to start with ETXTBSY); a copy where the link cannot be made.
+        let exe = d.path().join("stowage-mover");
+        if fs::hard_link(env!("CARGO_BIN_EXE_stowage-mover"), &exe).is_err() {
+            fs::copy(env!("CARGO_BIN_EXE_stowage-mover"), &exe).unwrap();
+            fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut own = std::process::Command::new(&exe);
+        own.env_clear()
+            .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        c = own;
+    }
     c.envs(env.iter().map(|(k, v)| (k, v)))
         .args(["backup", path(&src)]);
     if as_root {
         c.uid(NOBODY).gid(NOBODY);
     }
-    let r: Run = c.output().unwrap().into();
+    let r: Run = loop {
+        match c.output() {
+            // The copy's write fd, inherited by a process another test started at that
+            // moment, is closed as soon as that process execs.
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => break r.unwrap().into(),
+        }
+    };
     fs::set_permissions(src.join("private"), fs::Permissions::from_mode(0o755)).unwrap();
     let r = r.failed(3, "could not be read");
     let result = r.result();
