@@ -74,26 +74,13 @@ impl Run {
 }
 
 impl Env {
-    /// The process-wide cluster and install, its node-local class judged by prewarm's
-    /// probe once (the first prewarm run records the verdict ConfigMap before the
-    /// tests' runs go side by side: two runs that record the first verdict at once
-    /// fail one of them with a conflict today, see the report of issue 16).
+    /// The process-wide cluster and install.
     pub async fn shared() -> Env {
-        static JUDGED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
         let c = super::cluster();
-        let env = Env {
+        Env {
             c,
             installed: install::stowage(c.cp),
-        };
-        JUDGED
-            .get_or_init(|| async {
-                env.prewarm_until("the node-local class judged", true, || async move {
-                    env.verdict(LOCAL_CLASS).await.is_some()
-                })
-                .await;
-            })
-            .await;
-        env
+        }
     }
 
     /// A new cluster ([`new_cluster`]) with stowage installed as `options` say.

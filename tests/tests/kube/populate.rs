@@ -70,9 +70,6 @@ async fn fresh_install_binds_empty_through_the_populator_then_the_first_backup_f
 /// app's pod is bound to a node, records `stowage.io/populated-from`, leaves no prime
 /// PVC; the next backups continue each history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passed in full runs on the working tree and its flow passes in the demo \
-            (scripts/demo.sh on the control plane), failed once in the fresh-clone CI run \
-            beside the other populate scenarios; cause not found yet (issue 16 note)"]
 async fn cluster_rebuild_restores_every_pvc_before_its_app_starts_and_before_any_backup() {
     let _turn = movers_turn().await;
     let old = Env::shared().await;
@@ -452,9 +449,6 @@ async fn missing_credentials_secret_keeps_the_pvc_pending_until_it_exists() {
 /// retains released volumes), emits the Event on the waiting PVC, and never binds an
 /// empty volume for it although its backup exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passes alone and passed in full runs on the working tree, failed once in the \
-            fresh-clone CI run beside the other populate scenarios; cause not found yet \
-            (issue 16 note)"]
 async fn a_class_that_ignores_populators_is_judged_unsafe_and_never_bound_empty() {
     let _turn = movers_turn().await;
     let env = Env::shared().await;
