@@ -2,7 +2,7 @@
 # Builds the test bed's Kubernetes control plane (testbed/kube: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler and kubectl in one binary, from the Go module
 # proxy) into a cache directory keyed by the hash of its sources and go.sum, and prints
-# the binary's path. Cold: about 20 minutes on 2 cores; warm: well under a second.
+# the binary's path. Cold: 5 to 15 minutes on 2 cores; warm: well under a second.
 # It also fetches the third-party CRDs of testbed/kube/crds.txt from their Go modules.
 #
 #   bin="$(bash scripts/build-kube.sh)"          # .../stowage/kube-<hash>/stowage-kube
@@ -58,7 +58,7 @@ fi
 need_go
 version="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"
 minor="$(echo "$version" | cut -d. -f2)"
-echo "building the Kubernetes control plane $version (testbed/kube) into $cache: about 20 minutes on 2 cores, once per go.sum" >&2
+echo "building the Kubernetes control plane $version (testbed/kube) into $cache: 5 to 15 minutes on 2 cores, once per go.sum" >&2
 mkdir -p "$base"
 tmp="$(mktemp -d "$cache.tmp.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT

@@ -421,13 +421,24 @@ pub struct Stowage {
     pub objects: Vec<Value>,
     /// The master password in the credentials Secret.
     pub master: String,
+    /// The private CA the S3 endpoint's certificate is signed by (`custom-ca`).
+    pub ca_bundle: Option<PathBuf>,
+    /// The namespace the app was rendered into.
+    pub namespace: String,
+}
+
+impl Stowage {
+    /// The S3 endpoint the programs use (`STOWAGE_S3_ENDPOINT`).
+    pub fn endpoint(&self) -> &str {
+        &self.vars["STOWAGE_S3_ENDPOINT"]
+    }
 }
 
 /// The components the shared install uses: all but `mover-network-policy` (it goes into
 /// an app's namespace), `no-monitoring` (the PrometheusRule CRD is installed) and
 /// `custom-ca` (it mounts the user's CA ConfigMap, which an S3 over plain http has
-/// none of: the programs' pods would wait for it; its rendering is checked in
-/// `tests/tests/e2e/manifests.rs`).
+/// none of). The last two are installed by [`Options::components`] in
+/// `tests/tests/kube/populate.rs::a_private_ca_endpoint_without_the_prometheus_operator_in_another_namespace`.
 pub fn app_components(tree: &KustomizeTree) -> Vec<String> {
     tree.components()
         .into_iter()
@@ -472,6 +483,15 @@ pub struct Options {
     pub secret: bool,
     /// Settings patched into `stowage-settings` (as a user patches them).
     pub settings: Vec<(String, String)>,
+    /// Components taken besides [`app_components`] (`custom-ca`, `no-monitoring`).
+    /// With `no-monitoring` the cluster gets no PrometheusRule CRD, as a cluster
+    /// without the prometheus-operator has none.
+    pub components: Vec<String>,
+    /// The S3 endpoint and the private CA (PEM file) its certificate is signed by:
+    /// the CA goes into the ConfigMap `custom-ca` mounts; `None`: the shared Garage.
+    pub tls: Option<(String, PathBuf)>,
+    /// The namespace the app is rendered into (Flux's `targetNamespace`).
+    pub namespace: String,
 }
 
 /// The master password of every install of the test kit.
@@ -497,6 +517,9 @@ impl Default for Options {
             bucket: None,
             secret: true,
             settings: prewarm_test_settings(),
+            components: Vec::new(),
+            tls: None,
+            namespace: "stowage".to_string(),
         }
     }
 }
@@ -518,7 +541,7 @@ pub fn credentials_secret(cp: &ControlPlane, installed: &Stowage) {
     let g = crate::garage::shared();
     let secret = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
+        "metadata": {"name": "stowage-credentials", "namespace": installed.namespace},
         "stringData": {
             "master-password": installed.master,
             "mover-access-key-id": g.access_key,
@@ -539,18 +562,22 @@ pub fn install_stowage(cp: &ControlPlane) -> Stowage {
 /// [`stowage`] does once per process, for a test's own control plane.
 pub fn stowage_with(cp: &ControlPlane, options: &Options) -> Stowage {
     {
-        apply(cp, &third_party_crds()).unwrap_or_else(|e| panic!("{e}"));
+        let monitoring = !options.components.iter().any(|c| c == "no-monitoring");
+        let crds: Vec<Value> = third_party_crds()
+            .into_iter()
+            .filter(|c| monitoring || c["spec"]["group"] != "monitoring.coreos.com")
+            .collect();
+        apply(cp, &crds).unwrap_or_else(|e| panic!("{e}"));
         let g = crate::garage::shared();
         let bucket = options.bucket.clone().unwrap_or_else(|| g.bucket("kube"));
         let mut vars = example_substitute();
-        let port = g
-            .endpoint
-            .rsplit(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let endpoint = options
+            .tls
+            .as_ref()
+            .map_or(g.endpoint.clone(), |(e, _)| e.clone());
+        let port = endpoint.rsplit(':').next().unwrap_or_default().to_string();
         for (k, v) in [
-            ("STOWAGE_S3_ENDPOINT", g.endpoint.clone()),
+            ("STOWAGE_S3_ENDPOINT", endpoint),
             ("STOWAGE_S3_BUCKET", bucket.clone()),
             ("STOWAGE_S3_REGION", crate::garage::REGION.to_string()),
             ("STOWAGE_S3_PORT", port),
@@ -565,11 +592,19 @@ pub fn stowage_with(cp: &ControlPlane, options: &Options) -> Stowage {
             format!("http://127.0.0.1:{}", pushgateway_sink()),
         );
         let tree = KustomizeTree::copy();
+        let mut components = app_components(&tree);
+        components.extend(options.components.iter().cloned());
         let dir = tree.kustomization(
             "stowage",
             &format!(
-                "{}{}",
-                app_kustomization(&app_components(&tree)),
+                "{}{}{}",
+                // As Flux's `targetNamespace` renders it; the app's own is `stowage`.
+                if options.namespace == "stowage" {
+                    String::new()
+                } else {
+                    format!("namespace: {}\n", options.namespace)
+                },
+                app_kustomization(&components),
                 settings_patch(&options.settings)
             ),
         );
@@ -577,11 +612,23 @@ pub fn stowage_with(cp: &ControlPlane, options: &Options) -> Stowage {
             .flux_build(&dir, &vars)
             .unwrap_or_else(|e| panic!("{e}"));
         apply(cp, &objects).unwrap_or_else(|e| panic!("{e}"));
+        if let Some((_, ca)) = &options.tls {
+            // What the user creates for `custom-ca` (its default name).
+            let pem = std::fs::read_to_string(ca).unwrap();
+            let cm = serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "stowage-ca", "namespace": options.namespace},
+                "data": {"ca.crt": pem},
+            });
+            apply(cp, &[cm]).unwrap_or_else(|e| panic!("{e}"));
+        }
         let installed = Stowage {
             bucket,
             vars,
             objects,
             master: MASTER_PASSWORD.to_string(),
+            ca_bundle: options.tls.as_ref().map(|(_, ca)| ca.clone()),
+            namespace: options.namespace.clone(),
         };
         if options.secret {
             credentials_secret(cp, &installed);
@@ -593,6 +640,11 @@ pub fn stowage_with(cp: &ControlPlane, options: &Options) -> Stowage {
 /// `kubectl create job --from=cronjob/<cronjob> <job> -n stowage`, as an operator
 /// starts a run by hand; returns kubectl's error text if it refused.
 pub fn create_job_from(cp: &ControlPlane, cronjob: &str, job: &str) -> Result<(), String> {
+    create_job_in(cp, "stowage", cronjob, job)
+}
+
+/// [`create_job_from`] for an install in namespace `ns`.
+pub fn create_job_in(cp: &ControlPlane, ns: &str, cronjob: &str, job: &str) -> Result<(), String> {
     let out = kubectl(
         cp,
         &[
@@ -601,7 +653,7 @@ pub fn create_job_from(cp: &ControlPlane, cronjob: &str, job: &str) -> Result<()
             &format!("--from=cronjob/{cronjob}"),
             job,
             "-n",
-            "stowage",
+            ns,
         ],
         None,
     );

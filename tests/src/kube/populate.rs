@@ -24,7 +24,7 @@ use stowage_common::k8s::contract::prewarm as pc;
 
 use super::install::{self, Stowage};
 use super::scenario::{finished_job, job_has, restricted_pod_spec};
-use super::{Cluster, ControlPlane, LOCAL_CLASS, NODES, WAIT, kubelet, storage};
+use super::{Cluster, ControlPlane, LOCAL_CLASS, NODES, WAIT, storage};
 
 /// The label of the apps' PVCs that opts them in (policy `hourly`).
 pub const BACKUP_LABEL: (&str, &str) = ("backup", "hourly");
@@ -43,22 +43,7 @@ pub struct Env {
 /// lives until the process ends).
 pub fn new_cluster() -> &'static Cluster {
     let cp: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start()));
-    let binaries = kubelet::shipped_images()
-        .into_iter()
-        .map(|(image, bin)| (image, crate::bins::path(&bin)))
-        .collect();
-    let nodes = NODES.iter().map(|n| kubelet::NodeSpec::new(n)).collect();
-    let kubelet = kubelet::Kubelet::start(cp, nodes, binaries);
-    let storage = storage::Provisioner::start(
-        cp,
-        NODES[0],
-        vec![storage::storage_class(LOCAL_CLASS, true, false)],
-    );
-    Box::leak(Box::new(Cluster {
-        cp,
-        kubelet,
-        storage,
-    }))
+    Box::leak(Box::new(Cluster::start(cp)))
 }
 
 /// The outcome of one Job of a CronJob.
@@ -92,6 +77,11 @@ impl Env {
 
     pub async fn client(&self) -> Client {
         self.c.cp.client().await
+    }
+
+    /// stowage's namespace.
+    pub fn ns(&self) -> &'static str {
+        &self.installed.namespace
     }
 
     /// Creates namespace `name` (Pod Security `restricted`) and returns once its
@@ -248,7 +238,7 @@ impl Env {
         let client = self.client().await;
         let name = self.c.cp.unique_name(cronjob);
         self.start(cronjob, &name);
-        let job = finished_job(&client, "stowage", &name).await;
+        let job = finished_job(&client, self.ns(), &name).await;
         Run {
             job,
             log: self.job_log(&client, &name).await,
@@ -256,13 +246,13 @@ impl Env {
     }
 
     fn start(&self, cronjob: &str, name: &str) {
-        install::create_job_from(self.c.cp, cronjob, name)
+        install::create_job_in(self.c.cp, self.ns(), cronjob, name)
             .unwrap_or_else(|e| panic!("kubectl create job --from=cronjob/{cronjob}: {e}"));
     }
 
-    /// The logs of the pods of Job `stowage/<name>`.
+    /// The logs of the pods of Job `<stowage's namespace>/<name>`.
     async fn job_log(&self, client: &Client, name: &str) -> String {
-        let pods = Api::<Pod>::namespaced(client.clone(), "stowage")
+        let pods = Api::<Pod>::namespaced(client.clone(), self.ns())
             .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
             .await
             .map(|l| l.items)
@@ -271,8 +261,9 @@ impl Env {
             .map(|p| {
                 let pod = p.name_any();
                 format!(
-                    "--- pod stowage/{pod}\n{}",
-                    self.c.kubelet.log("stowage", &pod)
+                    "--- pod {}/{pod}\n{}",
+                    self.ns(),
+                    self.c.kubelet.log(self.ns(), &pod)
                 )
             })
             .collect()
@@ -283,7 +274,7 @@ impl Env {
     pub fn logs(&self, namespaces: &[&str]) -> String {
         let mut out = String::new();
         for (ns, pod) in self.c.kubelet.runs() {
-            if ns == "stowage" || namespaces.contains(&ns.as_str()) {
+            if ns == self.ns() || namespaces.contains(&ns.as_str()) {
                 out.push_str(&format!(
                     "--- pod {ns}/{pod}\n{}\n",
                     self.c.kubelet.log(&ns, &pod)
@@ -326,7 +317,7 @@ impl Env {
                 .map(|_| ())
                 .boxed(),
             watcher(
-                Api::<Job>::namespaced(client.clone(), "stowage"),
+                Api::<Job>::namespaced(client.clone(), self.ns()),
                 Default::default(),
             )
             .default_backoff()
@@ -335,7 +326,7 @@ impl Env {
             .boxed(),
         ]);
         futures::pin_mut!(changes);
-        let jobs = Api::<Job>::namespaced(client.clone(), "stowage");
+        let jobs = Api::<Job>::namespaced(client.clone(), self.ns());
         let deadline = tokio::time::Instant::now() + 2 * WAIT;
         let mut runs: Vec<String> = Vec::new();
         loop {
@@ -359,7 +350,7 @@ impl Env {
                         n
                     }
                 };
-                let job = finished_job(&client, "stowage", &name).await;
+                let job = finished_job(&client, self.ns(), &name).await;
                 let run = Run {
                     log: self.job_log(&client, &name).await,
                     job,
@@ -518,7 +509,7 @@ impl Env {
     /// The prime PVCs (stowage's namespace) populating `ns/pvc`.
     pub async fn primes_for(&self, ns: &str, pvc: &str) -> Vec<String> {
         let key = format!("{ns}/{pvc}");
-        Api::<PersistentVolumeClaim>::namespaced(self.client().await, "stowage")
+        Api::<PersistentVolumeClaim>::namespaced(self.client().await, self.ns())
             .list(&ListParams::default())
             .await
             .expect("list prime PVCs")
@@ -594,7 +585,7 @@ impl Env {
     pub fn repository(&self, ns: &str, pvc: &str) -> String {
         format!(
             "s3:{}/{}/{ns}/{pvc}",
-            crate::garage::shared().endpoint,
+            self.installed.endpoint(),
             self.installed.bucket
         )
     }
@@ -606,6 +597,12 @@ impl Env {
             .args(["snapshots", "--json"])
             .env_clear()
             .envs(crate::garage::shared().env("x"))
+            .envs(
+                self.installed
+                    .ca_bundle
+                    .iter()
+                    .map(|ca| ("STOWAGE_CA_BUNDLE", ca.as_os_str())),
+            )
             .env("RESTIC_REPOSITORY", &repo)
             .env(
                 "RESTIC_PASSWORD",
@@ -626,7 +623,7 @@ impl Env {
 
     /// The verdict prewarm's probe recorded for storage class `class`.
     pub async fn verdict(&self, class: &str) -> Option<String> {
-        let cm = Api::<ConfigMap>::namespaced(self.client().await, "stowage")
+        let cm = Api::<ConfigMap>::namespaced(self.client().await, self.ns())
             .get_opt(pc::probe::CONFIGMAP)
             .await
             .expect("get configmap")?;
@@ -639,7 +636,7 @@ impl Env {
     pub async fn probe_leftovers(&self, class: &str) -> Vec<String> {
         let client = self.client().await;
         let prefix = pc::probe::NAME_PREFIX;
-        let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "stowage")
+        let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), self.ns())
             .list(&ListParams::default())
             .await
             .expect("list PVCs")

@@ -15,6 +15,7 @@ use stowage_testkit::kube::install::{self, Options};
 use stowage_testkit::kube::populate::{Env, Order, fill, naive_class, running};
 use stowage_testkit::kube::{LOCAL_CLASS, NODES};
 use stowage_testkit::sim::digest;
+use stowage_testkit::tls::TlsFront;
 
 /// A fresh install: the PVC names the `Restore` kind and no backup exists. prewarm
 /// binds it empty (annotation and Event `BoundEmpty`), the app's pod starts only once
@@ -594,4 +595,193 @@ async fn the_admission_policy_lets_prewarm_delete_only_the_volumes_of_its_probes
         other => panic!("prewarm deleted a volume that is not its probe's: {other:?}"),
     }
     let _ = pvs.delete(&user_pv, &DeleteParams::background()).await;
+}
+
+/// The admission policy lets the scheduler create and delete its own temporary copies
+/// of the Snapshot and Clone copy methods (`stowage_common::k8s::copy::copy_pvc`)
+/// next to the PVC they copy, in an app's namespace, and denies it any other PVC
+/// there, created or deleted. (The copy methods need a CSI driver: they run on the
+/// simulator, `tests/tests/e2e/copy_methods_e2e.rs`; the policy denied their copies
+/// until this test showed it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_policy_admits_the_schedulers_temporary_copies_in_app_namespaces() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use kube::api::{Api, DeleteParams, PostParams};
+    use stowage_common::k8s::copy::{CopyMethod, CopySpec, copy_pvc};
+
+    let env = Env::shared().await;
+    let _scope = env.c.cp.scope("policy-copies");
+    let ns = env.c.cp.unique_name("policy-copies");
+    env.namespace(&ns, &[]).await;
+    let scheduler = stowage_testkit::kube::client_from(&env.c.cp.kubeconfig_for(
+        "system:serviceaccount:stowage:stowage-scheduler",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:stowage",
+            "system:authenticated",
+        ],
+    ))
+    .await;
+    let as_scheduler = Api::<PersistentVolumeClaim>::namespaced(scheduler, &ns);
+    let admin = Api::<PersistentVolumeClaim>::namespaced(env.client().await, &ns);
+    let copy = |method: CopyMethod, job: &str| {
+        copy_pvc(&CopySpec {
+            method,
+            namespace: ns.clone(),
+            pvc: "data".into(),
+            pvc_uid: "uid-1".into(),
+            job: job.into(),
+            snapshot_class: None,
+            storage_class: Some(LOCAL_CLASS.into()),
+            size: "1Gi".into(),
+        })
+        .unwrap()
+    };
+    let foreign: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "not-ours", "namespace": ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": LOCAL_CLASS,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    let denied = |r: Result<PersistentVolumeClaim, kube::Error>, what: &str| match r {
+        // A ValidatingAdmissionPolicy denies as Invalid (422) unless it says otherwise.
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            assert!(e.message.contains("stowage-service-accounts"), "{e:?}")
+        }
+        other => panic!("{what}: {other:?}"),
+    };
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    // The API server enforces the policy once its admission plugin has loaded it,
+    // which no object's status tells: asked with server-side dry runs until denied.
+    let deadline = std::time::Instant::now() + stowage_testkit::kube::WAIT;
+    while as_scheduler.create(&dry, &foreign).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admission policy is not enforced"
+        );
+        // Polling the API server's own state: there is no event to await.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    denied(
+        as_scheduler.create(&PostParams::default(), &foreign).await,
+        "the scheduler created a PVC that is not its own",
+    );
+    for (method, job) in [
+        (CopyMethod::Snapshot, "stowage-backup-data-snap"),
+        (CopyMethod::Clone, "stowage-backup-data-clone"),
+    ] {
+        as_scheduler
+            .create(&PostParams::default(), &copy(method, job))
+            .await
+            .unwrap_or_else(|e| panic!("the scheduler's {method:?} copy was refused: {e}"));
+        as_scheduler
+            .delete(job, &DeleteParams::background())
+            .await
+            .unwrap_or_else(|e| panic!("the scheduler may delete its {method:?} copy: {e}"));
+    }
+    admin
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("the user's PVC");
+    match as_scheduler
+        .delete("not-ours", &DeleteParams::background())
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            assert!(e.message.contains("stowage-service-accounts"), "{e:?}")
+        }
+        other => panic!("the scheduler deleted a PVC that is not its own: {other:?}"),
+    }
+}
+
+/// stowage installed as on a cluster without the prometheus-operator and with its S3
+/// behind a private CA, into another namespace than `stowage` (what Flux's
+/// `targetNamespace` renders): the app with the `custom-ca` and `no-monitoring`
+/// components (without `no-monitoring` the API server refuses the app there: no
+/// PrometheusRule kind), the CA in the ConfigMap `custom-ca` mounts, Garage behind
+/// TLS signed by that CA. A new PVC binds empty (prewarm read the bucket), the
+/// scheduler's mover Job backs it up, a gc pass succeeds, and the app deleted and
+/// re-added gets its data back from prewarm's restore mover: every program and both
+/// kinds of mover Job trust the CA and work from that namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_endpoint_without_the_prometheus_operator_in_another_namespace() {
+    // The TLS front lives as long as the process, like the cluster; its own runtime
+    // can be neither started nor dropped on the test's.
+    let tls: &'static TlsFront = std::thread::spawn(|| {
+        &*Box::leak(Box::new(TlsFront::start(
+            stowage_testkit::garage::shared().addr(),
+        )))
+    })
+    .join()
+    .unwrap();
+    let home = "backup-system";
+    let env = Env::new(&Options {
+        components: vec!["custom-ca".into(), "no-monitoring".into()],
+        tls: Some((tls.endpoint.clone(), tls.ca_bundle().to_path_buf())),
+        namespace: home.into(),
+        ..Options::default()
+    });
+    let _scope = env.c.cp.scope("populate-private-ca");
+    assert_eq!(env.ns(), home);
+    let tree = install::KustomizeTree::copy();
+    let dir = tree.kustomization(
+        "with-monitoring",
+        &format!(
+            "namespace: {home}\n{}",
+            install::app_kustomization(&install::app_components(&tree))
+        ),
+    );
+    let with_monitoring = tree
+        .flux_build(&dir, &env.installed.vars)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused = install::apply_with(env.c.cp, &with_monitoring, true)
+        .expect_err("the app with its PrometheusRule on a cluster without the CRD");
+    assert!(refused.contains("PrometheusRule"), "{refused}");
+
+    let ns = "shop";
+    env.namespace(ns, &[]).await;
+    env.apply_new_app(ns, "data", NODES[0]).await;
+    env.populate(&[(ns, "data")]).await;
+    assert_eq!(
+        env.ann(ns, "data", pc::status::BOUND_EMPTY)
+            .await
+            .as_deref(),
+        Some(pc::EMPTY_NO_BACKUP),
+        "{}",
+        env.logs(&[ns])
+    );
+    let dir = env.dir(ns, "data").await;
+    fill(&dir, 5);
+    let before = digest::entries(&dir);
+    env.opt_in(ns, "data").await;
+    let log = env.backup(&[ns]).await;
+    assert_eq!(
+        env.ann(ns, "data", status::LAST_RESULT).await.as_deref(),
+        Some("Succeeded"),
+        "{log}\n{}",
+        env.logs(&[ns])
+    );
+    assert_eq!(env.snapshots(ns, "data").len(), 1);
+    let gc = env.run("stowage-gc").await;
+    assert!(gc.ok(), "gc: {:?}\n{}", gc.job.status, gc.log);
+    assert!(
+        gc.log.contains("maintaining") && gc.log.contains(&env.repository(ns, "data")),
+        "gc maintained the repository: {}",
+        gc.log
+    );
+
+    env.delete_app(ns, "data").await;
+    env.apply_app(ns, "data", LOCAL_CLASS, "data", NODES[1])
+        .await;
+    env.populate(&[(ns, "data")]).await;
+    assert_eq!(digest::entries(&env.dir(ns, "data").await), before);
+    assert_eq!(
+        env.events(ns, "data", pc::reason::RESTORED).await.len(),
+        1,
+        "{}",
+        env.logs(&[ns])
+    );
 }

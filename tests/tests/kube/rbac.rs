@@ -1,8 +1,8 @@
 //! The shipped RBAC measured on the real authorizer. A control plane of its own with
 //! an audit log (`ControlPlane::start_with(Options { audit: true })`) runs the
-//! programs as their ServiceAccounts in representative passes (the fresh install's
-//! scheduler backup and harvest, a gc pass, a prewarm pass); then, from the audit
-//! records:
+//! programs as their ServiceAccounts in representative passes (prewarm binding a
+//! fresh install's PVC empty, the scheduler's backup and harvest, a gc pass, prewarm
+//! restoring into another namespace; [`scenarios`]); then, from the audit records:
 //! - no request of a stowage ServiceAccount was refused (403);
 //! - every rule of the shipped Roles and ClusterRoles is needed: with the rule removed
 //!   (the Role applied without it), the real authorizer (`SubjectAccessReview`)
@@ -20,12 +20,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use stowage_testkit::kube as cluster;
 use stowage_testkit::kube::install;
-use stowage_testkit::kube::scenario::{app_volume, finished_job, first_with_labels, job_has};
+use stowage_testkit::kube::populate::Env;
+use stowage_testkit::kube::{LOCAL_CLASS, NODES};
 
 /// Rules that no pass of this test reaches, with the reason (role, rule index, why).
 /// The test fails when one of them is reached after all (the list must stay true) and
@@ -48,50 +48,6 @@ const NOT_REACHED: &[(&str, usize, &str)] = &[
         8,
         "persistentvolumeclaims create/get/delete (consistency component: the temporary \
          PVCs of the Snapshot and Clone copy methods); no CSI driver on the test bed",
-    ),
-    (
-        "ClusterRole stowage-prewarm",
-        1,
-        "persistentvolumes: populate (the PV moved to the user's claim); no PVC pending \
-         a restore in these passes",
-    ),
-    ("ClusterRole stowage-prewarm", 2, "nodes: populate"),
-    (
-        "ClusterRole stowage-prewarm",
-        3,
-        "storageclasses: populate (the storage-class probe)",
-    ),
-    ("ClusterRole stowage-prewarm", 4, "restores: populate"),
-    (
-        "ClusterRole stowage-prewarm",
-        5,
-        "restores/status: populate",
-    ),
-    ("ClusterRole stowage-prewarm", 6, "events: populate"),
-    (
-        "ClusterRole stowage-prewarm",
-        7,
-        "namespaces get: populate (grants)",
-    ),
-    (
-        "ClusterRole stowage-prewarm",
-        8,
-        "pods list: populate (the restore mover's pod)",
-    ),
-    (
-        "ClusterRole stowage-prewarm",
-        9,
-        "jobs: populate (the restore mover Job)",
-    ),
-    (
-        "Role stowage-prewarm",
-        0,
-        "persistentvolumeclaims create/delete: populate (the prime PVC)",
-    ),
-    (
-        "Role stowage-prewarm",
-        1,
-        "jobs list/delete in stowage: populate (finished restore Jobs)",
     ),
 ];
 
@@ -218,69 +174,66 @@ async fn await_answer(client: &kube::Client, req: &Request, groups: &[String], w
     }
 }
 
-/// Runs `cronjob` once with `kubectl create job --from` and asserts its Job completes;
-/// returns the pod's log.
-async fn run_pass(c: &cluster::Cluster, client: &kube::Client, cronjob: &str) -> String {
-    let job = c.cp.unique_name(cronjob);
-    install::create_job_from(c.cp, cronjob, &job)
-        .unwrap_or_else(|e| panic!("kubectl create job: {e}"));
-    let finished = finished_job(client, "stowage", &job).await;
-    let pod = first_with_labels(
-        Api::<Pod>::namespaced(client.clone(), "stowage"),
-        &format!("batch.kubernetes.io/job-name={job}"),
-        &format!("{cronjob} pod"),
-    )
-    .await;
-    let log = c
-        .kubelet
-        .log("stowage", pod.metadata.name.as_deref().unwrap());
-    assert!(
-        job_has(&finished, "Complete"),
-        "{cronjob} Job {job} failed: {:?}\n{log}",
-        finished.status
-    );
-    log
-}
-
-/// The passes: the fresh install's scheduler backup (a mover Job backs an opted-in
-/// PVC up) and the harvest of its result, a gc pass over the repository, a prewarm
-/// pass.
-async fn scenarios(c: &cluster::Cluster, client: &kube::Client, scope: &cluster::Scope) {
+/// The passes: a fresh install's PVC bound empty by prewarm (the storage-class probe
+/// on a node it picks, the lookup of its backups), the scheduler's backup of it (a mover Job) and the
+/// harvest of its result, a gc pass over the repository, and a restore of it into
+/// another namespace through a `Restore` object and the source namespace's grant
+/// (prewarm's restore mover Job, the hand-over of its volume, the Restore's status).
+async fn scenarios(env: &Env, client: &kube::Client, scope: &cluster::Scope) {
     use stowage_common::k8s::contract::status;
-    let ns = scope
-        .namespace(
-            client,
-            &[("pod-security.kubernetes.io/enforce", "restricted")],
-        )
-        .await;
-    let (_, dir) = app_volume(client, &ns, "db", &[("backup", "hourly")]).await;
-    std::fs::write(dir.join("table.dat"), "rows").unwrap();
-    let log = run_pass(c, client, "stowage-scheduler").await;
-    let mover = first_with_labels(
-        Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns),
-        "app.kubernetes.io/name=stowage-mover",
-        "mover Job",
-    )
+    let restricted = [("pod-security.kubernetes.io/enforce", "restricted")];
+    let ns = scope.namespace(client, &restricted).await;
+    // The claim before its pod: prewarm's probe of the WaitForFirstConsumer class
+    // then picks a Ready node itself (no waiting PVC has a selected node yet).
+    env.apply_claim(&ns, "db", LOCAL_CLASS, "db", false).await;
+    env.prewarm_until("the class judged", true, || async {
+        env.verdict(LOCAL_CLASS).await.is_some()
+    })
     .await;
-    let done = finished_job(client, &ns, mover.metadata.name.as_deref().unwrap()).await;
-    assert!(
-        job_has(&done, "Complete"),
-        "mover Job failed: {:?}\nscheduler:\n{log}",
-        done.status
-    );
-    let log = run_pass(c, client, "stowage-scheduler").await;
-    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-        .get("db")
-        .await
-        .unwrap();
-    let ann = pvc.metadata.annotations.unwrap_or_default();
+    env.apply_pod(&ns, "db", NODES[0]).await;
+    env.populate(&[(&ns, "db")]).await;
+    std::fs::write(env.dir(&ns, "db").await.join("table.dat"), "rows").unwrap();
+    env.opt_in(&ns, "db").await;
+    let log = env.backup(&[&ns]).await;
     assert_eq!(
-        ann.get(status::LAST_RESULT).map(String::as_str),
+        env.ann(&ns, "db", status::LAST_RESULT).await.as_deref(),
         Some("Succeeded"),
-        "annotations {ann:?}\nscheduler:\n{log}"
+        "scheduler:\n{log}\n{}",
+        env.logs(&[&ns])
     );
-    run_pass(c, client, "stowage-gc").await;
-    run_pass(c, client, "stowage-prewarm").await;
+    let gc = env.run("stowage-gc").await;
+    assert!(gc.ok(), "gc: {:?}\n{}", gc.job.status, gc.log);
+
+    let other = scope.namespace(client, &restricted).await;
+    let out = install::kubectl(
+        env.c.cp,
+        &[
+            "annotate",
+            "namespace",
+            &ns,
+            &format!("stowage.io/grant-repositories-to={other}"),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restore = json!({"apiVersion": "stowage.io/v1alpha1", "kind": "Restore",
+                         "metadata": {"name": "from-db", "namespace": other},
+                         "spec": {"sourceNamespace": ns, "sourcePvc": "db"}});
+    install::apply(env.c.cp, &[restore]).unwrap_or_else(|e| panic!("{e}"));
+    env.apply_claim(&other, "copy", LOCAL_CLASS, "from-db", false)
+        .await;
+    env.apply_pod(&other, "copy", NODES[1]).await;
+    env.populate(&[(&other, "copy")]).await;
+    assert_eq!(
+        std::fs::read_to_string(env.dir(&other, "copy").await.join("table.dat")).unwrap(),
+        "rows",
+        "{}",
+        env.logs(&[&other])
+    );
 }
 
 /// Every pass runs with the shipped Roles through the real authorizer without a 403,
@@ -292,8 +245,8 @@ async fn every_shipped_rbac_rule_is_needed_and_none_is_missing() {
     let cp = c.cp;
     let scope = cp.scope("rbac");
     let client = cp.client().await;
-    let installed = install::install_stowage(cp);
-    scenarios(c, &client, &scope).await;
+    let installed: &'static install::Stowage = Box::leak(Box::new(install::install_stowage(cp)));
+    scenarios(&Env { c, installed }, &client, &scope).await;
 
     // The ServiceAccounts of the install and where their roles apply.
     let accounts: BTreeSet<String> = installed

@@ -62,8 +62,7 @@ pub async fn run() -> Result<bool, String> {
     let bucket = stowage_testkit::garage::shared().bucket("demo");
     let options = install::Options {
         bucket: Some(bucket.clone()),
-        secret: true,
-        settings: install::prewarm_test_settings(),
+        ..install::Options::default()
     };
     say("stowage demo: zero-touch restore after a cluster rebuild, on a real control plane");
     say(
