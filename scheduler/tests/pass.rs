@@ -8,15 +8,16 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
 use k8s_openapi::api::events::v1::Event;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use stowage_common::env::SchedulerConfig;
 use stowage_common::k8s::contract::{self, status};
 use stowage_common::k8s::credentials::derive_repository_password;
 use stowage_common::k8s::pod_security::restricted_violations;
 use stowage_scheduler::pass::{self, PassOptions, PassReport};
-use stowage_testkit::fakeapi::{FakeApi, Fault};
+use stowage_testkit::fakeapi::Fault;
+use stowage_testkit::fakeapi::store::base64;
 use stowage_testkit::obj;
+use stowage_testkit::world::{ApiWorld, Keys, World};
 
 const USER: &str = "system:serviceaccount:stowage:stowage-scheduler";
 
@@ -24,176 +25,132 @@ fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
-struct World {
-    api: FakeApi,
+fn world() -> ApiWorld {
+    World::builder("master")
+        .namespace("a")
+        .namespace("b")
+        .policies("hourly: {schedule: \"@hourly\"}\ndaily: {schedule: \"0 3 * * *\"}\n")
+        .mover_keys(Keys::Fixed("AKMOVER", "SKMOVER"))
+        .build_api()
 }
 
-impl World {
-    fn new() -> Self {
-        let api = FakeApi::start();
-        let w = World { api };
-        for ns in ["stowage", "a", "b"] {
-            w.namespace(ns, json!({}));
-        }
-        w.put::<ConfigMap>(json!({
-            "metadata": {"name": "stowage-policies", "namespace": "stowage"},
-            "data": {"policies.yaml": "hourly: {schedule: \"@hourly\"}\ndaily: {schedule: \"0 3 * * *\"}\n"}
-        }));
-        w.put::<Secret>(json!({
-            "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-            "data": {
-                "master-password": b64("master"),
-                "mover-access-key-id": b64("AKMOVER"),
-                "mover-secret-access-key": b64("SKMOVER"),
-            }
-        }));
-        w
-    }
-
-    fn put<K>(&self, v: Value) -> K
-    where
-        K: k8s_openapi::Resource + serde::Serialize + DeserializeOwned,
-    {
-        self.api.put::<K>(v)
-    }
-
-    fn namespace(&self, name: &str, labels: Value) {
-        self.put::<Namespace>(json!({"metadata": {"name": name, "labels": labels}}));
-    }
-
-    /// A bound PVC with a running app pod (uid 1000) on node-a.
-    fn pvc(
-        &self,
-        ns: &str,
-        name: &str,
-        labels: Value,
-        annotations: Value,
-    ) -> PersistentVolumeClaim {
-        self.put::<PersistentVolume>(json!({
-            "metadata": {"name": format!("pv-{ns}-{name}")},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                     "hostPath": {"path": "/tmp/x"}}
-        }));
-        self.put::<PersistentVolumeClaim>(json!({
-            "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                     "volumeName": format!("pv-{ns}-{name}")}
-        }));
-        let pvc = self
-            .api
-            .store()
-            .modify::<PersistentVolumeClaim>(ns, name, |p| {
-                p.status = Some(obj(
-                    json!({"phase": "Bound", "capacity": {"storage": "1Gi"}}),
-                ));
-            })
-            .unwrap();
-        self.put::<Pod>(json!({
-            "metadata": {"name": format!("app-{name}"), "namespace": ns},
-            "spec": {
-                "nodeName": "node-a",
-                "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-                "containers": [{"name": "app", "image": "app",
-                                "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
-                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}]
-            }
-        }));
-        self.api
-            .store()
-            .modify::<Pod>(ns, &format!("app-{name}"), |p| {
-                p.status = Some(obj(json!({"phase": "Running"})));
-            })
-            .unwrap();
-        pvc
-    }
-
-    fn get_pvc(&self, ns: &str, name: &str) -> PersistentVolumeClaim {
-        self.api.store().get(ns, name).unwrap()
-    }
-
-    fn annotation(&self, ns: &str, name: &str, key: &str) -> Option<String> {
-        self.get_pvc(ns, name)
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .get(key)
-            .cloned()
-    }
-
-    fn jobs(&self) -> Vec<Job> {
-        self.api.store().list::<Job>(None)
-    }
-
-    fn events(&self, reason: &str) -> Vec<Event> {
-        self.api
-            .store()
-            .list::<Event>(None)
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .collect()
-    }
-
-    async fn pass(&self, cfg: &SchedulerConfig, now: &str) -> anyhow::Result<PassReport> {
-        pass::run(
-            self.api.client_for(USER),
-            cfg,
-            PassOptions {
-                dry_run: false,
-                now: t(now),
-            },
-        )
-        .await
-    }
-
-    /// Marks a Job finished with the mover's result as its pod's termination message.
-    fn finish(&self, job: &Job, ok: bool, message: &str) {
-        let ns = job.metadata.namespace.clone().unwrap();
-        let name = job.metadata.name.clone().unwrap();
-        self.put::<Pod>(json!({
-            "metadata": {"name": format!("{name}-abcde"), "namespace": ns,
-                         "labels": {"job-name": name, "app.kubernetes.io/managed-by": "stowage"}},
-            "spec": {"containers": [{"name": "mover", "image": "m"}]},
-        }));
-        self.api
-            .store()
-            .modify::<Pod>(&ns, &format!("{name}-abcde"), |p| {
-                p.status = Some(obj(json!({
-                    "phase": if ok { "Succeeded" } else { "Failed" },
-                    "containerStatuses": [{"name": "mover", "image": "m", "imageID": "", "ready": false,
-                        "restartCount": 0,
-                        "state": {"terminated": {"exitCode": if ok {0} else {1},
-                            "finishedAt": "2026-11-23T10:05:00Z", "message": message}}}]
-                })));
-            })
-            .unwrap();
-        self.api
-            .store()
-            .modify::<Job>(&ns, &name, |j| {
-                j.status = Some(obj(json!({"conditions": [{
-                    "type": if ok { "Complete" } else { "Failed" }, "status": "True"}]})));
-            })
-            .unwrap();
-    }
+fn namespace(w: &ApiWorld, name: &str, labels: Value) {
+    w.api
+        .put::<Namespace>(json!({"metadata": {"name": name, "labels": labels}}));
 }
 
-fn b64(s: &str) -> String {
-    // Secret data is base64 on the wire; the store keeps the wire form.
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
+/// A bound PVC with a running app pod (uid 1000) on node-a.
+fn pvc(
+    w: &ApiWorld,
+    ns: &str,
+    name: &str,
+    labels: Value,
+    annotations: Value,
+) -> PersistentVolumeClaim {
+    w.api.put::<PersistentVolume>(json!({
+        "metadata": {"name": format!("pv-{ns}-{name}")},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "hostPath": {"path": "/tmp/x"}}
+    }));
+    w.api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "volumeName": format!("pv-{ns}-{name}")}
+    }));
+    let pvc = w
+        .api
+        .store()
+        .modify::<PersistentVolumeClaim>(ns, name, |p| {
+            p.status = Some(obj(
+                json!({"phase": "Bound", "capacity": {"storage": "1Gi"}}),
+            ));
+        })
+        .unwrap();
+    w.api.put::<Pod>(json!({
+        "metadata": {"name": format!("app-{name}"), "namespace": ns},
+        "spec": {
+            "nodeName": "node-a",
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+            "containers": [{"name": "app", "image": "app",
+                            "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}]
         }
-    }
-    out
+    }));
+    w.api
+        .store()
+        .modify::<Pod>(ns, &format!("app-{name}"), |p| {
+            p.status = Some(obj(json!({"phase": "Running"})));
+        })
+        .unwrap();
+    pvc
+}
+
+fn get_pvc(w: &ApiWorld, ns: &str, name: &str) -> PersistentVolumeClaim {
+    w.api.store().get(ns, name).unwrap()
+}
+
+fn annotation(w: &ApiWorld, ns: &str, name: &str, key: &str) -> Option<String> {
+    get_pvc(w, ns, name)
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get(key)
+        .cloned()
+}
+
+fn jobs(w: &ApiWorld) -> Vec<Job> {
+    w.api.store().list::<Job>(None)
+}
+
+fn events(w: &ApiWorld, reason: &str) -> Vec<Event> {
+    w.api
+        .store()
+        .list::<Event>(None)
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+async fn pass(w: &ApiWorld, cfg: &SchedulerConfig, now: &str) -> anyhow::Result<PassReport> {
+    pass::run(
+        w.api.client_for(USER),
+        cfg,
+        PassOptions {
+            dry_run: false,
+            now: t(now),
+        },
+    )
+    .await
+}
+
+/// Marks a Job finished with the mover's result as its pod's termination message.
+fn finish(w: &ApiWorld, job: &Job, ok: bool, message: &str) {
+    let ns = job.metadata.namespace.clone().unwrap();
+    let name = job.metadata.name.clone().unwrap();
+    w.api.put::<Pod>(json!({
+        "metadata": {"name": format!("{name}-abcde"), "namespace": ns,
+                     "labels": {"job-name": name, "app.kubernetes.io/managed-by": "stowage"}},
+        "spec": {"containers": [{"name": "mover", "image": "m"}]},
+    }));
+    w.api
+        .store()
+        .modify::<Pod>(&ns, &format!("{name}-abcde"), |p| {
+            p.status = Some(obj(json!({
+                "phase": if ok { "Succeeded" } else { "Failed" },
+                "containerStatuses": [{"name": "mover", "image": "m", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": if ok {0} else {1},
+                        "finishedAt": "2026-11-23T10:05:00Z", "message": message}}}]
+            })));
+        })
+        .unwrap();
+    w.api
+        .store()
+        .modify::<Job>(&ns, &name, |j| {
+            j.status = Some(obj(json!({"conditions": [{
+                "type": if ok { "Complete" } else { "Failed" }, "status": "True"}]})));
+        })
+        .unwrap();
 }
 
 fn config(extra: &[(&str, &str)]) -> SchedulerConfig {
@@ -214,13 +171,15 @@ fn secret_value(s: &Secret, key: &str) -> String {
 
 #[tokio::test]
 async fn opted_in_pvcs_get_a_job_with_narrow_credentials() {
-    let w = World::new();
-    w.namespace("c", json!({"backup": "daily"}));
-    w.pvc("a", "labelled", json!({"backup": "hourly"}), json!({}));
-    w.pvc("a", "unlabelled", json!({}), json!({}));
-    w.pvc("c", "by-namespace", json!({}), json!({}));
-    w.pvc("c", "opted-out", json!({"backup": "none"}), json!({}));
-    let report = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    let w = world();
+    namespace(&w, "c", json!({"backup": "daily"}));
+    pvc(&w, "a", "labelled", json!({"backup": "hourly"}), json!({}));
+    pvc(&w, "a", "unlabelled", json!({}), json!({}));
+    pvc(&w, "c", "by-namespace", json!({}), json!({}));
+    pvc(&w, "c", "opted-out", json!({"backup": "none"}), json!({}));
+    let report = pass(&w, &config(&[]), "2026-11-23T10:00:00Z")
+        .await
+        .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let mut started: Vec<_> = report
         .started
@@ -230,7 +189,7 @@ async fn opted_in_pvcs_get_a_job_with_narrow_credentials() {
     started.sort();
     assert_eq!(started, vec!["a/labelled", "c/by-namespace"]);
 
-    let jobs = w.jobs();
+    let jobs = jobs(&w);
     assert_eq!(jobs.len(), 2);
     let job = jobs
         .iter()
@@ -261,39 +220,39 @@ async fn opted_in_pvcs_get_a_job_with_narrow_credentials() {
     assert!(
         !serde_json::to_string(&secret)
             .unwrap()
-            .contains(&b64("master"))
+            .contains(&base64(b"master"))
     );
 
     assert_eq!(
-        w.annotation("a", "labelled", status::LAST_JOB).as_deref(),
+        annotation(&w, "a", "labelled", status::LAST_JOB).as_deref(),
         Some(name.as_str())
     );
     assert_eq!(
-        w.annotation("a", "labelled", status::LAST_ATTEMPT)
-            .as_deref(),
+        annotation(&w, "a", "labelled", status::LAST_ATTEMPT).as_deref(),
         Some("2026-11-23T10:00:00Z")
     );
-    assert_eq!(w.events(contract::reason::BACKUP_STARTED).len(), 2);
+    assert_eq!(events(&w, contract::reason::BACKUP_STARTED).len(), 2);
 }
 
 #[tokio::test]
 async fn a_rerun_of_the_pass_starts_nothing_twice() {
-    let w = World::new();
-    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    let w = world();
+    pvc(&w, "a", "p", json!({"backup": "hourly"}), json!({}));
     let cfg = config(&[]);
-    let first = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let first = pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
     assert_eq!(first.started.len(), 1);
     // Same pass again (kubectl create job --from=cronjob/...): the Job is running.
-    let again = w.pass(&cfg, "2026-11-23T10:00:30Z").await.unwrap();
+    let again = pass(&w, &cfg, "2026-11-23T10:00:30Z").await.unwrap();
     assert_eq!(again.started.len(), 0);
     assert_eq!(again.skipped.get("job_running"), Some(&1));
-    assert_eq!(w.jobs().len(), 1);
+    assert_eq!(jobs(&w).len(), 1);
 
     // Two passes at the same time (a manual run while the CronJob runs): both decide
     // the same work under the same name; one creates it, the other meets AlreadyExists.
-    let w = World::new();
+    let w = world();
     for p in ["p1", "p2", "p3"] {
-        w.pvc(
+        pvc(
+            &w,
             "a",
             p,
             json!({"backup": "hourly"}),
@@ -301,8 +260,8 @@ async fn a_rerun_of_the_pass_starts_nothing_twice() {
         );
     }
     let (x, y) = tokio::join!(
-        w.pass(&cfg, "2026-11-23T10:00:01Z"),
-        w.pass(&cfg, "2026-11-23T10:00:02Z")
+        pass(&w, &cfg, "2026-11-23T10:00:01Z"),
+        pass(&w, &cfg, "2026-11-23T10:00:02Z")
     );
     let (x, y) = (x.unwrap(), y.unwrap());
     assert!(
@@ -311,9 +270,9 @@ async fn a_rerun_of_the_pass_starts_nothing_twice() {
         x.errors,
         y.errors
     );
-    assert_eq!(w.jobs().len(), 3, "one Job per PVC");
+    assert_eq!(jobs(&w).len(), 3, "one Job per PVC");
     assert_eq!(x.started.len() + y.started.len(), 3, "each reported once");
-    assert_eq!(w.events(contract::reason::BACKUP_STARTED).len(), 3);
+    assert_eq!(events(&w, contract::reason::BACKUP_STARTED).len(), 3);
     let creates = w
         .api
         .requests()
@@ -332,26 +291,27 @@ async fn a_rerun_of_the_pass_starts_nothing_twice() {
 
 #[tokio::test]
 async fn skips_are_recorded_with_events_and_other_pvcs_go_on() {
-    let w = World::new();
-    w.pvc("a", "unknown", json!({"backup": "weekly"}), json!({}));
-    w.pvc("a", "good", json!({"backup": "hourly"}), json!({}));
-    w.pvc(
+    let w = world();
+    pvc(&w, "a", "unknown", json!({"backup": "weekly"}), json!({}));
+    pvc(&w, "a", "good", json!({"backup": "hourly"}), json!({}));
+    pvc(
+        &w,
         "a",
         "bad-user",
         json!({"backup": "hourly"}),
         json!({contract::user::MOVER_USER: "www-data"}),
     );
-    let _unbound: PersistentVolumeClaim = w.put(json!({
+    let _unbound: PersistentVolumeClaim = w.api.put(json!({
         "metadata": {"name": "unbound", "namespace": "b", "labels": {"backup": "hourly"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }));
     let cfg = config(&[]);
-    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
     assert_eq!(r.started.len(), 1, "{r:?}");
     assert_eq!(r.skipped.get("unknown_policy"), Some(&1));
     assert_eq!(r.skipped.get("no_mover_user"), Some(&1));
     assert_eq!(r.skipped.get("unbound"), Some(&1));
-    let ev = w.events(contract::reason::UNKNOWN_POLICY);
+    let ev = events(&w, contract::reason::UNKNOWN_POLICY);
     assert_eq!(ev.len(), 1);
     let note = ev[0].note.clone().unwrap();
     assert!(
@@ -362,27 +322,28 @@ async fn skips_are_recorded_with_events_and_other_pvcs_go_on() {
         ev[0].regarding.as_ref().unwrap().name.as_deref(),
         Some("unknown")
     );
-    assert_eq!(w.events(contract::reason::MOVER_USER_UNKNOWN).len(), 1);
+    assert_eq!(events(&w, contract::reason::MOVER_USER_UNKNOWN).len(), 1);
     assert!(
-        w.annotation("a", "unknown", status::SKIPPED)
+        annotation(&w, "a", "unknown", status::SKIPPED)
             .unwrap()
             .starts_with("UnknownPolicy")
     );
     // The next pass does not repeat the same warning.
-    w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
-    assert_eq!(w.events(contract::reason::UNKNOWN_POLICY).len(), 1);
+    pass(&w, &cfg, "2026-11-23T10:01:00Z").await.unwrap();
+    assert_eq!(events(&w, contract::reason::UNKNOWN_POLICY).len(), 1);
 }
 
 #[tokio::test]
 async fn concurrency_limit_across_the_cluster() {
-    let w = World::new();
+    let w = world();
     for (ns, p, last) in [
         ("a", "p1", "2026-11-23T08:00:01Z"),
         ("a", "p2", "2026-11-20T08:00:01Z"),
         ("b", "p3", "2026-11-22T08:00:01Z"),
         ("b", "p4", "2026-11-23T09:00:01Z"),
     ] {
-        w.pvc(
+        pvc(
+            &w,
             ns,
             p,
             json!({"backup": "hourly"}),
@@ -390,85 +351,104 @@ async fn concurrency_limit_across_the_cluster() {
         );
     }
     let cfg = config(&[("STOWAGE_MAX_CONCURRENT_JOBS", "2")]);
-    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
     let mut started: Vec<_> = r.started.iter().map(|(_, p, _)| p.clone()).collect();
     started.sort();
     assert_eq!(started, vec!["p2", "p3"], "most overdue first");
     assert_eq!(r.skipped.get("concurrency_limit"), Some(&2));
     // Slots are still taken: nothing more starts.
-    let r = w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:01:00Z").await.unwrap();
     assert!(r.started.is_empty());
     // One finishes: the next most overdue starts.
-    let j = w.jobs().into_iter().next().unwrap();
-    w.finish(&j, true, r#"{"operation":"backup","ok":true,"snapshot":"abcdef0123","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#);
-    let r = w.pass(&cfg, "2026-11-23T10:02:00Z").await.unwrap();
+    let j = jobs(&w).into_iter().next().unwrap();
+    finish(
+        &w,
+        &j,
+        true,
+        r#"{"operation":"backup","ok":true,"snapshot":"abcdef0123","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#,
+    );
+    let r = pass(&w, &cfg, "2026-11-23T10:02:00Z").await.unwrap();
     assert_eq!(r.started.len(), 1);
     assert_eq!(r.started[0].1, "p1");
 }
 
 #[tokio::test]
 async fn results_of_finished_jobs_are_recorded_once() {
-    let w = World::new();
-    w.pvc("a", "ok", json!({"backup": "hourly"}), json!({}));
-    w.pvc("a", "bad", json!({"backup": "hourly"}), json!({}));
+    let w = world();
+    pvc(&w, "a", "ok", json!({"backup": "hourly"}), json!({}));
+    pvc(&w, "a", "bad", json!({"backup": "hourly"}), json!({}));
     let cfg = config(&[]);
-    w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
-    for j in w.jobs() {
+    pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    for j in jobs(&w) {
         if j.metadata.name.as_deref().unwrap().contains("-ok-") {
-            w.finish(&j, true, r#"{"operation":"backup","ok":true,"snapshot":"5f3c9a1e77","files":12,"bytes":3400,"added_bytes":3400,"uploaded_bytes":1,"downloaded_bytes":0,"duration_secs":2.5,"restored":null}"#);
+            finish(
+                &w,
+                &j,
+                true,
+                r#"{"operation":"backup","ok":true,"snapshot":"5f3c9a1e77","files":12,"bytes":3400,"added_bytes":3400,"uploaded_bytes":1,"downloaded_bytes":0,"duration_secs":2.5,"restored":null}"#,
+            );
         } else {
-            w.finish(&j, false, r#"{"operation":"backup","ok":false,"files":0,"bytes":0,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.5,"restored":null,"error":"refusing the first backup of PVC x: ... annotate the PVC stowage.io/adopt-repository=true","reason":"ForeignHistory"}"#);
+            finish(
+                &w,
+                &j,
+                false,
+                r#"{"operation":"backup","ok":false,"files":0,"bytes":0,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.5,"restored":null,"error":"refusing the first backup of PVC x: ... annotate the PVC stowage.io/adopt-repository=true","reason":"ForeignHistory"}"#,
+            );
         }
     }
-    let r = w.pass(&cfg, "2026-11-23T10:10:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:10:00Z").await.unwrap();
     assert_eq!(r.recorded.len(), 2);
     assert_eq!(
-        w.annotation("a", "ok", status::LAST_RESULT).as_deref(),
+        annotation(&w, "a", "ok", status::LAST_RESULT).as_deref(),
         Some("Succeeded")
     );
     assert_eq!(
-        w.annotation("a", "ok", status::LAST_SNAPSHOT).as_deref(),
+        annotation(&w, "a", "ok", status::LAST_SNAPSHOT).as_deref(),
         Some("5f3c9a1e77")
     );
     assert_eq!(
-        w.annotation("a", "ok", status::LAST_BACKUP).as_deref(),
+        annotation(&w, "a", "ok", status::LAST_BACKUP).as_deref(),
         Some("2026-11-23T10:10:00Z")
     );
     assert_eq!(
-        w.annotation("a", "bad", status::LAST_RESULT).as_deref(),
+        annotation(&w, "a", "bad", status::LAST_RESULT).as_deref(),
         Some("Failed: ForeignHistory")
     );
-    assert_eq!(w.annotation("a", "bad", status::LAST_BACKUP), None);
-    let ev = w.events(contract::reason::FOREIGN_HISTORY);
+    assert_eq!(annotation(&w, "a", "bad", status::LAST_BACKUP), None);
+    let ev = events(&w, contract::reason::FOREIGN_HISTORY);
     assert_eq!(ev.len(), 1);
     assert!(ev[0].note.as_ref().unwrap().contains("adopt-repository"));
-    assert_eq!(w.events(contract::reason::BACKUP_SUCCEEDED).len(), 1);
+    assert_eq!(events(&w, contract::reason::BACKUP_SUCCEEDED).len(), 1);
     // Recorded once; the failed one is not retried before its next scheduled time.
-    let r = w.pass(&cfg, "2026-11-23T10:20:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:20:00Z").await.unwrap();
     assert!(r.recorded.is_empty());
     assert!(r.started.is_empty());
-    let r = w.pass(&cfg, "2026-11-23T11:00:01Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T11:00:01Z").await.unwrap();
     assert_eq!(r.started.len(), 2);
 }
 
 #[tokio::test]
 async fn adopt_and_populated_pvcs_tell_the_mover_to_continue_the_history() {
-    let w = World::new();
-    w.pvc(
+    let w = world();
+    pvc(
+        &w,
         "a",
         "adopted",
         json!({"backup": "hourly"}),
         json!({contract::user::ADOPT_REPOSITORY: "true"}),
     );
-    w.pvc(
+    pvc(
+        &w,
         "a",
         "restored",
         json!({"backup": "hourly"}),
         json!({status::POPULATED_FROM: "abcd1234"}),
     );
-    w.pvc("a", "plain", json!({"backup": "hourly"}), json!({}));
-    w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
-    for j in w.jobs() {
+    pvc(&w, "a", "plain", json!({"backup": "hourly"}), json!({}));
+    pass(&w, &config(&[]), "2026-11-23T10:00:00Z")
+        .await
+        .unwrap();
+    for j in jobs(&w) {
         let env = j.spec.unwrap().template.spec.unwrap().containers[0]
             .env
             .clone()
@@ -483,9 +463,10 @@ async fn adopt_and_populated_pvcs_tell_the_mover_to_continue_the_history() {
 
 #[tokio::test]
 async fn missing_credentials_and_permissions_are_clear_errors() {
-    let w = World::new();
-    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
-    w.pvc(
+    let w = world();
+    pvc(&w, "a", "p", json!({"backup": "hourly"}), json!({}));
+    pvc(
+        &w,
         "a",
         "own",
         json!({"backup": "hourly"}),
@@ -495,7 +476,9 @@ async fn missing_credentials_and_permissions_are_clear_errors() {
         .store()
         .delete::<Secret>("stowage", "stowage-credentials")
         .unwrap();
-    let r = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    let r = pass(&w, &config(&[]), "2026-11-23T10:00:00Z")
+        .await
+        .unwrap();
     assert!(r.started.is_empty());
     // The central Secret is everyone's: the run fails, once. The PVC's own missing
     // Secret is its problem only.
@@ -514,13 +497,16 @@ async fn missing_credentials_and_permissions_are_clear_errors() {
         "{:?}",
         r.problems
     );
-    assert_eq!(w.events(contract::reason::CREDENTIALS_MISSING).len(), 2);
+    assert_eq!(events(&w, contract::reason::CREDENTIALS_MISSING).len(), 2);
 
     // A VolSync-style Secret of the PVC's own is used as it is.
-    w.put::<Secret>(json!({"metadata": {"name": "restic-own", "namespace": "a"}, "data": {}}));
-    let r = w.pass(&config(&[]), "2026-11-23T10:01:00Z").await.unwrap();
+    w.api
+        .put::<Secret>(json!({"metadata": {"name": "restic-own", "namespace": "a"}, "data": {}}));
+    let r = pass(&w, &config(&[]), "2026-11-23T10:01:00Z")
+        .await
+        .unwrap();
     assert_eq!(r.started.len(), 1);
-    let job = w.jobs().remove(0);
+    let job = jobs(&w).remove(0);
     let from = job.spec.unwrap().template.spec.unwrap().containers[0]
         .env_from
         .clone()
@@ -539,8 +525,7 @@ async fn missing_credentials_and_permissions_are_clear_errors() {
             .resource("persistentvolumeclaims")
             .verb("list"),
     );
-    let e = w
-        .pass(&config(&[]), "2026-11-23T10:02:00Z")
+    let e = pass(&w, &config(&[]), "2026-11-23T10:02:00Z")
         .await
         .unwrap_err()
         .to_string();
@@ -557,25 +542,27 @@ async fn missing_credentials_and_permissions_are_clear_errors() {
 
 #[tokio::test]
 async fn block_and_read_write_once_pod_volumes_are_skipped_with_events() {
-    let w = World::new();
-    w.pvc("a", "blk", json!({"backup": "hourly"}), json!({}));
+    let w = world();
+    pvc(&w, "a", "blk", json!({"backup": "hourly"}), json!({}));
     w.api
         .store()
         .modify::<PersistentVolumeClaim>("a", "blk", |p| {
             p.spec.as_mut().unwrap().volume_mode = Some("Block".into());
         })
         .unwrap();
-    w.pvc("a", "rwop", json!({"backup": "hourly"}), json!({}));
+    pvc(&w, "a", "rwop", json!({"backup": "hourly"}), json!({}));
     w.api
         .store()
         .modify::<PersistentVolumeClaim>("a", "rwop", |p| {
             p.spec.as_mut().unwrap().access_modes = Some(vec!["ReadWriteOncePod".into()]);
         })
         .unwrap();
-    let r = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    let r = pass(&w, &config(&[]), "2026-11-23T10:00:00Z")
+        .await
+        .unwrap();
     assert!(r.started.is_empty());
-    assert_eq!(w.events(contract::reason::BLOCK_VOLUME).len(), 1);
-    assert_eq!(w.events(contract::reason::VOLUME_IN_USE).len(), 1);
+    assert_eq!(events(&w, contract::reason::BLOCK_VOLUME).len(), 1);
+    assert_eq!(events(&w, contract::reason::VOLUME_IN_USE).len(), 1);
 }
 
 #[test]
@@ -600,8 +587,8 @@ fn repo_password_command_prints_the_derived_password() {
 
 #[test]
 fn pushgateway_down_fails_the_run_after_the_pass() {
-    let w = World::new();
-    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    let w = world();
+    pvc(&w, "a", "p", json!({"backup": "hourly"}), json!({}));
     let port = stowage_testkit::free_port();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-scheduler"))
         .env_clear()
@@ -624,14 +611,14 @@ fn pushgateway_down_fails_the_run_after_the_pass() {
         log.contains("metrics not pushed") && log.contains("unreachable"),
         "{log}"
     );
-    assert_eq!(w.jobs().len(), 1);
+    assert_eq!(jobs(&w).len(), 1);
 }
 
 #[test]
 fn metrics_are_pushed_to_the_pushgateway() {
-    let w = World::new();
-    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
-    w.pvc("a", "q", json!({"backup": "weekly"}), json!({}));
+    let w = world();
+    pvc(&w, "a", "p", json!({"backup": "hourly"}), json!({}));
+    pvc(&w, "a", "q", json!({"backup": "weekly"}), json!({}));
     let (port, server) = stowage_testkit::pushgateway::capture_one_request();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-scheduler"))
         .env_clear()
@@ -678,16 +665,16 @@ fn metrics_are_pushed_to_the_pushgateway() {
 async fn api_errors_fail_clearly_and_a_rerun_converges() {
     let cfg = config(&[]);
     // A 500 on one Job creation: that PVC fails with the API's message, the other goes on.
-    let w = World::new();
-    w.pvc("a", "p1", json!({"backup": "hourly"}), json!({}));
-    w.pvc("a", "p2", json!({"backup": "hourly"}), json!({}));
+    let w = world();
+    pvc(&w, "a", "p1", json!({"backup": "hourly"}), json!({}));
+    pvc(&w, "a", "p2", json!({"backup": "hourly"}), json!({}));
     w.api.inject(
         Fault::error(500, "InternalError", "etcdserver: leader changed")
             .verb("create")
             .resource("jobs")
             .times(1),
     );
-    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
     assert_eq!(r.started.len(), 1);
     assert!(r.errors.is_empty(), "one PVC's problem: {:?}", r.errors);
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
@@ -700,27 +687,27 @@ async fn api_errors_fail_clearly_and_a_rerun_converges() {
         "{}",
         r.problems[0]
     );
-    assert_eq!(w.events(contract::reason::BACKUP_NOT_STARTED).len(), 1);
-    let r = w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
+    assert_eq!(events(&w, contract::reason::BACKUP_NOT_STARTED).len(), 1);
+    let r = pass(&w, &cfg, "2026-11-23T10:01:00Z").await.unwrap();
     assert!(
         r.errors.is_empty() && r.problems.is_empty(),
         "{:?}",
         r.problems
     );
     assert_eq!(r.started.len(), 1);
-    assert_eq!(w.jobs().len(), 2, "one Job per PVC after the re-run");
+    assert_eq!(jobs(&w).len(), 2, "one Job per PVC after the re-run");
 
     // A conflict when recording the start on the PVC: the Job exists but the PVC does
     // not know it. The re-run adopts it; its result is recorded; no second backup.
-    let w = World::new();
-    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    let w = world();
+    pvc(&w, "a", "p", json!({"backup": "hourly"}), json!({}));
     w.api.inject(
         Fault::error(409, "Conflict", "the object has been modified")
             .verb("patch")
             .resource("persistentvolumeclaims")
             .times(1),
     );
-    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert!(
         r.problems[0]
@@ -729,15 +716,20 @@ async fn api_errors_fail_clearly_and_a_rerun_converges() {
         "{}",
         r.problems[0]
     );
-    assert_eq!(w.annotation("a", "p", status::LAST_JOB), None);
-    let job = w.jobs().remove(0);
-    w.finish(&job, true, r#"{"operation":"backup","ok":true,"snapshot":"0123456789","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#);
-    let r = w.pass(&cfg, "2026-11-23T10:05:00Z").await.unwrap();
+    assert_eq!(annotation(&w, "a", "p", status::LAST_JOB), None);
+    let job = jobs(&w).remove(0);
+    finish(
+        &w,
+        &job,
+        true,
+        r#"{"operation":"backup","ok":true,"snapshot":"0123456789","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#,
+    );
+    let r = pass(&w, &cfg, "2026-11-23T10:05:00Z").await.unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(r.started.is_empty(), "adopted, not due again");
-    assert_eq!(w.jobs().len(), 1);
+    assert_eq!(jobs(&w).len(), 1);
     assert_eq!(
-        w.annotation("a", "p", status::LAST_RESULT).as_deref(),
+        annotation(&w, "a", "p", status::LAST_RESULT).as_deref(),
         Some("Succeeded")
     );
 
@@ -747,8 +739,7 @@ async fn api_errors_fail_clearly_and_a_rerun_converges() {
             .verb("list")
             .resource("pods"),
     );
-    let e = w
-        .pass(&cfg, "2026-11-23T10:06:00Z")
+    let e = pass(&w, &cfg, "2026-11-23T10:06:00Z")
         .await
         .unwrap_err()
         .to_string();
@@ -760,7 +751,7 @@ async fn api_errors_fail_clearly_and_a_rerun_converges() {
 
 #[test]
 fn a_hung_api_server_fails_the_pass_in_time() {
-    let w = World::new();
+    let w = world();
     w.api.inject(
         Fault::delay(std::time::Duration::from_secs(20))
             .verb("list")
@@ -790,28 +781,27 @@ const PARTIAL: &str = r#"{"operation":"backup","ok":false,"snapshot":"9a8b7c6d5e
 
 #[tokio::test]
 async fn a_partial_backup_is_a_failure_of_its_own_kind() {
-    let w = World::new();
-    w.pvc("a", "p", json!({"backup": "hourly"}), json!({}));
+    let w = world();
+    pvc(&w, "a", "p", json!({"backup": "hourly"}), json!({}));
     let cfg = config(&[]);
-    w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
-    let job = w.jobs().remove(0);
-    w.finish(&job, false, PARTIAL);
-    let r = w.pass(&cfg, "2026-11-23T10:10:00Z").await.unwrap();
+    pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let job = jobs(&w).remove(0);
+    finish(&w, &job, false, PARTIAL);
+    let r = pass(&w, &cfg, "2026-11-23T10:10:00Z").await.unwrap();
     assert_eq!(r.recorded.len(), 1);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(
-        w.annotation("a", "p", status::LAST_RESULT).as_deref(),
+        annotation(&w, "a", "p", status::LAST_RESULT).as_deref(),
         Some("Failed: Partial")
     );
     // The snapshot it stored is recorded; the last success does not advance.
     assert_eq!(
-        w.annotation("a", "p", status::LAST_PARTIAL_SNAPSHOT)
-            .as_deref(),
+        annotation(&w, "a", "p", status::LAST_PARTIAL_SNAPSHOT).as_deref(),
         Some("9a8b7c6d5e4f")
     );
-    assert_eq!(w.annotation("a", "p", status::LAST_BACKUP), None);
-    assert_eq!(w.annotation("a", "p", status::LAST_SNAPSHOT), None);
-    let ev = w.events(contract::reason::BACKUP_PARTIAL);
+    assert_eq!(annotation(&w, "a", "p", status::LAST_BACKUP), None);
+    assert_eq!(annotation(&w, "a", "p", status::LAST_SNAPSHOT), None);
+    let ev = events(&w, contract::reason::BACKUP_PARTIAL);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].type_.as_deref(), Some("Warning"));
     let note = ev[0].note.clone().unwrap();
@@ -823,8 +813,8 @@ async fn a_partial_backup_is_a_failure_of_its_own_kind() {
     ] {
         assert!(note.contains(needle), "{needle:?} in {note}");
     }
-    assert!(w.events(contract::reason::BACKUP_FAILED).is_empty());
-    assert!(w.events(contract::reason::BACKUP_SUCCEEDED).is_empty());
+    assert!(events(&w, contract::reason::BACKUP_FAILED).is_empty());
+    assert!(events(&w, contract::reason::BACKUP_SUCCEEDED).is_empty());
     assert_eq!(
         r.metrics
             .value("stowage_backup_results", &[("result", "partial")]),
@@ -849,15 +839,19 @@ async fn a_partial_backup_is_a_failure_of_its_own_kind() {
 
     // A complete backup afterwards is the success (and its time is pushed in the
     // pass that records it).
-    let r = w.pass(&cfg, "2026-11-23T11:00:10Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T11:00:10Z").await.unwrap();
     assert_eq!(r.started.len(), 1);
-    let job = w
-        .jobs()
+    let job = jobs(&w)
         .into_iter()
         .find(|j| j.metadata.name.as_deref() != job.metadata.name.as_deref())
         .unwrap();
-    w.finish(&job, true, r#"{"operation":"backup","ok":true,"snapshot":"1111222233","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#);
-    let r = w.pass(&cfg, "2026-11-23T11:10:00Z").await.unwrap();
+    finish(
+        &w,
+        &job,
+        true,
+        r#"{"operation":"backup","ok":true,"snapshot":"1111222233","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#,
+    );
+    let r = pass(&w, &cfg, "2026-11-23T11:10:00Z").await.unwrap();
     assert_eq!(
         r.metrics
             .value("stowage_backup_last_success_timestamp_seconds", &labels),
@@ -867,10 +861,11 @@ async fn a_partial_backup_is_a_failure_of_its_own_kind() {
 
 #[test]
 fn one_bad_pvc_fails_neither_the_run_nor_the_others() {
-    let w = World::new();
-    w.pvc("a", "good-1", json!({"backup": "hourly"}), json!({}));
-    w.pvc("b", "good-2", json!({"backup": "daily"}), json!({}));
-    w.pvc(
+    let w = world();
+    pvc(&w, "a", "good-1", json!({"backup": "hourly"}), json!({}));
+    pvc(&w, "b", "good-2", json!({"backup": "daily"}), json!({}));
+    pvc(
+        &w,
         "a",
         "bad",
         json!({"backup": "hourly"}),
@@ -890,8 +885,7 @@ fn one_bad_pvc_fails_neither_the_run_nor_the_others() {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(0), "{log}");
-    let mut started: Vec<String> = w
-        .jobs()
+    let mut started: Vec<String> = jobs(&w)
         .iter()
         .map(|j| {
             let l = j.metadata.name.clone().unwrap();
@@ -908,7 +902,7 @@ fn one_bad_pvc_fails_neither_the_run_nor_the_others() {
         started[1].starts_with("b/stowage-backup-good-2-"),
         "{started:?}"
     );
-    let ev = w.events(contract::reason::CREDENTIALS_MISSING);
+    let ev = events(&w, contract::reason::CREDENTIALS_MISSING);
     assert_eq!(ev.len(), 1);
     assert_eq!(
         ev[0].regarding.as_ref().unwrap().name.as_deref(),
@@ -931,10 +925,12 @@ fn one_bad_pvc_fails_neither_the_run_nor_the_others() {
 #[tokio::test]
 async fn an_unknown_policy_or_a_missing_policies_configmap() {
     // One PVC's unknown policy: its problem, not the pass's.
-    let w = World::new();
-    w.pvc("a", "typo", json!({"backup": "hourlly"}), json!({}));
-    w.pvc("a", "fine", json!({"backup": "hourly"}), json!({}));
-    let r = w.pass(&config(&[]), "2026-11-23T10:00:00Z").await.unwrap();
+    let w = world();
+    pvc(&w, "a", "typo", json!({"backup": "hourlly"}), json!({}));
+    pvc(&w, "a", "fine", json!({"backup": "hourly"}), json!({}));
+    let r = pass(&w, &config(&[]), "2026-11-23T10:00:00Z")
+        .await
+        .unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.started.len(), 1);
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
@@ -945,30 +941,32 @@ async fn an_unknown_policy_or_a_missing_policies_configmap() {
         .store()
         .delete::<ConfigMap>("stowage", "stowage-policies")
         .unwrap();
-    let r = w.pass(&config(&[]), "2026-11-23T11:00:10Z").await.unwrap();
+    let r = pass(&w, &config(&[]), "2026-11-23T11:00:10Z")
+        .await
+        .unwrap();
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert!(r.errors[0].contains("stowage/stowage-policies not found"));
     assert!(r.started.is_empty());
-    assert_eq!(w.events(contract::reason::UNKNOWN_POLICY).len(), 1);
+    assert_eq!(events(&w, contract::reason::UNKNOWN_POLICY).len(), 1);
 }
 
 #[tokio::test]
 async fn an_unreachable_storage_is_probed_once_per_pass_and_resumes_by_itself() {
-    let w = World::new();
+    let w = world();
     for p in ["p1", "p2", "p3", "p4"] {
-        w.pvc("a", p, json!({"backup": "hourly"}), json!({}));
+        pvc(&w, "a", p, json!({"backup": "hourly"}), json!({}));
     }
     let cfg = config(&[("STOWAGE_MAX_CONCURRENT_JOBS", "10")]);
-    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
     assert_eq!(r.started.len(), 4);
     let unreachable = r#"{"operation":"backup","ok":false,"files":0,"bytes":0,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":30.0,"restored":null,"error":"S3 s3.lan did not answer","reason":"StorageTimeout"}"#;
-    for j in w.jobs() {
-        w.finish(&j, false, unreachable);
+    for j in jobs(&w) {
+        finish(&w, &j, false, unreachable);
     }
-    let r = w.pass(&cfg, "2026-11-23T10:10:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:10:00Z").await.unwrap();
     assert_eq!(r.recorded.len(), 4);
     // One Event and one series for the storage, on the scheduler's CronJob.
-    let ev = w.events(contract::reason::STORAGE_UNREACHABLE);
+    let ev = events(&w, contract::reason::STORAGE_UNREACHABLE);
     assert_eq!(ev.len(), 1);
     let on = ev[0].regarding.clone().unwrap();
     assert_eq!(
@@ -1000,7 +998,7 @@ async fn an_unreachable_storage_is_probed_once_per_pass_and_resumes_by_itself() 
     );
 
     // Due again: one probe Job, the others wait (no failed Job each).
-    let r = w.pass(&cfg, "2026-11-23T11:00:10Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T11:00:10Z").await.unwrap();
     assert_eq!(r.started.len(), 1, "{r:?}");
     assert_eq!(r.skipped.get("storage_unreachable"), Some(&3));
     assert!(
@@ -1008,18 +1006,23 @@ async fn an_unreachable_storage_is_probed_once_per_pass_and_resumes_by_itself() 
         "no per-PVC problem: {:?}",
         r.problems
     );
-    let probe = w.jobs().into_iter().find(facts_unfinished).unwrap();
+    let probe = jobs(&w).into_iter().find(facts_unfinished).unwrap();
     // While the probe runs nothing else of that storage starts; no second Event.
-    let r = w.pass(&cfg, "2026-11-23T11:05:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T11:05:00Z").await.unwrap();
     assert!(r.started.is_empty());
     assert_eq!(r.skipped.get("storage_unreachable"), Some(&3));
-    assert_eq!(w.events(contract::reason::STORAGE_UNREACHABLE).len(), 1);
+    assert_eq!(events(&w, contract::reason::STORAGE_UNREACHABLE).len(), 1);
 
     // The probe reaches the storage: backups resume in the same pass.
-    w.finish(&probe, true, r#"{"operation":"backup","ok":true,"snapshot":"abcdef0123","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#);
-    let r = w.pass(&cfg, "2026-11-23T11:10:00Z").await.unwrap();
+    finish(
+        &w,
+        &probe,
+        true,
+        r#"{"operation":"backup","ok":true,"snapshot":"abcdef0123","files":1,"bytes":1,"added_bytes":1,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":1.0,"restored":null}"#,
+    );
+    let r = pass(&w, &cfg, "2026-11-23T11:10:00Z").await.unwrap();
     assert_eq!(r.started.len(), 3, "{r:?}");
-    assert_eq!(w.events(contract::reason::STORAGE_REACHABLE).len(), 1);
+    assert_eq!(events(&w, contract::reason::STORAGE_REACHABLE).len(), 1);
     assert_eq!(
         r.metrics.value("stowage_storage_unreachable", &storage),
         Some(0.0)
@@ -1032,37 +1035,39 @@ fn facts_unfinished(j: &Job) -> bool {
 
 #[tokio::test]
 async fn another_namespaces_repository_needs_its_grant() {
-    let w = World::new();
+    let w = world();
     let victim = "s3:s3.lan/volsync-backups//b/data/";
-    w.pvc(
+    pvc(
+        &w,
         "a",
         "thief",
         json!({"backup": "hourly"}),
         json!({contract::user::REPOSITORY: victim}),
     );
-    w.pvc(
+    pvc(
+        &w,
         "a",
         "outside",
         json!({"backup": "hourly"}),
         json!({contract::user::REPOSITORY: "s3:https://s3.lan/elsewhere/b/data"}),
     );
     let cfg = config(&[]);
-    let r = w.pass(&cfg, "2026-11-23T10:00:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:00:00Z").await.unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(r.started.is_empty());
-    assert!(w.jobs().is_empty());
+    assert!(jobs(&w).is_empty());
     assert!(
         w.api.store().list::<Secret>(Some("a")).is_empty(),
         "no Secret with b's password in a"
     );
-    let ev = w.events(contract::reason::REPOSITORY_NOT_GRANTED);
+    let ev = events(&w, contract::reason::REPOSITORY_NOT_GRANTED);
     assert_eq!(ev.len(), 1);
     let note = ev[0].note.clone().unwrap();
     assert!(
         note.contains("kubectl annotate namespace b stowage.io/grant-repositories-to=a"),
         "{note}"
     );
-    let refused = w.events(contract::reason::REPOSITORY_REFUSED);
+    let refused = events(&w, contract::reason::REPOSITORY_REFUSED);
     assert_eq!(refused.len(), 1);
     assert!(
         refused[0]
@@ -1093,9 +1098,9 @@ async fn another_namespaces_repository_needs_its_grant() {
             );
         })
         .unwrap();
-    let r = w.pass(&cfg, "2026-11-23T10:01:00Z").await.unwrap();
+    let r = pass(&w, &cfg, "2026-11-23T10:01:00Z").await.unwrap();
     assert_eq!(r.started.len(), 1, "{r:?}");
-    let job = w.jobs().remove(0);
+    let job = jobs(&w).remove(0);
     let secret: Secret = w
         .api
         .store()

@@ -9,130 +9,86 @@ use crate::support;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use rustic_core::NoProgressBars;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use stowage_common::env::GcConfig;
-use stowage_common::k8s::credentials::derive_repository_password;
 use stowage_common::k8s::mover_job::mover_labels;
 use stowage_common::k8s::naming::Operation;
 use stowage_common::locks::{self, LockInfo, LockKey};
 use stowage_gc::pass::{self, PassOptions};
-use stowage_testkit::fakeapi::{FakeApi, Fault};
+use stowage_testkit::fakeapi::Fault;
 use stowage_testkit::garage;
+use stowage_testkit::world::ApiWorld as World;
 use support::*;
 
-const USER: &str = "system:serviceaccount:stowage:stowage-gc";
-const MASTER: &str = "master secret";
 const LEADER: &str = "etcdserver: leader changed";
 /// `data` keeps its newest snapshot; `long` keeps three, more than the default
 /// retention (720 h before the newest) would.
 const POLICIES: &str = "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n\
                         long: {schedule: \"@daily\", retention: {keepLast: 3}}\n";
 
-struct World {
-    api: FakeApi,
-    base: String,
-    cfg: GcConfig,
-    now: Timestamp,
-    data: Vec<(String, String)>,
-    long: Vec<(String, String)>,
+/// The world of these tests: the PVCs `data` and `long` of their policies, each with
+/// three snapshots.
+fn world() -> World {
+    let w = support::world("gc-api", POLICIES);
+    for (name, policy) in [("data", "hourly"), ("long", "long")] {
+        w.api.put::<PersistentVolumeClaim>(
+            json!({"metadata": {"name": name, "namespace": "a", "labels": {"backup": policy}},
+                   "spec": {"accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": "1Gi"}}}}),
+        );
+    }
+    repository_at(
+        &w,
+        "a",
+        "data",
+        10,
+        &[
+            "2026-03-01 00:00:00",
+            "2026-03-10 00:00:00",
+            "2026-03-15 00:00:00",
+        ],
+    );
+    repository_at(
+        &w,
+        "a",
+        "long",
+        20,
+        &[
+            "2025-11-01 00:00:00",
+            "2026-01-15 00:00:00",
+            "2026-03-15 00:00:00",
+        ],
+    );
+    w
 }
 
-impl World {
-    fn new() -> Self {
-        let g = garage::shared();
-        let bucket = g.bucket("gc-api");
-        let base = format!("s3:{}/{bucket}/backups", g.endpoint);
-        let api = FakeApi::start();
-        for ns in ["stowage", "a"] {
-            api.put::<Namespace>(json!({"metadata": {"name": ns}}));
-        }
-        api.put::<ConfigMap>(
-            json!({"metadata": {"name": "stowage-policies", "namespace": "stowage"},
-                   "data": {"policies.yaml": POLICIES}}),
-        );
-        api.put::<Secret>(
-            json!({"metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-                   "stringData": {"master-password": MASTER,
-                                  "gc-access-key-id": g.access_key,
-                                  "gc-secret-access-key": g.secret_key}}),
-        );
-        for (name, policy) in [("data", "hourly"), ("long", "long")] {
-            api.put::<PersistentVolumeClaim>(
-                json!({"metadata": {"name": name, "namespace": "a", "labels": {"backup": policy}},
-                       "spec": {"accessModes": ["ReadWriteOnce"],
-                                "resources": {"requests": {"storage": "1Gi"}}}}),
-            );
-        }
-        let repository = |pvc: &str, times: &[&str], seed: u64| {
-            let url = format!("{base}/a/{pvc}");
-            let env = vec![
-                ("RESTIC_REPOSITORY".to_string(), url.clone()),
-                (
-                    "RESTIC_PASSWORD".into(),
-                    derive_repository_password(MASTER, &url),
-                ),
-                ("AWS_ACCESS_KEY_ID".into(), g.access_key.clone()),
-                ("AWS_SECRET_ACCESS_KEY".into(), g.secret_key.clone()),
-                ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
-                ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
-            ];
-            repo_with_snapshots(&env, times, 1, seed);
-            env
-        };
-        let data = repository(
-            "data",
-            &[
-                "2026-03-01 00:00:00",
-                "2026-03-10 00:00:00",
-                "2026-03-15 00:00:00",
-            ],
-            10,
-        );
-        let long = repository(
-            "long",
-            &[
-                "2025-11-01 00:00:00",
-                "2026-01-15 00:00:00",
-                "2026-03-15 00:00:00",
-            ],
-            20,
-        );
-        let cfg = GcConfig::from_vars(&[
-            ("STOWAGE_REPOSITORY_BASE".to_string(), base.clone()),
-            ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
-            ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
-        ])
-        .unwrap();
-        World {
-            api,
-            base,
-            cfg,
-            // Two hours after the objects were created.
-            now: Timestamp::now() + SignedDuration::from_hours(2),
-            data,
-            long,
-        }
-    }
+fn data(w: &World) -> Vec<(String, String)> {
+    w.repository_env("a", "data")
+}
 
-    async fn pass(&self) -> anyhow::Result<pass::PassReport> {
-        let opts = PassOptions {
-            dry_run: false,
-            now: self.now,
-            ..PassOptions::default()
-        };
-        pass::run(self.api.client_for(USER), &self.cfg, opts).await
-    }
+async fn pass(w: &World, now: Timestamp) -> anyhow::Result<pass::PassReport> {
+    let cfg = GcConfig::from_vars(&[
+        ("STOWAGE_REPOSITORY_BASE".to_string(), w.base()),
+        ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
+        ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
+    ])
+    .unwrap();
+    let opts = PassOptions {
+        dry_run: false,
+        now,
+        ..PassOptions::default()
+    };
+    pass::run(w.api.client_for(USER), &cfg, opts).await
+}
 
-    fn counts(&self) -> (usize, usize) {
-        (snapshot_count(&self.data), snapshot_count(&self.long))
-    }
-
-    fn exists<K: k8s_openapi::Resource + DeserializeOwned>(&self, name: &str) -> bool {
-        self.api.store().get::<K>("a", name).is_some()
-    }
+/// Snapshots of `data` and `long`.
+fn counts(w: &World) -> (usize, usize) {
+    (
+        snapshot_count(&data(w)),
+        snapshot_count(&w.repository_env("a", "long")),
+    )
 }
 
 /// The lock files of a repository (the storage client blocks: off the runtime).
@@ -185,7 +141,9 @@ fn stale_lock_now(env: &[(String, String)]) -> String {
 /// would have cut down. With the API back the pass converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_without_its_facts_fails_clearly_and_forgets_nothing() {
-    let w = World::new();
+    let w = world();
+    // Two hours after the objects were created.
+    let now = clock();
     for (fault, call) in [
         (
             Fault::error(500, "InternalError", LEADER)
@@ -215,14 +173,14 @@ async fn a_pass_without_its_facts_fails_clearly_and_forgets_nothing() {
         ),
     ] {
         w.api.inject(fault.times(1));
-        let e = w.pass().await.unwrap_err().to_string();
+        let e = pass(&w, now).await.unwrap_err().to_string();
         assert!(e.contains(call) && e.contains(LEADER), "{e}");
         assert!(e.contains("the next run retries"), "says what to do: {e}");
-        assert_eq!(w.counts(), (3, 3), "{call}: nothing forgotten");
+        assert_eq!(counts(&w), (3, 3), "{call}: nothing forgotten");
     }
-    let r = w.pass().await.unwrap();
+    let r = pass(&w, now).await.unwrap();
     assert!(!r.failed(), "{:?} {:?}", r.errors, r.damaged);
-    assert_eq!(w.counts(), (1, 3), "each PVC's own policy applied");
+    assert_eq!(counts(&w), (1, 3), "each PVC's own policy applied");
 }
 
 /// Errors where the pass acts on the cluster — the pod list (the holders of locks), the
@@ -232,8 +190,10 @@ async fn a_pass_without_its_facts_fails_clearly_and_forgets_nothing() {
 /// per-run Secret) and stale lock gone, the state recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_while_cleaning_up_fail_the_pass_and_the_rerun_converges() {
-    let w = World::new();
-    let stale = stale_lock(&w.data).await;
+    let w = world();
+    // Two hours after the objects were created.
+    let now = clock();
+    let stale = stale_lock(&data(&w)).await;
     let job: Job = w.api.put(
         json!({"metadata": {"name": "stowage-backup-data-old", "namespace": "a",
                             "labels": mover_labels(Operation::Backup, "uid-data")},
@@ -279,7 +239,7 @@ async fn errors_while_cleaning_up_fail_the_pass_and_the_rerun_converges() {
             .name("stowage-gc-state")
             .times(1),
     );
-    let r = w.pass().await.unwrap();
+    let r = pass(&w, now).await.unwrap();
     assert!(r.failed());
     for call in [
         "cannot delete job a/stowage-backup-data-old",
@@ -293,29 +253,29 @@ async fn errors_while_cleaning_up_fail_the_pass_and_the_rerun_converges() {
             r.errors
         );
     }
-    assert_eq!(w.counts(), (1, 3), "the repositories were maintained");
+    assert_eq!(counts(&w), (1, 3), "the repositories were maintained");
     assert!(
-        lock_files(&w.data).await.contains(&stale),
+        lock_files(&data(&w)).await.contains(&stale),
         "no pod list: no lock removed for its age"
     );
-    assert!(w.exists::<Job>("stowage-backup-data-old"));
-    assert!(w.exists::<Secret>("stowage-backup-data-old"));
+    assert!(exists::<Job>(&w, "stowage-backup-data-old"));
+    assert!(exists::<Secret>(&w, "stowage-backup-data-old"));
 
-    let r = w.pass().await.unwrap();
+    let r = pass(&w, now).await.unwrap();
     assert!(!r.failed(), "{:?} {:?}", r.errors, r.damaged);
     assert!(
-        !lock_files(&w.data).await.contains(&stale),
+        !lock_files(&data(&w)).await.contains(&stale),
         "the stale lock went"
     );
-    assert!(!w.exists::<Job>("stowage-backup-data-old"));
-    assert!(!w.exists::<Secret>("stowage-backup-data-old"));
+    assert!(!exists::<Job>(&w, "stowage-backup-data-old"));
+    assert!(!exists::<Secret>(&w, "stowage-backup-data-old"));
     assert!(
         w.api
             .store()
             .get::<ConfigMap>("stowage", "stowage-gc-state")
             .is_some()
     );
-    restic(&w.data, &["check"], None).ok();
+    restic(&data(&w), &["check"], None).ok();
 }
 
 /// The binary against an API server that does not answer its PVC list (a delay
@@ -323,15 +283,17 @@ async fn errors_while_cleaning_up_fail_the_pass_and_the_rerun_converges() {
 /// what to do, and has changed nothing; the next run succeeds.
 #[test]
 fn a_hung_api_server_fails_the_pass_in_time_and_the_next_run_converges() {
-    let w = World::new();
+    let w = world();
+    // Two hours after the objects were created.
+    let now = clock();
     let run = || {
         let out = gc()
             .env("KUBECONFIG", w.api.kubeconfig_for(USER))
-            .env("STOWAGE_REPOSITORY_BASE", &w.base)
+            .env("STOWAGE_REPOSITORY_BASE", w.base())
             .env("STOWAGE_ALLOW_HTTP", "true")
             .env("AWS_DEFAULT_REGION", garage::REGION)
             .env("STOWAGE_API_TIMEOUT_SECS", "1")
-            .args(["--now", &w.now.to_string()])
+            .args(["--now", &now.to_string()])
             .output()
             .unwrap();
         (
@@ -356,9 +318,9 @@ fn a_hung_api_server_fails_the_pass_in_time_and_the_next_run_converges() {
     );
     // Only that the 1 s limit, not the 20 s delay, ended the pass.
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
-    assert_eq!(w.counts(), (3, 3));
+    assert_eq!(counts(&w), (3, 3));
     w.api.clear_faults();
     let (code, log) = run();
     assert_eq!(code, Some(0), "{log}");
-    assert_eq!(w.counts(), (1, 3));
+    assert_eq!(counts(&w), (1, 3));
 }

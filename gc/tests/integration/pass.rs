@@ -8,87 +8,37 @@ use crate::support;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
-use serde::de::DeserializeOwned;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use serde_json::{Value, json};
 use stowage_common::env::GcConfig;
-use stowage_common::k8s::credentials::derive_repository_password;
 use stowage_common::k8s::mover_job::mover_labels;
 use stowage_common::k8s::naming::Operation;
 use stowage_common::metrics::names;
 use stowage_gc::pass::{self, PassOptions};
-use stowage_testkit::fakeapi::FakeApi;
+use stowage_testkit::fakeapi::store::base64;
 use stowage_testkit::garage;
+use stowage_testkit::world::ApiWorld as World;
 use support::*;
-
-const USER: &str = "system:serviceaccount:stowage:stowage-gc";
-const MASTER: &str = "master secret";
-
-fn b64(s: &str) -> String {
-    // Minimal base64 for test secrets.
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 fn ago(h: i64) -> String {
     (Timestamp::now() - SignedDuration::from_hours(h)).to_string()
 }
 
-struct World {
-    api: FakeApi,
-    base: String,
-    cfg: GcConfig,
-    /// The clock of the passes (`--now`): two hours after the fake API stamped the
-    /// objects' creation times (it stamps them itself, with the real clock), so that a
-    /// Secret left without its Job is past its one-hour grace.
-    now: Timestamp,
+fn world() -> World {
+    support::world(
+        "gc-pass",
+        "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n",
+    )
 }
 
-fn world() -> World {
-    let g = garage::shared();
-    let bucket = g.bucket("gc-pass");
-    let base = format!("s3:{}/{bucket}/backups", g.endpoint);
-    let api = FakeApi::start();
-    for ns in ["stowage", "a"] {
-        api.put::<Namespace>(json!({"metadata": {"name": ns}}));
-    }
-    api.put::<ConfigMap>(json!({
-        "metadata": {"name": "stowage-policies", "namespace": "stowage"},
-        "data": {"policies.yaml": "hourly: {schedule: \"@hourly\", retention: {keepLast: 1}}\n"}
-    }));
-    api.put::<Secret>(json!({
-        "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-        "data": {"master-password": b64(MASTER),
-                 "gc-access-key-id": b64(&g.access_key),
-                 "gc-secret-access-key": b64(&g.secret_key)}
-    }));
-    let mut vars = vec![
-        ("STOWAGE_REPOSITORY_BASE".to_string(), base.clone()),
+fn config(w: &World) -> GcConfig {
+    GcConfig::from_vars(&[
+        ("STOWAGE_REPOSITORY_BASE".to_string(), w.base()),
         ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
         ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
-    ];
-    vars.push(("STOWAGE_LOG".into(), "info".into()));
-    let cfg = GcConfig::from_vars(&vars).unwrap();
-    World {
-        api,
-        base,
-        cfg,
-        now: Timestamp::now() + SignedDuration::from_hours(2),
-    }
+        ("STOWAGE_LOG".into(), "info".into()),
+    ])
+    .unwrap()
 }
 
 /// restic's `--time` form of `now - days`.
@@ -98,169 +48,141 @@ fn days_before(now: Timestamp, days: i64) -> String {
         .to_string()
 }
 
-impl World {
-    /// A restic repository at `<base>/<ns>/<pvc>` with the derived password.
-    fn repository(&self, ns: &str, pvc: &str, seed: u64) -> Vec<(String, String)> {
-        self.repository_at(
-            ns,
-            pvc,
-            seed,
-            &[
-                "2026-03-01 00:00:00",
-                "2026-03-10 00:00:00",
-                "2026-03-15 00:00:00",
-            ],
-        )
-    }
+/// A restic repository at `<base>/<ns>/<pvc>` with the derived password.
+fn repository(w: &World, ns: &str, pvc: &str, seed: u64) -> Vec<(String, String)> {
+    repository_at(
+        w,
+        ns,
+        pvc,
+        seed,
+        &[
+            "2026-03-01 00:00:00",
+            "2026-03-10 00:00:00",
+            "2026-03-15 00:00:00",
+        ],
+    )
+}
 
-    /// The same with snapshots taken at `times` (restic `--time`).
-    fn repository_at(
-        &self,
-        ns: &str,
-        pvc: &str,
-        seed: u64,
-        times: &[&str],
-    ) -> Vec<(String, String)> {
-        let url = format!("{}/{ns}/{pvc}", self.base);
-        let g = garage::shared();
-        let env = vec![
-            ("RESTIC_REPOSITORY".to_string(), url.clone()),
-            (
-                "RESTIC_PASSWORD".into(),
-                derive_repository_password(MASTER, &url),
-            ),
-            ("AWS_ACCESS_KEY_ID".into(), g.access_key.clone()),
-            ("AWS_SECRET_ACCESS_KEY".into(), g.secret_key.clone()),
-            ("AWS_DEFAULT_REGION".into(), garage::REGION.into()),
-        ];
-        repo_with_snapshots(&env, times, 1, seed);
-        env
-    }
-
-    fn job(&self, name: &str, finished_hours_ago: Option<i64>, ttl: Option<i32>) -> Job {
-        let job: Job = self.api.put(json!({
-            "metadata": {"name": name, "namespace": "a",
-                         "labels": mover_labels(Operation::Backup, "uid-data")},
-            "spec": {"ttlSecondsAfterFinished": ttl,
-                     "template": {"spec": {"containers": [{"name": "m", "image": "x"}],
-                                            "restartPolicy": "Never"}}}
-        }));
-        if let Some(h) = finished_hours_ago {
-            self.api
-                .store()
-                .modify::<Job>("a", name, |j| {
-                    j.status = Some(serde_json::from_value(json!({
-                        "completionTime": ago(h), "succeeded": 1,
-                        "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": ago(h)}]
-                    })).unwrap());
-                })
-                .unwrap();
-        }
-        job
-    }
-
-    fn secret_of(&self, name: &str, owner: Option<&Job>) {
-        let owners = owner.map(|j| {
-            json!([{"apiVersion": "batch/v1", "kind": "Job",
-            "name": j.metadata.name, "uid": j.metadata.uid, "controller": true}])
-        });
-        self.api.put::<Secret>(json!({
-            "metadata": {"name": name, "namespace": "a",
-                         "labels": mover_labels(Operation::Backup, "uid-data"),
-                         "ownerReferences": owners},
-            "data": {"RESTIC_PASSWORD": b64("x")}
-        }));
-    }
-
-    /// A pass at the world's clock.
-    async fn pass(&self, dry_run: bool) -> pass::PassReport {
-        let client = self.api.client_for(USER);
-        let now = self.now;
-        pass::run(
-            client,
-            &self.cfg,
-            PassOptions {
-                dry_run,
-                now,
-                ..PassOptions::default()
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    /// The real binary, as the CronJob runs it, at the world's clock (`--now`),
-    /// pushing its metrics to a one-request Pushgateway. Returns (exit code, stderr,
-    /// the request the Pushgateway received).
-    fn run_binary(&self) -> (i32, String, String) {
-        let (port, server) = stowage_testkit::pushgateway::capture_one_request();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-gc"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", self.api.kubeconfig_for(USER))
-            .env("STOWAGE_REPOSITORY_BASE", &self.base)
-            .env("STOWAGE_ALLOW_HTTP", "true")
-            .env("AWS_DEFAULT_REGION", garage::REGION)
-            .env("STOWAGE_LOG_FORMAT", "text")
-            .env(
-                "STOWAGE_PUSHGATEWAY_URL",
-                format!("http://127.0.0.1:{port}"),
-            )
-            .args(["--now", &self.now.to_string()])
-            .output()
+fn job(w: &World, name: &str, finished_hours_ago: Option<i64>, ttl: Option<i32>) -> Job {
+    let job: Job = w.api.put(json!({
+        "metadata": {"name": name, "namespace": "a",
+                     "labels": mover_labels(Operation::Backup, "uid-data")},
+        "spec": {"ttlSecondsAfterFinished": ttl,
+                 "template": {"spec": {"containers": [{"name": "m", "image": "x"}],
+                                        "restartPolicy": "Never"}}}
+    }));
+    if let Some(h) = finished_hours_ago {
+        w.api
+            .store()
+            .modify::<Job>("a", name, |j| {
+                j.status = Some(serde_json::from_value(json!({
+                    "completionTime": ago(h), "succeeded": 1,
+                    "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": ago(h)}]
+                })).unwrap());
+            })
             .unwrap();
-        let req = server.join().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            req,
-        )
     }
+    job
+}
 
-    fn exists<K: k8s_openapi::Resource + DeserializeOwned>(&self, name: &str) -> bool {
-        self.api.store().get::<K>("a", name).is_some()
-    }
+fn secret_of(w: &World, name: &str, owner: Option<&Job>) {
+    let owners = owner.map(|j| {
+        json!([{"apiVersion": "batch/v1", "kind": "Job",
+        "name": j.metadata.name, "uid": j.metadata.uid, "controller": true}])
+    });
+    w.api.put::<Secret>(json!({
+        "metadata": {"name": name, "namespace": "a",
+                     "labels": mover_labels(Operation::Backup, "uid-data"),
+                     "ownerReferences": owners},
+        "data": {"RESTIC_PASSWORD": base64(b"x")}
+    }));
+}
+
+/// A pass at `now`.
+async fn pass(w: &World, cfg: &GcConfig, now: Timestamp, dry_run: bool) -> pass::PassReport {
+    let client = w.api.client_for(USER);
+    pass::run(
+        client,
+        cfg,
+        PassOptions {
+            dry_run,
+            now,
+            ..PassOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The real binary, as the CronJob runs it, at `now` (`--now`), pushing its metrics to
+/// a one-request Pushgateway. Returns (exit code, stderr, the request the Pushgateway
+/// received).
+fn run_binary(w: &World, now: Timestamp) -> (i32, String, String) {
+    let (port, server) = stowage_testkit::pushgateway::capture_one_request();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-gc"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBECONFIG", w.api.kubeconfig_for(USER))
+        .env("STOWAGE_REPOSITORY_BASE", w.base())
+        .env("STOWAGE_ALLOW_HTTP", "true")
+        .env("AWS_DEFAULT_REGION", garage::REGION)
+        .env("STOWAGE_LOG_FORMAT", "text")
+        .env(
+            "STOWAGE_PUSHGATEWAY_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .args(["--now", &now.to_string()])
+        .output()
+        .unwrap();
+    let req = server.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        req,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
     let w = world();
+    let (cfg, now) = (config(&w), clock());
     w.api.put::<PersistentVolumeClaim>(json!({
         "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }));
-    let data = w.repository("a", "data", 100);
-    let gone = w.repository("a", "gone", 200);
+    let data = repository(&w, "a", "data", 100);
+    let gone = repository(&w, "a", "gone", 200);
     // Backed up by hand only (no policy label): each snapshot lives for the manual TTL
     // (720h) after it was taken, the newest however old.
     w.api.put::<PersistentVolumeClaim>(json!({
         "metadata": {"name": "hand", "namespace": "a"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }));
-    let hand = w.repository_at(
+    let hand = repository_at(
+        &w,
         "a",
         "hand",
         300,
         &[
-            &days_before(w.now, 60),
-            &days_before(w.now, 45),
-            &days_before(w.now, 20),
-            &days_before(w.now, 2),
+            &days_before(now, 60),
+            &days_before(now, 45),
+            &days_before(now, 20),
+            &days_before(now, 2),
         ],
     );
-    let old = w.job("stowage-backup-data-old", Some(48), None);
-    w.secret_of("stowage-backup-data-old", Some(&old));
-    let fresh = w.job("stowage-backup-data-new", Some(1), None);
-    w.secret_of("stowage-backup-data-new", Some(&fresh));
-    let run = w.job("stowage-backup-data-run", None, None);
-    w.secret_of("stowage-backup-data-run", Some(&run));
+    let old = job(&w, "stowage-backup-data-old", Some(48), None);
+    secret_of(&w, "stowage-backup-data-old", Some(&old));
+    let fresh = job(&w, "stowage-backup-data-new", Some(1), None);
+    secret_of(&w, "stowage-backup-data-new", Some(&fresh));
+    let run = job(&w, "stowage-backup-data-run", None, None);
+    secret_of(&w, "stowage-backup-data-run", Some(&run));
 
     // Dry run: reports, changes nothing.
-    let dry = w.pass(true).await;
+    let dry = pass(&w, &cfg, now, true).await;
     assert_eq!(dry.repositories.len(), 3, "{dry:#?}");
     assert_eq!(dry.jobs_deleted, vec!["a/stowage-backup-data-old"]);
     assert_eq!(snapshot_count(&data), 3);
-    assert!(w.exists::<Job>("stowage-backup-data-old"));
+    assert!(exists::<Job>(&w, "stowage-backup-data-old"));
     assert!(
         w.api
             .store()
@@ -268,7 +190,7 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
             .is_none()
     );
 
-    let report = w.pass(false).await;
+    let report = pass(&w, &cfg, now, false).await;
     assert!(!report.failed(), "{:?} {:?}", report.errors, report.damaged);
     // keepLast 1 for the PVC's policy; the orphan keeps 30 days before its newest.
     assert_eq!(snapshot_count(&data), 1);
@@ -292,12 +214,12 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
     restic(&data, &["check", "--read-data"], None).ok();
     restic(&gone, &["check"], None).ok();
     // Cleanup: the old finished Job, and with it (garbage collector) its Secret.
-    assert!(!w.exists::<Job>("stowage-backup-data-old"));
-    assert!(!w.exists::<Secret>("stowage-backup-data-old"));
-    assert!(w.exists::<Job>("stowage-backup-data-new"));
-    assert!(w.exists::<Secret>("stowage-backup-data-new"));
-    assert!(w.exists::<Job>("stowage-backup-data-run"));
-    assert!(w.exists::<Secret>("stowage-backup-data-run"));
+    assert!(!exists::<Job>(&w, "stowage-backup-data-old"));
+    assert!(!exists::<Secret>(&w, "stowage-backup-data-old"));
+    assert!(exists::<Job>(&w, "stowage-backup-data-new"));
+    assert!(exists::<Secret>(&w, "stowage-backup-data-new"));
+    assert!(exists::<Job>(&w, "stowage-backup-data-run"));
+    assert!(exists::<Secret>(&w, "stowage-backup-data-run"));
     // Metrics.
     let text = report.metrics.render();
     assert!(text.contains("stowage_gc_orphan_repository{"), "{text}");
@@ -315,7 +237,7 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
             .get::<ConfigMap>("stowage", "stowage-gc-state")
             .is_some()
     );
-    let again = w.pass(false).await;
+    let again = pass(&w, &cfg, now, false).await;
     assert!(!again.failed(), "{:?}", again.errors);
     for r in &again.repositories {
         let o = r.outcome.as_ref().unwrap();
@@ -330,28 +252,29 @@ async fn a_pass_maintains_repositories_reports_orphans_and_cleans_up() {
             .metrics
             .value(names::GC_LAST_SUCCESS, &[])
             .map(|v| v as i64),
-        Some(w.now.as_second())
+        Some(now.as_second())
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
     let w = world();
+    let now = clock();
     w.api.put::<PersistentVolumeClaim>(json!({
         "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }));
-    w.repository("a", "data", 400);
-    let old = w.job("stowage-backup-data-old", Some(30), None);
-    w.secret_of("stowage-backup-data-old", Some(&old));
+    repository(&w, "a", "data", 400);
+    let old = job(&w, "stowage-backup-data-old", Some(30), None);
+    secret_of(&w, "stowage-backup-data-old", Some(&old));
 
-    let (code, stderr, req) = w.run_binary();
+    let (code, stderr, req) = run_binary(&w, now);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         req.starts_with("PUT /metrics/job/stowage-gc HTTP/1.1"),
         "{req}"
     );
-    let repo = format!("{}/backups/a/data", w.base.rsplit('/').nth(1).unwrap());
+    let repo = format!("{}/backups/a/data", w.base().rsplit('/').nth(1).unwrap());
     for line in [
         "stowage_gc_repositories{result=\"ok\"} 1".to_string(),
         "stowage_gc_snapshots_forgotten 2".into(),
@@ -360,22 +283,22 @@ async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
         format!("stowage_gc_check_ok{{repository=\"{repo}\"}} 1"),
         format!(
             "stowage_gc_check_last_timestamp_seconds{{repository=\"{repo}\"}} {}",
-            w.now.as_second()
+            now.as_second()
         ),
         format!(
             "stowage_gc_last_success_timestamp_seconds {}",
-            w.now.as_second()
+            now.as_second()
         ),
         format!(
             "stowage_pass_last_run_timestamp_seconds{{program=\"stowage-gc\"}} {}",
-            w.now.as_second()
+            now.as_second()
         ),
         "stowage_pass_duration_seconds{program=\"stowage-gc\"}".into(),
     ] {
         assert!(req.contains(&line), "{line} missing in:\n{req}");
     }
-    assert!(!w.exists::<Job>("stowage-backup-data-old"));
-    assert!(!w.exists::<Secret>("stowage-backup-data-old"));
+    assert!(!exists::<Job>(&w, "stowage-backup-data-old"));
+    assert!(!exists::<Secret>(&w, "stowage-backup-data-old"));
 
     // A failing pass (the master password is gone) still pushes the time of the last
     // success, so that the alert on it sees gc failing.
@@ -385,12 +308,9 @@ async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
             s.data.as_mut().unwrap().remove("master-password");
         })
         .unwrap();
-    let first = w.now;
-    let w = World {
-        now: first + SignedDuration::from_hours(1),
-        ..w
-    };
-    let (code, stderr, req) = w.run_binary();
+    let first = now;
+    let now = first + SignedDuration::from_hours(1);
+    let (code, stderr, req) = run_binary(&w, now);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("master-password"), "{stderr}");
     assert!(!req.contains("stowage_gc_errors 0"), "{req}");
@@ -413,6 +333,7 @@ async fn the_binary_runs_at_its_now_and_pushes_its_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
     let w = world();
+    let (cfg, now) = (config(&w), clock());
     let mut repos = Vec::new();
     for (i, pvc) in ["p1", "p2", "p3"].into_iter().enumerate() {
         w.api.put::<PersistentVolumeClaim>(json!({
@@ -420,16 +341,16 @@ async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
             }),
         );
-        repos.push(w.repository("a", pvc, 500 + i as u64 * 10));
+        repos.push(repository(&w, "a", pvc, 500 + i as u64 * 10));
     }
-    let first = w.pass(false).await;
+    let first = pass(&w, &cfg, now, false).await;
     assert!(!first.failed(), "{:?}", first.errors);
     assert_eq!((first.unchanged, first.deferred), (0, 0));
     assert!(repos.iter().all(|r| snapshot_count(r) == 1));
 
     // Nothing changed, nothing due: not one repository opened, their metrics still
     // pushed from the state.
-    let again = w.pass(false).await;
+    let again = pass(&w, &cfg, now, false).await;
     assert!(!again.failed(), "{:?}", again.errors);
     assert_eq!(again.unchanged, 3);
     // Discovery (a few LISTs and a HEAD per repository) and two LISTs per repository.
@@ -453,7 +374,7 @@ async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
     )
     .ok();
     assert_eq!(snapshot_count(&repos[1]), 2);
-    let third = w.pass(false).await;
+    let third = pass(&w, &cfg, now, false).await;
     assert!(!third.failed(), "{:?}", third.errors);
     assert_eq!(third.unchanged, 2);
     let p2 = third
@@ -464,7 +385,7 @@ async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
     assert_eq!(p2.skipped, None);
     assert_eq!(p2.outcome.as_ref().unwrap().snapshots_before, 2);
     // Its new listing is recorded: the pass after opens nothing again.
-    assert_eq!(w.pass(false).await.unchanged, 3);
+    assert_eq!(pass(&w, &cfg, now, false).await.unchanged, 3);
 
     // A day later every check is due, but the pass has used its one-second budget
     // before it gets to the repositories (its state read answers late): nothing is
@@ -479,22 +400,18 @@ async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
             .clone()
     };
     let before = state(&w);
-    let usual = w.cfg.clone();
-    let mut cfg = w.cfg.clone();
+    let usual = cfg.clone();
+    let mut cfg = cfg.clone();
     cfg.common.pass_budget_secs = 1;
-    let later = World {
-        now: w.now + SignedDuration::from_hours(25),
-        cfg,
-        ..w
-    };
-    later.api.inject(
+    let later = now + SignedDuration::from_hours(25);
+    w.api.inject(
         stowage_testkit::fakeapi::Fault::delay(std::time::Duration::from_millis(1500))
             .verb("get")
             .resource("configmaps")
             .name("stowage-gc-state")
             .times(1),
     );
-    let budgeted = later.pass(false).await;
+    let budgeted = pass(&w, &cfg, later, false).await;
     assert!(!budgeted.failed(), "{:?}", budgeted.errors);
     assert_eq!((budgeted.deferred, budgeted.unchanged), (3, 0));
     let text = budgeted.metrics.render();
@@ -503,15 +420,11 @@ async fn unchanged_repositories_are_not_opened_and_the_budget_defers_work() {
         "{text}"
     );
     assert!(text.contains("stowage_gc_check_ok{"), "{text}");
-    let after: Value = serde_json::from_str(&state(&later)).unwrap();
+    let after: Value = serde_json::from_str(&state(&w)).unwrap();
     let before: Value = serde_json::from_str(&before).unwrap();
     assert_eq!(after, before, "deferred work leaves the state as it was");
     // ...and the next pass (with the usual budget) does them.
-    let later = World {
-        cfg: usual,
-        ..later
-    };
-    let next = later.pass(false).await;
+    let next = pass(&w, &usual, later, false).await;
     assert!(!next.failed(), "{:?}", next.errors);
     assert_eq!((next.deferred, next.unchanged), (0, 0));
     for r in &next.repositories {
@@ -542,23 +455,24 @@ fn events(w: &World, reason: &str, name: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_that_forgets_too_much_waits_for_a_confirmation() {
     let w = world();
+    let (cfg, now) = (config(&w), clock());
     w.api.put::<PersistentVolumeClaim>(json!({
         "metadata": {"name": "data", "namespace": "a", "labels": {"backup": "hourly"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }));
-    let days = |d: &[i64]| d.iter().map(|d| days_before(w.now, *d)).collect::<Vec<_>>();
+    let days = |d: &[i64]| d.iter().map(|d| days_before(now, *d)).collect::<Vec<_>>();
     // keepLast 1 (the world's `hourly`): 6 of 7 go.
     let data_times = days(&[1, 2, 3, 4, 5, 6, 7]);
     let data_refs: Vec<&str> = data_times.iter().map(String::as_str).collect();
-    let data = w.repository_at("a", "data", 700, &data_refs);
+    let data = repository_at(&w, "a", "data", 700, &data_refs);
     // An orphan under the default keepWithin 720h: all but its newest are older.
     let gone_times = days(&[1, 40, 50, 60, 70, 80, 90]);
     let gone_refs: Vec<&str> = gone_times.iter().map(String::as_str).collect();
-    let gone = w.repository_at("a", "gone", 800, &gone_refs);
+    let gone = repository_at(&w, "a", "gone", 800, &gone_refs);
 
-    let dry = w.pass(true).await;
+    let dry = pass(&w, &cfg, now, true).await;
     assert_eq!(dry.blocked.len(), 2, "{:?}", dry.blocked);
-    let report = w.pass(false).await;
+    let report = pass(&w, &cfg, now, false).await;
     assert!(
         !report.failed(),
         "a hold is no failure: {:?}",
@@ -622,7 +536,7 @@ async fn retention_that_forgets_too_much_waits_for_a_confirmation() {
     );
 
     // Held back again by the next pass (the repository is opened to judge it again).
-    let again = w.pass(false).await;
+    let again = pass(&w, &cfg, now, false).await;
     assert_eq!(again.blocked.len(), 2, "{:?}", again.blocked);
     assert_eq!(snapshot_count(&data), 7);
 
@@ -639,9 +553,9 @@ async fn retention_that_forgets_too_much_waits_for_a_confirmation() {
     let client = w.api.client_for(USER);
     let confirmed = pass::run(
         client,
-        &w.cfg,
+        &cfg,
         PassOptions {
-            now: w.now,
+            now,
             confirm_forget: [(gone_id.clone(), "6".to_string())].into(),
             ..PassOptions::default()
         },
@@ -664,7 +578,7 @@ async fn retention_that_forgets_too_much_waits_for_a_confirmation() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("f"), "new").unwrap();
     for h in (1..=6).rev() {
-        let t = (w.now - SignedDuration::from_hours(h))
+        let t = (now - SignedDuration::from_hours(h))
             .strftime("%Y-%m-%d %H:%M:%S")
             .to_string();
         restic(
@@ -675,7 +589,7 @@ async fn retention_that_forgets_too_much_waits_for_a_confirmation() {
         .ok();
     }
     assert_eq!(snapshot_count(&data), 7);
-    let later = w.pass(false).await;
+    let later = pass(&w, &cfg, now, false).await;
     let (_, why) = later
         .blocked
         .iter()

@@ -166,6 +166,26 @@ impl StorageClassSpec {
         self.default = true;
         self
     }
+
+    /// The StorageClass object (JSON).
+    pub fn object(&self) -> Value {
+        let mut annotations = serde_json::Map::new();
+        if self.default {
+            annotations.insert(
+                "storageclass.kubernetes.io/is-default-class".into(),
+                json!("true"),
+            );
+        }
+        json!({
+            "metadata": {"name": self.name, "annotations": annotations},
+            "provisioner": self.provisioner,
+            "reclaimPolicy": self.reclaim_policy,
+            "volumeBindingMode": match self.binding {
+                BindingMode::Immediate => "Immediate",
+                BindingMode::WaitForFirstConsumer => "WaitForFirstConsumer",
+            },
+        })
+    }
 }
 
 /// What the simulated cluster is made of.
@@ -396,26 +416,10 @@ impl Inner {
             );
         }
         for c in &self.options.storage_classes {
-            let mut annotations = serde_json::Map::new();
-            if c.default {
-                annotations.insert(
-                    "storageclass.kubernetes.io/is-default-class".into(),
-                    json!("true"),
-                );
-            }
-            let class = json!({
-                "metadata": {"name": c.name, "annotations": annotations},
-                "provisioner": c.provisioner,
-                "reclaimPolicy": c.reclaim_policy,
-                "volumeBindingMode": match c.binding {
-                    BindingMode::Immediate => "Immediate",
-                    BindingMode::WaitForFirstConsumer => "WaitForFirstConsumer",
-                },
-            });
             let _ = self.store.create_json(
                 &Gvr::new("storage.k8s.io", "v1", "storageclasses"),
                 "",
-                class,
+                c.object(),
             );
         }
     }

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use stowage_common::k8s::contract::{prewarm as pc, reason, status, user};
 use stowage_testkit::fakeapi::Fault;
 use stowage_testkit::secrets::SecretScan;
-use stowage_testkit::sim::{PvcSpec, digest};
-use stowage_testkit::world::{SCHEDULER, WAIT, World, log_of};
+use stowage_testkit::sim::digest;
+use stowage_testkit::world::{SCHEDULER, WAIT, World, log_of, restore_pvc};
 use stowage_testkit::{bins, garage, trees};
 
 const MASTER: &str = "bad input master password";
@@ -729,10 +729,9 @@ async fn longest_namespace_and_pvc_names_are_backed_up_and_restored() {
         })
         .await
         .unwrap();
-    let spec = PvcSpec::new(&pvc)
+    let spec = restore_pvc(&pvc, &pvc)
         .class("local")
-        .label("backup", "hourly")
-        .data_source_ref("stowage.io", "Restore", &pvc);
+        .label("backup", "hourly");
     w.cluster.create_pvc(&ns, &spec).unwrap();
     w.cluster
         .create_app_pod(

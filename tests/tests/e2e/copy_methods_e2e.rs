@@ -6,268 +6,143 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 use stowage_testkit::obj;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
-use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::{Value, json};
 use stowage_common::k8s::contract::{consistency as cons, status};
-use stowage_common::k8s::credentials::derive_repository_password;
+use stowage_testkit::bins;
 use stowage_testkit::fakeapi::Gvr;
 use stowage_testkit::sim::exec::records;
-use stowage_testkit::sim::{Cluster, ClusterOptions, NodeSpec, PvcSpec, StorageClassSpec};
-use stowage_testkit::{bins, garage};
+use stowage_testkit::sim::{NodeSpec, PvcSpec, StorageClassSpec};
+use stowage_testkit::world::{Keys, POLICIES, SCHEDULER, WAIT, World};
 
-const SCHEDULER: &str = "system:serviceaccount:stowage:stowage-scheduler";
 const MASTER: &str = "consistency master password";
-const WAIT: Duration = Duration::from_secs(120);
+/// The scheduler's copy settings here: a short copy timeout, orphans removed at once.
+const COPY_TIMEOUT: (&str, &str) = ("STOWAGE_COPY_TIMEOUT_SECS", "3");
+const ORPHAN_GRACE: (&str, &str) = ("STOWAGE_ORPHAN_GRACE_SECS", "0");
 
 fn snapshots_gvr() -> Gvr {
     Gvr::new("snapshot.storage.k8s.io", "v1", "volumesnapshots")
 }
 
-struct World {
-    cluster: Cluster,
-    bucket: String,
-    endpoint: String,
+/// One node, a network class with a default snapshot class and a stalling one, the
+/// app's namespace `db`, repositories in a bucket named after `bucket`.
+fn world(bucket: &str) -> World {
+    let w = World::builder(MASTER)
+        .node(NodeSpec::new("node-a"))
+        .storage_class(StorageClassSpec::network("csi").default_class())
+        .namespace("db")
+        .policies(POLICIES)
+        .mover_keys(Keys::Garage)
+        .bucket(bucket)
+        .build();
+    let classes = Gvr::new("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses");
+    for (name, params, default) in [
+        ("csi-snap", json!({}), true),
+        ("stalling", json!({"stall": "true"}), false),
+    ] {
+        let mut meta = json!({"name": name});
+        if default {
+            meta["annotations"] =
+                json!({"snapshot.storage.kubernetes.io/is-default-class": "true"});
+        }
+        w.cluster
+            .store()
+            .create_json(
+                &classes,
+                "",
+                json!({"metadata": meta, "driver": "network.csi.example.com",
+                       "deletionPolicy": "Delete", "parameters": params}),
+            )
+            .unwrap();
+    }
+    w
 }
 
-impl World {
-    fn new(bucket: &str) -> Self {
-        let g = garage::shared();
-        let bucket = g.bucket(bucket);
-        let cluster = Cluster::start(
-            ClusterOptions::new()
-                .node(NodeSpec::new("node-a"))
-                .storage_class(StorageClassSpec::network("csi").default_class())
-                .namespace("stowage")
-                .namespace("db")
-                .binary("stowage-mover", bins::path("stowage-mover")),
-        );
-        let env: BTreeMap<String, String> = g.env("x").into_iter().collect();
-        let store = cluster.store();
-        store
-            .create::<ConfigMap>(&obj(json!({
-                "metadata": {"name": "stowage-policies", "namespace": "stowage"},
-                "data": {"policies.yaml": "hourly:\n  schedule: \"@hourly\"\n"}
-            })))
-            .unwrap();
-        store
-            .create::<Secret>(&obj(json!({
-                "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-                "stringData": {
-                    "master-password": MASTER,
-                    "mover-access-key-id": env["AWS_ACCESS_KEY_ID"],
-                    "mover-secret-access-key": env["AWS_SECRET_ACCESS_KEY"],
-                }
-            })))
-            .unwrap();
-        let classes = Gvr::new("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses");
-        for (name, params, default) in [
-            ("csi-snap", json!({}), true),
-            ("stalling", json!({"stall": "true"}), false),
-        ] {
-            let mut meta = json!({"name": name});
-            if default {
-                meta["annotations"] =
-                    json!({"snapshot.storage.kubernetes.io/is-default-class": "true"});
-            }
-            store
-                .create_json(
-                    &classes,
-                    "",
-                    json!({"metadata": meta, "driver": "network.csi.example.com",
-                           "deletionPolicy": "Delete", "parameters": params}),
-                )
-                .unwrap();
+/// A PVC with files and an app pod whose annotations declare hooks.
+async fn app(
+    w: &World,
+    pvc: &str,
+    pvc_annotations: &[(&str, &str)],
+    pod_annotations: &[(&str, &str)],
+    files: &[(&str, &str)],
+) -> PathBuf {
+    let mut spec = PvcSpec::new(pvc).label("backup", "hourly");
+    for (k, v) in pvc_annotations {
+        spec = spec.annotation(k, v);
+    }
+    w.cluster.create_pvc("db", &spec).unwrap();
+    let ann: BTreeMap<&str, &str> = pod_annotations.iter().copied().collect();
+    let pod: Pod = obj(json!({
+        "metadata": {"name": format!("app-{pvc}"), "namespace": "db", "annotations": ann},
+        "spec": {
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+            "containers": [
+                {"name": "sidecar", "image": "registry.example/sidecar:1"},
+                {"name": "app", "image": "registry.example/app:1",
+                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+            ],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}],
         }
-        World {
-            cluster,
-            bucket,
-            endpoint: format!("http://{}", g.addr()),
-        }
+    }));
+    w.cluster.store().create(&pod).unwrap();
+    w.cluster
+        .wait_for(WAIT, |s| {
+            let p: Pod = s.get("db", &format!("app-{pvc}"))?;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await
+        .unwrap();
+    let dir = w.cluster.volume_dir("db", pvc).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
     }
+    dir
+}
 
-    fn repository(&self, ns: &str, pvc: &str) -> String {
-        format!("s3:{}/{}/{ns}/{pvc}", self.endpoint, self.bucket)
-    }
+async fn scheduler(w: &World, now: &str) -> (bool, String) {
+    w.scheduler_with(now, &[COPY_TIMEOUT, ORPHAN_GRACE]).await
+}
 
-    /// A PVC with files and an app pod whose annotations declare hooks.
-    async fn app(
-        &self,
-        pvc: &str,
-        pvc_annotations: &[(&str, &str)],
-        pod_annotations: &[(&str, &str)],
-        files: &[(&str, &str)],
-    ) -> PathBuf {
-        let mut spec = PvcSpec::new(pvc).label("backup", "hourly");
-        for (k, v) in pvc_annotations {
-            spec = spec.annotation(k, v);
-        }
-        self.cluster.create_pvc("db", &spec).unwrap();
-        let ann: BTreeMap<&str, &str> = pod_annotations.iter().copied().collect();
-        let pod: Pod = obj(json!({
-            "metadata": {"name": format!("app-{pvc}"), "namespace": "db", "annotations": ann},
-            "spec": {
-                "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-                "containers": [
-                    {"name": "sidecar", "image": "registry.example/sidecar:1"},
-                    {"name": "app", "image": "registry.example/app:1",
-                     "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
-                ],
-                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}],
-            }
-        }));
-        self.cluster.store().create(&pod).unwrap();
-        self.cluster
-            .wait_for(WAIT, |s| {
-                let p: Pod = s.get("db", &format!("app-{pvc}"))?;
-                (p.status?.phase.as_deref() == Some("Running")).then_some(())
-            })
-            .await
-            .unwrap();
-        let dir = self.cluster.volume_dir("db", pvc).unwrap();
-        for (name, content) in files {
-            std::fs::write(dir.join(name), content).unwrap();
-        }
-        dir
-    }
+fn ann(w: &World, pvc: &str, key: &str) -> Option<String> {
+    let p: PersistentVolumeClaim = w.cluster.store().get("db", pvc).unwrap();
+    p.metadata.annotations.unwrap_or_default().get(key).cloned()
+}
 
-    fn env(&self) -> Vec<(String, String)> {
-        vec![
-            (
-                "STOWAGE_REPOSITORY_BASE".into(),
-                format!("s3:{}/{}", self.endpoint, self.bucket),
-            ),
-            ("STOWAGE_ALLOW_HTTP".into(), "true".into()),
-            ("AWS_DEFAULT_REGION".into(), "garage".into()),
-            (
-                "STOWAGE_MOVER_IMAGE".into(),
-                "ghcr.io/stowage-backup/stowage-mover:e2e".into(),
-            ),
-            ("STOWAGE_LOG_FORMAT".into(), "text".into()),
-            ("STOWAGE_COPY_TIMEOUT_SECS".into(), "3".into()),
-            ("STOWAGE_ORPHAN_GRACE_SECS".into(), "0".into()),
-            ("STOWAGE_MAX_CONCURRENT_JOBS".into(), "10".into()),
-        ]
-    }
+fn events(w: &World, pvc: &str, reason: &str) -> Vec<String> {
+    w.events("db", pvc, reason)
+}
 
-    async fn scheduler(&self, now: &str) -> (bool, String) {
-        let env = self.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let out = self
-            .cluster
-            .run_program(
-                &bins::path("stowage-scheduler"),
-                &["--now", now],
-                &env,
-                SCHEDULER,
-            )
-            .await;
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), log)
-    }
+/// The newest snapshot's content, restored into a fresh directory.
+fn restored(w: &World, pvc: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = w.mover("db", pvc, &["restore", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
 
-    async fn jobs_finished(&self) -> Vec<Job> {
-        let r = self
-            .cluster
-            .wait_for(WAIT, |s| {
-                let jobs: Vec<Job> = s.list(None);
-                jobs.iter()
-                    .all(|j| {
-                        j.status
-                            .as_ref()
-                            .and_then(|st| st.conditions.as_ref())
-                            .is_some_and(|c| {
-                                c.iter().any(|c| {
-                                    (c.type_ == "Complete" || c.type_ == "Failed")
-                                        && c.status == "True"
-                                })
-                            })
-                    })
-                    .then_some(jobs)
-            })
-            .await;
-        match r {
-            Ok(j) => j,
-            Err(_) => panic!("Jobs did not finish:\n{}", self.cluster.all_pod_logs()),
+/// Temporary objects of stowage's copies still present: (kind, name).
+fn temporaries(w: &World) -> Vec<(String, String)> {
+    let store = w.cluster.store();
+    let mut out = Vec::new();
+    for p in store.list_json(&Gvr::core("persistentvolumeclaims"), Some("db"), None) {
+        if p["metadata"]["labels"]["app.kubernetes.io/component"] == "backup-copy" {
+            out.push(("pvc".into(), p["metadata"]["name"].as_str().unwrap().into()));
         }
     }
-
-    fn ann(&self, pvc: &str, key: &str) -> Option<String> {
-        let p: PersistentVolumeClaim = self.cluster.store().get("db", pvc).unwrap();
-        p.metadata.annotations.unwrap_or_default().get(key).cloned()
+    for v in store.list_json(&snapshots_gvr(), Some("db"), None) {
+        out.push((
+            "volumesnapshot".into(),
+            v["metadata"]["name"].as_str().unwrap().into(),
+        ));
     }
-
-    fn events(&self, pvc: &str, reason: &str) -> Vec<String> {
-        let all: Vec<Event> = self.cluster.store().list(Some("db"));
-        all.into_iter()
-            .filter(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pvc)
-            })
-            .map(|e| e.note.unwrap_or_default())
-            .collect()
-    }
-
-    fn mover(&self, pvc: &str, args: &[&str]) -> std::process::Output {
-        let repo = self.repository("db", pvc);
-        std::process::Command::new(bins::path("stowage-mover"))
-            .args(args)
-            .env_clear()
-            .envs(garage::shared().env("x"))
-            .env("RESTIC_REPOSITORY", &repo)
-            .env("RESTIC_PASSWORD", derive_repository_password(MASTER, &repo))
-            .env("STOWAGE_ALLOW_HTTP", "true")
-            .output()
-            .unwrap()
-    }
-
-    fn snapshots(&self, pvc: &str) -> Vec<Value> {
-        let out = self.mover(pvc, &["snapshots", "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// The newest snapshot's content, restored into a fresh directory.
-    fn restored(&self, pvc: &str) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let out = self.mover(pvc, &["restore", dir.path().to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    }
-
-    /// Temporary objects of stowage's copies still present: (kind, name).
-    fn temporaries(&self) -> Vec<(String, String)> {
-        let store = self.cluster.store();
-        let mut out = Vec::new();
-        for p in store.list_json(&Gvr::core("persistentvolumeclaims"), Some("db"), None) {
-            if p["metadata"]["labels"]["app.kubernetes.io/component"] == "backup-copy" {
-                out.push(("pvc".into(), p["metadata"]["name"].as_str().unwrap().into()));
-            }
-        }
-        for v in store.list_json(&snapshots_gvr(), Some("db"), None) {
-            out.push((
-                "volumesnapshot".into(),
-                v["metadata"]["name"].as_str().unwrap().into(),
-            ));
-        }
-        out
-    }
+    out
 }
 
 fn tags(s: &Value) -> Vec<String> {
@@ -294,26 +169,26 @@ fn freeze_hooks() -> Vec<(&'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_and_clone_back_up_the_frozen_point_in_time_and_clean_up() {
-    let w = World::new("copy-methods");
+    let w = world("copy-methods");
     let hooks = freeze_hooks();
-    let snap_dir = w
-        .app(
-            "pg-snap",
-            &[(cons::COPY_METHOD, "Snapshot")],
-            &hooks,
-            &[("data.txt", "snapshot v1")],
-        )
-        .await;
-    let clone_dir = w
-        .app(
-            "pg-clone",
-            &[(cons::COPY_METHOD, "Clone")],
-            &hooks,
-            &[("data.txt", "clone v1")],
-        )
-        .await;
+    let snap_dir = app(
+        &w,
+        "pg-snap",
+        &[(cons::COPY_METHOD, "Snapshot")],
+        &hooks,
+        &[("data.txt", "snapshot v1")],
+    )
+    .await;
+    let clone_dir = app(
+        &w,
+        "pg-clone",
+        &[(cons::COPY_METHOD, "Clone")],
+        &hooks,
+        &[("data.txt", "clone v1")],
+    )
+    .await;
 
-    let (ok, log) = w.scheduler("2026-11-23T10:00:00Z").await;
+    let (ok, log) = scheduler(&w, "2026-11-23T10:00:00Z").await;
     assert!(ok, "{log}");
     // Within the pass: frozen, copied, thawed. The live volumes are thawed again and
     // change on, the copies do not.
@@ -343,7 +218,7 @@ async fn snapshot_and_clone_back_up_the_frozen_point_in_time_and_clean_up() {
             .clone();
         assert_eq!(Some(claim), j.metadata.name.clone());
     }
-    let (ok, log) = w.scheduler("2026-11-23T10:05:00Z").await;
+    let (ok, log) = scheduler(&w, "2026-11-23T10:05:00Z").await;
     assert!(ok, "{log}");
 
     for (pvc, method, content) in [
@@ -351,13 +226,13 @@ async fn snapshot_and_clone_back_up_the_frozen_point_in_time_and_clean_up() {
         ("pg-clone", "clone", "clone v1"),
     ] {
         assert_eq!(
-            w.ann(pvc, status::LAST_RESULT).as_deref(),
+            ann(&w, pvc, status::LAST_RESULT).as_deref(),
             Some("Succeeded"),
             "{pvc}: {log}\n{}",
             w.cluster.all_pod_logs()
         );
         assert_eq!(
-            w.ann(pvc, cons::LAST_COPY_METHOD).as_deref(),
+            ann(&w, pvc, cons::LAST_COPY_METHOD).as_deref(),
             Some(if method == "snapshot" {
                 "Snapshot"
             } else {
@@ -365,11 +240,11 @@ async fn snapshot_and_clone_back_up_the_frozen_point_in_time_and_clean_up() {
             })
         );
         assert_eq!(
-            w.ann(pvc, cons::LAST_HOOKS).as_deref(),
+            ann(&w, pvc, cons::LAST_HOOKS).as_deref(),
             Some("pre=Succeeded post=Succeeded")
         );
-        assert_eq!(w.ann(pvc, cons::HOOK_STATE), None);
-        let snaps = w.snapshots(pvc);
+        assert_eq!(ann(&w, pvc, cons::HOOK_STATE), None);
+        let snaps = w.snapshots("db", pvc);
         assert_eq!(snaps.len(), 1);
         let t = tags(&snaps[0]);
         for want in [
@@ -381,7 +256,7 @@ async fn snapshot_and_clone_back_up_the_frozen_point_in_time_and_clean_up() {
             assert!(t.contains(&want), "{pvc}: {t:?}");
         }
         // The snapshot holds the volume as it was while frozen.
-        let r = w.restored(pvc);
+        let r = restored(&w, pvc);
         assert_eq!(
             std::fs::read_to_string(r.path().join("data.txt")).unwrap(),
             content
@@ -400,16 +275,14 @@ async fn snapshot_and_clone_back_up_the_frozen_point_in_time_and_clean_up() {
         .collect();
     assert_eq!(ends.len(), 4, "{ex:?}");
     assert!(ex.iter().all(|r| r.container == "app"));
-    assert_eq!(w.temporaries(), Vec::<(String, String)>::new());
+    assert_eq!(temporaries(&w), Vec::<(String, String)>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_hooks_run_around_the_mover_and_on_error_decides() {
-    let w = World::new("direct-hooks");
+    let w = world("direct-hooks");
     let hooks = freeze_hooks();
-    let dir = w
-        .app("app-direct", &[], &hooks, &[("data.txt", "direct")])
-        .await;
+    let dir = app(&w, "app-direct", &[], &hooks, &[("data.txt", "direct")]).await;
     let mut failing = vec![
         (
             "pre.hook.backup.velero.io/command",
@@ -422,10 +295,10 @@ async fn direct_hooks_run_around_the_mover_and_on_error_decides() {
         "post.hook.backup.velero.io/command",
         r#"["/bin/sh", "-c", "touch /data/THAWED"]"#,
     ));
-    let fail_dir = w.app("app-fail", &[], &failing, &[("f", "x")]).await;
+    let fail_dir = app(&w, "app-fail", &[], &failing, &[("f", "x")]).await;
     let mut cont = failing.clone();
     cont.push(("pre.hook.backup.velero.io/on-error", "Continue"));
-    let cont_dir = w.app("app-continue", &[], &cont, &[("f", "x")]).await;
+    let cont_dir = app(&w, "app-continue", &[], &cont, &[("f", "x")]).await;
     let slow = vec![
         ("pre.hook.backup.velero.io/command", r#"["sleep", "20"]"#),
         ("pre.hook.backup.velero.io/timeout", "1s"),
@@ -435,9 +308,9 @@ async fn direct_hooks_run_around_the_mover_and_on_error_decides() {
             r#"["/bin/sh", "-c", "touch /data/THAWED"]"#,
         ),
     ];
-    let slow_dir = w.app("app-slow", &[], &slow, &[("f", "x")]).await;
+    let slow_dir = app(&w, "app-slow", &[], &slow, &[("f", "x")]).await;
 
-    let (ok, log) = w.scheduler("2026-11-23T10:00:00Z").await;
+    let (ok, log) = scheduler(&w, "2026-11-23T10:00:00Z").await;
     // Two backups were refused by their pre hooks (the slow one as TimedOut below: its
     // 20 s sleep was cut by the 1 s timeout): their PVCs' problems, not a failed run.
     assert!(ok, "{log}");
@@ -458,18 +331,18 @@ async fn direct_hooks_run_around_the_mover_and_on_error_decides() {
         assert!(
             d.join("THAWED").exists(),
             "{pvc}: post hook did not run: {:?} {log}\n{:?}",
-            w.ann(pvc, cons::LAST_HOOKS),
+            ann(&w, pvc, cons::LAST_HOOKS),
             records(w.cluster.root())
         );
         assert_eq!(
-            w.ann(pvc, status::LAST_RESULT).as_deref(),
+            ann(&w, pvc, status::LAST_RESULT).as_deref(),
             Some("Failed: PreHookFailed")
         );
         assert_eq!(
-            w.ann(pvc, cons::LAST_HOOKS),
+            ann(&w, pvc, cons::LAST_HOOKS),
             Some(format!("pre={word} post=Succeeded"))
         );
-        let ev = w.events(pvc, cons::reason::PRE_HOOK_FAILED);
+        let ev = events(&w, pvc, cons::reason::PRE_HOOK_FAILED);
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert!(ev[0].contains("no backup was made"), "{ev:?}");
         if pvc == "app-fail" {
@@ -478,30 +351,30 @@ async fn direct_hooks_run_around_the_mover_and_on_error_decides() {
                 "stderr in the reason: {ev:?}"
             );
         }
-        assert_eq!(w.ann(pvc, cons::HOOK_STATE), None);
+        assert_eq!(ann(&w, pvc, cons::HOOK_STATE), None);
     }
     // on-error Continue: backed up anyway; the post hook waits for the result.
     assert!(!cont_dir.join("THAWED").exists());
-    assert!(w.ann("app-continue", cons::HOOK_STATE).is_some());
+    assert!(ann(&w, "app-continue", cons::HOOK_STATE).is_some());
 
     // The pass that harvests the results runs the post hooks.
-    let (_, log) = w.scheduler("2026-11-23T10:05:00Z").await;
+    let (_, log) = scheduler(&w, "2026-11-23T10:05:00Z").await;
     assert!(!dir.join("FROZEN").exists(), "{log}");
     assert!(cont_dir.join("THAWED").exists(), "{log}");
     assert_eq!(
-        w.ann("app-continue", cons::LAST_HOOKS).as_deref(),
+        ann(&w, "app-continue", cons::LAST_HOOKS).as_deref(),
         Some("pre=Failed post=Succeeded")
     );
     assert_eq!(
-        w.ann("app-direct", status::LAST_RESULT).as_deref(),
+        ann(&w, "app-direct", status::LAST_RESULT).as_deref(),
         Some("Succeeded"),
         "{log}"
     );
-    let t = tags(&w.snapshots("app-continue")[0]);
+    let t = tags(&w.snapshots("db", "app-continue")[0]);
     assert!(t.contains(&"pre-hook=Failed".to_string()), "{t:?}");
     assert!(t.contains(&"copy-method=direct".to_string()), "{t:?}");
     // The mover read the volume while frozen.
-    let r = w.restored("app-direct");
+    let r = restored(&w, "app-direct");
     assert!(r.path().join("FROZEN").exists());
 
     // Order: the pre hook ended before the mover started, the post hook began after
@@ -545,54 +418,53 @@ async fn direct_hooks_run_around_the_mover_and_on_error_decides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_hook_runs_after_a_failed_backup() {
-    let w = World::new("failed-backup-hooks");
+    let w = world("failed-backup-hooks");
     let hooks = freeze_hooks();
     // The namespace's own repository, on an endpoint nobody answers: the mover fails.
-    let broken = format!("s3:http://127.0.0.1:9/{}/db/broken", w.bucket);
-    let dir = w
-        .app(
-            "broken",
-            &[("stowage.io/repository", broken.as_str())],
-            &hooks,
-            &[("f", "x")],
-        )
-        .await;
-    let (_, log) = w.scheduler("2026-11-23T10:00:00Z").await;
+    let broken = format!("s3:http://127.0.0.1:9/{}/db/broken", w.bucket());
+    let dir = app(
+        &w,
+        "broken",
+        &[("stowage.io/repository", broken.as_str())],
+        &hooks,
+        &[("f", "x")],
+    )
+    .await;
+    let (_, log) = scheduler(&w, "2026-11-23T10:00:00Z").await;
     assert!(dir.join("FROZEN").exists(), "{log}");
     let jobs = w.jobs_finished().await;
     assert_eq!(jobs.len(), 1);
-    let (_, log) = w.scheduler("2026-11-23T10:05:00Z").await;
-    let result = w.ann("broken", status::LAST_RESULT).unwrap_or_default();
+    let (_, log) = scheduler(&w, "2026-11-23T10:05:00Z").await;
+    let result = ann(&w, "broken", status::LAST_RESULT).unwrap_or_default();
     assert!(result.starts_with("Failed"), "{result} {log}");
     assert!(
         !dir.join("FROZEN").exists(),
         "post hook after the failure: {log}"
     );
     assert_eq!(
-        w.ann("broken", cons::LAST_HOOKS).as_deref(),
+        ann(&w, "broken", cons::LAST_HOOKS).as_deref(),
         Some("pre=Succeeded post=Succeeded")
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pass_is_thawed_and_cleaned_up_by_the_next() {
-    let w = World::new("killed-pass");
+    let w = world("killed-pass");
     let hooks = freeze_hooks();
-    let dir = w
-        .app(
-            "pg",
-            &[
-                (cons::COPY_METHOD, "Snapshot"),
-                (cons::VOLUME_SNAPSHOT_CLASS, "stalling"),
-            ],
-            &hooks,
-            &[("data.txt", "v1")],
-        )
-        .await;
-    let env = w.env();
+    let dir = app(
+        &w,
+        "pg",
+        &[
+            (cons::COPY_METHOD, "Snapshot"),
+            (cons::VOLUME_SNAPSHOT_CLASS, "stalling"),
+        ],
+        &hooks,
+        &[("data.txt", "v1")],
+    )
+    .await;
+    let env = w.scheduler_env();
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.retain(|(k, _)| *k != "STOWAGE_COPY_TIMEOUT_SECS");
-    env.push(("STOWAGE_COPY_TIMEOUT_SECS", "300"));
+    env.extend([ORPHAN_GRACE, (COPY_TIMEOUT.0, "300")]);
     let mut child = w.cluster.spawn_program(
         &bins::path("stowage-scheduler"),
         &["--now", "2026-11-23T10:00:00Z"],
@@ -610,22 +482,24 @@ async fn a_killed_pass_is_thawed_and_cleaned_up_by_the_next() {
     child.start_kill().unwrap();
     let _ = child.wait().await;
     assert!(dir.join("FROZEN").exists());
-    assert!(w.ann("pg", cons::HOOK_STATE).is_some());
+    assert!(ann(&w, "pg", cons::HOOK_STATE).is_some());
 
     // A pass right after leaves the PVC alone: the killed pass's deadline (its hook and
     // copy timeouts) has not passed, it might still be at work.
-    let (_, log) = w.scheduler("2026-11-23T10:01:00Z").await;
+    let (_, log) = scheduler(&w, "2026-11-23T10:01:00Z").await;
     assert!(dir.join("FROZEN").exists(), "{log}");
     assert_eq!(w.cluster.store().list::<Job>(None).len(), 0);
 
     // Once it has: the post hooks run, the stale snapshot goes, and with a working
     // class the same backup is made.
-    let deadline: jiff::Timestamp =
-        serde_json::from_str::<Value>(&w.ann("pg", cons::HOOK_STATE).unwrap()).unwrap()["deadline"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+    let deadline: jiff::Timestamp = serde_json::from_str::<Value>(
+        &ann(&w, "pg", cons::HOOK_STATE).unwrap(),
+    )
+    .unwrap()["deadline"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     // The deadline is on the pass's clock (--now): the next pass runs past it.
     let after = deadline + jiff::SignedDuration::from_secs(1);
     let later = after + jiff::SignedDuration::from_secs(300);
@@ -638,49 +512,49 @@ async fn a_killed_pass_is_thawed_and_cleaned_up_by_the_next() {
                 .insert(cons::VOLUME_SNAPSHOT_CLASS.into(), "csi-snap".into());
         })
         .unwrap();
-    let (ok, log) = w.scheduler(&after.to_string()).await;
+    let (ok, log) = scheduler(&w, &after.to_string()).await;
     assert!(ok, "{log}");
-    let recovered = w.events("pg", "PostHooksRecovered");
+    let recovered = events(&w, "pg", "PostHooksRecovered");
     assert_eq!(recovered.len(), 1, "{log}");
     assert!(!dir.join("FROZEN").exists());
     w.jobs_finished().await;
-    let (ok, log) = w.scheduler(&later.to_string()).await;
+    let (ok, log) = scheduler(&w, &later.to_string()).await;
     assert!(ok, "{log}");
     assert_eq!(
-        w.ann("pg", status::LAST_RESULT).as_deref(),
+        ann(&w, "pg", status::LAST_RESULT).as_deref(),
         Some("Succeeded"),
         "{log}"
     );
-    assert_eq!(w.temporaries(), Vec::<(String, String)>::new());
+    assert_eq!(temporaries(&w), Vec::<(String, String)>::new());
     // The backup is of the new point in time (frozen by its own pre hook).
-    let r = w.restored("pg");
+    let r = restored(&w, "pg");
     assert!(r.path().join("FROZEN").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_fails_thaws_the_app_and_leaves_nothing_behind() {
-    let w = World::new("snapshot-fails");
-    let dir = w
-        .app(
-            "pg",
-            &[
-                (cons::COPY_METHOD, "Snapshot"),
-                (cons::VOLUME_SNAPSHOT_CLASS, "no-such-class"),
-            ],
-            &freeze_hooks(),
-            &[("f", "x")],
-        )
-        .await;
-    let (ok, log) = w.scheduler("2026-11-23T10:00:00Z").await;
+    let w = world("snapshot-fails");
+    let dir = app(
+        &w,
+        "pg",
+        &[
+            (cons::COPY_METHOD, "Snapshot"),
+            (cons::VOLUME_SNAPSHOT_CLASS, "no-such-class"),
+        ],
+        &freeze_hooks(),
+        &[("f", "x")],
+    )
+    .await;
+    let (ok, log) = scheduler(&w, "2026-11-23T10:00:00Z").await;
     // The PVC's problem (Event, stowage_backup_problem), not a failed run.
     assert!(ok, "{log}");
     assert!(!dir.join("FROZEN").exists(), "{log}");
     assert_eq!(
-        w.ann("pg", status::LAST_RESULT).as_deref(),
+        ann(&w, "pg", status::LAST_RESULT).as_deref(),
         Some("Failed: PointInTimeCopyFailed")
     );
-    let ev = w.events("pg", cons::reason::COPY_FAILED);
+    let ev = events(&w, "pg", cons::reason::COPY_FAILED);
     assert!(ev.len() == 1 && ev[0].contains("no-such-class"), "{ev:?}");
-    assert_eq!(w.temporaries(), Vec::<(String, String)>::new());
+    assert_eq!(temporaries(&w), Vec::<(String, String)>::new());
     assert_eq!(w.cluster.store().list::<Job>(None).len(), 0);
 }

@@ -4,7 +4,7 @@
 //! `stowage-scheduler` backs the volumes up before and after.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::PathBuf;
 use stowage_testkit::obj;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -12,388 +12,189 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use serde_json::json;
 use stowage_common::k8s::contract::{prewarm as pc, reason, status, user};
-use stowage_common::k8s::credentials::derive_repository_password;
-use stowage_testkit::fakeapi::Gvr;
-use stowage_testkit::sim::{Cluster, ClusterOptions, NodeSpec, PvcSpec, StorageClassSpec, digest};
+use stowage_testkit::fakeapi::{Gvr, Store};
+use stowage_testkit::sim::{NodeSpec, PvcSpec, StorageClassSpec, digest};
+use stowage_testkit::world::{Keys, POLICIES, PREWARM, WAIT, World, bound, log_of, restore_pvc};
 use stowage_testkit::{bins, garage, trees};
 
-const SCHEDULER: &str = "system:serviceaccount:stowage:stowage-scheduler";
-const PREWARM: &str = "system:serviceaccount:stowage:stowage-prewarm";
 const MASTER: &str = "prewarm e2e master password";
-const WAIT: Duration = Duration::from_secs(120);
+/// The simulated provisioners answer within a fraction of a second.
+const PROBE_SECONDS: (&str, &str) = ("STOWAGE_PROBE_SECONDS", "3");
 
-struct World {
-    cluster: Cluster,
-    bucket: String,
-    endpoint: String,
-    keys: BTreeMap<String, String>,
-    runs: std::sync::atomic::AtomicUsize,
+fn world() -> World {
+    world_with_classes(vec![])
 }
 
-fn bound(s: &stowage_testkit::fakeapi::Store, ns: &str, pvc: &str) -> bool {
-    s.get::<PersistentVolumeClaim>(ns, pvc)
-        .and_then(|p| p.status?.phase)
-        .as_deref()
-        == Some("Bound")
+/// The world with more storage classes.
+fn world_with_classes(extra: Vec<StorageClassSpec>) -> World {
+    let mut builder = World::builder(MASTER)
+        .node(NodeSpec::new("node-a"))
+        .node(NodeSpec::new("node-b"))
+        .storage_class(StorageClassSpec::local_csi("local").default_class())
+        .storage_class(StorageClassSpec::local_path("local-path"));
+    for c in extra {
+        builder = builder.storage_class(c);
+    }
+    builder
+        .policies(POLICIES)
+        .mover_keys(Keys::Garage)
+        .bucket("prewarm-e2e")
+        // The manual restore template's Job runs stowage-prewarm as a pod.
+        .binary("stowage-prewarm", bins::path("stowage-prewarm"))
+        .build()
 }
 
-impl World {
-    fn new() -> Self {
-        Self::with_classes(vec![])
-    }
+/// The PVC as written in Git: restore from backup, back up hourly.
+fn pvc_spec(name: &str) -> PvcSpec {
+    restore_pvc(name, name)
+        .class("local")
+        .label("backup", "hourly")
+}
 
-    /// The world with more storage classes.
-    fn with_classes(extra: Vec<StorageClassSpec>) -> Self {
-        let g = garage::shared();
-        let bucket = g.bucket("prewarm-e2e");
-        let mut options = ClusterOptions::new()
-            .node(NodeSpec::new("node-a"))
-            .node(NodeSpec::new("node-b"))
-            .storage_class(StorageClassSpec::local_csi("local").default_class())
-            .storage_class(StorageClassSpec::local_path("local-path"));
-        for c in extra {
-            options = options.storage_class(c);
-        }
-        let cluster = Cluster::start(
-            options
-                .namespace("stowage")
-                .binary("stowage-mover", bins::path("stowage-mover"))
-                // The manual restore template's Job runs stowage-prewarm as a pod.
-                .binary("stowage-prewarm", bins::path("stowage-prewarm")),
-        );
-        let keys: BTreeMap<String, String> = g.env("x").into_iter().collect();
-        let w = World {
-            cluster,
-            bucket,
-            endpoint: format!("http://{}", g.addr()),
-            keys,
-            runs: Default::default(),
-        };
-        w.install(true);
-        w
+/// Applies the PVC and an app pod using it on `node`.
+fn apply_app(w: &World, ns: &str, spec: &PvcSpec, node: &str) {
+    if w.cluster
+        .store()
+        .get::<k8s_openapi::api::core::v1::Namespace>("", ns)
+        .is_none()
+    {
+        w.cluster.create_namespace(ns, &[]).unwrap();
     }
-
-    /// What the GitOps repository re-applies after a rebuild: policies, credentials.
-    fn install(&self, with_secret: bool) {
-        let store = self.cluster.store();
-        let _ = store.create::<ConfigMap>(&obj(json!({
-            "metadata": {"name": "stowage-policies", "namespace": "stowage"},
-            "data": {"policies.yaml": "hourly:\n  schedule: \"@hourly\"\n"}
-        })));
-        if with_secret {
-            self.create_secret();
-        }
-    }
-
-    fn create_secret(&self) {
-        self.cluster
-            .store()
-            .create::<Secret>(&obj(json!({
-                "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-                "stringData": {
-                    "master-password": MASTER,
-                    "mover-access-key-id": self.keys["AWS_ACCESS_KEY_ID"],
-                    "mover-secret-access-key": self.keys["AWS_SECRET_ACCESS_KEY"],
-                }
-            })))
-            .unwrap();
-    }
-
-    fn base(&self) -> String {
-        format!("s3:{}/{}", self.endpoint, self.bucket)
-    }
-
-    fn repository(&self, ns: &str, pvc: &str) -> String {
-        format!("{}/{ns}/{pvc}", self.base())
-    }
-
-    /// The PVC as written in Git: restore from backup, back up hourly.
-    fn pvc_spec(name: &str) -> PvcSpec {
-        PvcSpec::new(name)
-            .class("local")
-            .label("backup", "hourly")
-            .data_source_ref("stowage.io", "Restore", name)
-    }
-
-    /// Applies the PVC and an app pod using it on `node`.
-    fn apply_app(&self, ns: &str, spec: &PvcSpec, node: &str) {
-        if self
-            .cluster
-            .store()
-            .get::<k8s_openapi::api::core::v1::Namespace>("", ns)
-            .is_none()
-        {
-            self.cluster.create_namespace(ns, &[]).unwrap();
-        }
-        self.cluster.create_pvc(ns, spec).unwrap();
-        self.cluster
-            .create_app_pod(
-                ns,
-                &format!("app-{}", spec.name),
-                &spec.name,
-                Some(node),
-                Some((1000, 1000)),
-                &[],
-            )
-            .unwrap();
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("STOWAGE_REPOSITORY_BASE", self.base()),
-            ("STOWAGE_ALLOW_HTTP", "true".into()),
-            ("AWS_DEFAULT_REGION", "garage".into()),
-            (
-                "STOWAGE_MOVER_IMAGE",
-                "ghcr.io/stowage-backup/stowage-mover:e2e".into(),
-            ),
-            ("STOWAGE_LOG_FORMAT", "text".into()),
-            ("STOWAGE_POLL_SECONDS", "1".into()),
-            ("STOWAGE_RESTORE_BACKOFF_SECONDS", "1".into()),
-            ("STOWAGE_MAX_CONCURRENT_JOBS", "10".into()),
-            // The simulated provisioners answer within a fraction of a second.
-            ("STOWAGE_PROBE_SECONDS", "3".into()),
-        ]
-    }
-
-    /// One prewarm round (`--once`).
-    async fn prewarm_once(&self, extra: &[&str]) -> (bool, String) {
-        let env = self.env();
-        let env: Vec<(&str, &str)> = env
-            .iter()
-            .filter(|(k, _)| *k != "STOWAGE_MAX_CONCURRENT_JOBS")
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        let mut args = vec!["--once"];
-        args.extend_from_slice(extra);
-        let out = self
-            .cluster
-            .run_program(&bins::path("stowage-prewarm"), &args, &env, PREWARM)
-            .await;
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+    w.cluster.create_pvc(ns, spec).unwrap();
+    w.cluster
+        .create_app_pod(
+            ns,
+            &format!("app-{}", spec.name),
+            &spec.name,
+            Some(node),
+            Some((1000, 1000)),
+            &[],
         )
-    }
+        .unwrap();
+}
 
-    /// A prewarm run (polling every second, as the CronJob's run does) until `check`
-    /// holds; then the run is stopped.
-    async fn prewarm_until<T>(
-        &self,
-        what: &str,
-        check: impl FnMut(&stowage_testkit::fakeapi::Store) -> Option<T>,
-    ) -> T {
-        let mut child = self.spawn_prewarm();
-        let r = self.cluster.wait_for(WAIT, check).await;
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        match r {
-            Ok(t) => t,
-            Err(e) => panic!(
-                "{what}: {e}\n--- prewarm\n{}\n--- pods\n{}",
-                self.last_prewarm_log(),
-                self.cluster.all_pod_logs()
-            ),
-        }
-    }
+/// prewarm's environment in these scenarios.
+fn prewarm_env(w: &World) -> Vec<(String, String)> {
+    let mut env = w.prewarm_env();
+    env.push((PROBE_SECONDS.0.into(), PROBE_SECONDS.1.into()));
+    env
+}
 
-    fn spawn_prewarm(&self) -> tokio::process::Child {
-        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let env = self.env();
-        let env: Vec<(&str, &str)> = env
-            .iter()
-            .filter(|(k, _)| *k != "STOWAGE_MAX_CONCURRENT_JOBS")
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        self.cluster.spawn_program(
-            &bins::path("stowage-prewarm"),
-            &["--duration", "300", "--no-index"],
-            &env,
-            PREWARM,
-            &format!("prewarm-{n}"),
-        )
-    }
-
-    fn last_prewarm_log(&self) -> String {
-        let n = self.runs.load(std::sync::atomic::Ordering::Relaxed);
-        self.cluster.program_log(&format!("prewarm-{n}"))
-    }
-
-    async fn populate(&self, pvcs: &[(&str, &str)]) {
-        let list: Vec<(String, String)> = pvcs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        // Bound, prime PVCs gone, and the closing Event published: the populate is over.
-        self.prewarm_until("PVCs bound", move |s| {
-            let done = list.iter().all(|(ns, p)| {
-                bound(s, ns, p)
-                    && s.list::<Event>(Some(ns)).iter().any(|e| {
-                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(p.as_str())
-                            && matches!(
-                                e.reason.as_deref(),
-                                Some(pc::reason::RESTORED) | Some(pc::reason::BOUND_EMPTY)
-                            )
-                            && e.regarding.as_ref().and_then(|r| r.uid.as_deref())
-                                == s.get::<PersistentVolumeClaim>(ns, p)
-                                    .and_then(|x| x.metadata.uid)
-                                    .as_deref()
-                    })
-            });
-            (done && s.list::<PersistentVolumeClaim>(Some("stowage")).is_empty()).then_some(())
-        })
+/// One prewarm round (`--once`).
+async fn prewarm_once(w: &World, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["--once"];
+    args.extend_from_slice(extra);
+    let out = w
+        .run("stowage-prewarm", &args, &prewarm_env(w), PREWARM)
         .await;
-    }
+    (out.status.success(), log_of(&out))
+}
 
-    async fn scheduler(&self, now: &str) -> (bool, String) {
-        let env = self.env();
-        let env: Vec<(&str, &str)> = env
-            .iter()
-            .filter(|(k, _)| *k != "STOWAGE_PROBE_SECONDS")
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        let out = self
-            .cluster
-            .run_program(
-                &bins::path("stowage-scheduler"),
-                &["--now", now],
-                &env,
-                SCHEDULER,
-            )
-            .await;
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+/// A prewarm run (polling every second, as the CronJob's run does) until `check`
+/// holds; then the run is stopped.
+async fn prewarm_until<T>(w: &World, what: &str, check: impl FnMut(&Store) -> Option<T>) -> T {
+    let mut child = spawn_prewarm(w);
+    let r = w.cluster.wait_for(WAIT, check).await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    match r {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "{what}: {e}\n--- prewarm\n{}\n--- pods\n{}",
+            w.last_prewarm_log(),
+            w.cluster.all_pod_logs()
+        ),
     }
+}
 
-    fn backup_jobs(&self) -> Vec<Job> {
-        self.cluster
-            .store()
-            .list::<Job>(None)
-            .into_iter()
-            .filter(|j| {
-                j.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("stowage.io/operation"))
-                    .is_some_and(|o| o == "backup")
-            })
-            .collect()
-    }
+fn spawn_prewarm(w: &World) -> tokio::process::Child {
+    w.spawn_prewarm(&[PROBE_SECONDS]).0
+}
 
-    async fn jobs_finished(&self) {
-        let r = self
-            .cluster
-            .wait_for(WAIT, |s| {
-                s.list::<Job>(None)
-                    .iter()
-                    .all(|j| {
-                        j.status
-                            .as_ref()
-                            .and_then(|st| st.conditions.as_ref())
-                            .is_some_and(|c| {
-                                c.iter().any(|c| {
-                                    (c.type_ == "Complete" || c.type_ == "Failed")
-                                        && c.status == "True"
-                                })
-                            })
-                    })
-                    .then_some(())
-            })
-            .await;
-        if r.is_err() {
-            panic!("Jobs did not finish:\n{}", self.cluster.all_pod_logs());
-        }
-    }
+async fn populate(w: &World, pvcs: &[(&str, &str)]) {
+    let list: Vec<(String, String)> = pvcs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    // Bound, prime PVCs gone, and the closing Event published: the populate is over.
+    prewarm_until(w, "PVCs bound", move |s| {
+        let done = list.iter().all(|(ns, p)| {
+            bound(s, ns, p)
+                && s.list::<Event>(Some(ns)).iter().any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(p.as_str())
+                        && matches!(
+                            e.reason.as_deref(),
+                            Some(pc::reason::RESTORED) | Some(pc::reason::BOUND_EMPTY)
+                        )
+                        && e.regarding.as_ref().and_then(|r| r.uid.as_deref())
+                            == s.get::<PersistentVolumeClaim>(ns, p)
+                                .and_then(|x| x.metadata.uid)
+                                .as_deref()
+                })
+        });
+        (done && s.list::<PersistentVolumeClaim>(Some("stowage")).is_empty()).then_some(())
+    })
+    .await;
+}
 
-    /// A backup of every opted-in PVC through the scheduler, results recorded.
-    async fn backup(&self, now: &str, then: &str) {
-        let (ok, log) = self.scheduler(now).await;
-        assert!(ok, "{log}");
-        eprintln!("scheduler at {now}:\n{log}");
-        self.jobs_finished().await;
-        let (ok, log) = self.scheduler(then).await;
-        assert!(ok, "{log}");
-    }
-
-    fn ann(&self, ns: &str, pvc: &str, key: &str) -> Option<String> {
-        let p: PersistentVolumeClaim = self.cluster.store().get(ns, pvc)?;
-        p.metadata.annotations.unwrap_or_default().get(key).cloned()
-    }
-
-    fn events(&self, ns: &str, pvc: &str, reason: &str) -> Vec<String> {
-        let all: Vec<Event> = self.cluster.store().list(Some(ns));
-        all.into_iter()
-            .filter(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pvc)
-            })
-            .map(|e| e.note.unwrap_or_default())
-            .collect()
-    }
-
-    fn dir(&self, ns: &str, pvc: &str) -> std::path::PathBuf {
-        self.cluster.volume_dir(ns, pvc).unwrap()
-    }
-
-    fn snapshots(&self, ns: &str, pvc: &str) -> Vec<serde_json::Value> {
-        let repo = self.repository(ns, pvc);
-        let out = std::process::Command::new(bins::path("stowage-mover"))
-            .args(["snapshots", "--json"])
-            .env_clear()
-            .envs(garage::shared().env("x"))
-            .env("RESTIC_REPOSITORY", &repo)
-            .env("RESTIC_PASSWORD", derive_repository_password(MASTER, &repo))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn primes(&self) -> Vec<PersistentVolumeClaim> {
-        self.cluster
-            .store()
-            .list::<PersistentVolumeClaim>(Some("stowage"))
-            .into_iter()
-            .filter(|p| {
-                p.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with(pc::prime::NAME_PREFIX))
-            })
-            .collect()
-    }
-
-    /// A prewarm run until the probe judged `class` (a PVC of the class waits).
-    async fn judged(&self, class: &str) {
-        let class = class.to_string();
-        self.prewarm_until("storage class judged", move |s| {
-            let cm: ConfigMap = s.get("stowage", pc::probe::CONFIGMAP)?;
-            cm.data?.contains_key(&class).then_some(())
+fn backup_jobs(w: &World) -> Vec<Job> {
+    w.cluster
+        .store()
+        .list::<Job>(None)
+        .into_iter()
+        .filter(|j| {
+            j.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("stowage.io/operation"))
+                .is_some_and(|o| o == "backup")
         })
-        .await;
-    }
+        .collect()
+}
 
-    /// The probe verdict recorded for a storage class (`safe`/`unsafe`).
-    fn verdict(&self, class: &str) -> Option<String> {
-        let cm: ConfigMap = self.cluster.store().get("stowage", pc::probe::CONFIGMAP)?;
-        let v: serde_json::Value =
-            serde_json::from_str(cm.data?.get(class)?).expect("verdict JSON");
-        v["verdict"].as_str().map(str::to_string)
-    }
+/// A backup of every opted-in PVC through the scheduler, results recorded.
+async fn backup(w: &World, now: &str, then: &str) {
+    let (ok, log) = w.scheduler(now).await;
+    assert!(ok, "{log}");
+    eprintln!("scheduler at {now}:\n{log}");
+    w.jobs_finished().await;
+    let (ok, log) = w.scheduler(then).await;
+    assert!(ok, "{log}");
+}
+
+fn dir(w: &World, ns: &str, pvc: &str) -> PathBuf {
+    w.cluster.volume_dir(ns, pvc).unwrap()
+}
+
+fn primes(w: &World) -> Vec<PersistentVolumeClaim> {
+    w.cluster
+        .store()
+        .list::<PersistentVolumeClaim>(Some("stowage"))
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(pc::prime::NAME_PREFIX))
+        })
+        .collect()
+}
+
+/// A prewarm run until the probe judged `class` (a PVC of the class waits).
+async fn judged(w: &World, class: &str) {
+    let class = class.to_string();
+    prewarm_until(w, "storage class judged", move |s| {
+        let cm: ConfigMap = s.get("stowage", pc::probe::CONFIGMAP)?;
+        cm.data?.contains_key(&class).then_some(())
+    })
+    .await;
+}
+
+/// The probe verdict recorded for a storage class (`safe`/`unsafe`).
+fn verdict(w: &World, class: &str) -> Option<String> {
+    let cm: ConfigMap = w.cluster.store().get("stowage", pc::probe::CONFIGMAP)?;
+    let v: serde_json::Value = serde_json::from_str(cm.data?.get(class)?).expect("verdict JSON");
+    v["verdict"].as_str().map(str::to_string)
 }
 
 /// Content with the metadata a restore must bring back.
@@ -413,21 +214,23 @@ fn fill(dir: &std::path::Path, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_install_binds_empty_then_the_scheduler_backs_it_up() {
-    let w = World::new();
-    w.apply_app("app", &World::pvc_spec("data"), "node-a");
-    w.populate(&[("app", "data")]).await;
+    let w = world();
+    apply_app(&w, "app", &pvc_spec("data"), "node-a");
+    populate(&w, &[("app", "data")]).await;
     assert_eq!(
         w.ann("app", "data", pc::status::BOUND_EMPTY).as_deref(),
         Some(pc::EMPTY_NO_BACKUP)
     );
     assert_eq!(w.ann("app", "data", status::POPULATED_FROM), None);
     assert_eq!(w.events("app", "data", pc::reason::BOUND_EMPTY).len(), 1);
-    assert!(w.primes().is_empty(), "prime PVC deleted");
-    assert_eq!(std::fs::read_dir(w.dir("app", "data")).unwrap().count(), 0);
+    assert!(primes(&w).is_empty(), "prime PVC deleted");
+    assert_eq!(
+        std::fs::read_dir(dir(&w, "app", "data")).unwrap().count(),
+        0
+    );
     // The app writes; the scheduler backs it up (no history: no guard in the way).
-    fill(&w.dir("app", "data"), 1);
-    w.backup("2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z")
-        .await;
+    fill(&dir(&w, "app", "data"), 1);
+    backup(&w, "2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z").await;
     assert_eq!(
         w.ann("app", "data", status::LAST_RESULT).as_deref(),
         Some("Succeeded"),
@@ -439,22 +242,21 @@ async fn fresh_install_binds_empty_then_the_scheduler_backs_it_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_rebuild_restores_every_pvc_before_any_backup() {
-    let w = World::new();
+    let w = world();
     let apps = [
         ("db", "pg-data", "node-a"),
         ("db", "pg-wal", "node-b"),
         ("web", "uploads", "node-a"),
     ];
     for (ns, pvc, node) in apps {
-        w.apply_app(ns, &World::pvc_spec(pvc), node);
+        apply_app(&w, ns, &pvc_spec(pvc), node);
     }
     let keys: Vec<(&str, &str)> = apps.iter().map(|(n, p, _)| (*n, *p)).collect();
-    w.populate(&keys).await;
+    populate(&w, &keys).await;
     for (i, (ns, pvc, _)) in apps.iter().enumerate() {
-        fill(&w.dir(ns, pvc), i as u64);
+        fill(&dir(&w, ns, pvc), i as u64);
     }
-    w.backup("2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z")
-        .await;
+    backup(&w, "2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z").await;
     let mut before = BTreeMap::new();
     for (ns, pvc, _) in apps {
         assert_eq!(
@@ -464,7 +266,7 @@ async fn cluster_rebuild_restores_every_pvc_before_any_backup() {
         before.insert(
             (ns, pvc),
             (
-                digest::entries(&w.dir(ns, pvc)),
+                digest::entries(&dir(&w, ns, pvc)),
                 w.ann(ns, pvc, status::LAST_SNAPSHOT).unwrap(),
             ),
         );
@@ -472,26 +274,26 @@ async fn cluster_rebuild_restores_every_pvc_before_any_backup() {
 
     // The cluster is rebuilt from Git: S3 stays, the volumes are gone.
     w.cluster.wipe(false).await;
-    w.install(true);
+    w.reinstall();
     for (ns, pvc, node) in apps {
-        w.apply_app(ns, &World::pvc_spec(pvc), node);
+        apply_app(&w, ns, &pvc_spec(pvc), node);
     }
     // The scheduler runs before prewarm: no backup may race the restore.
     let (ok, log) = w.scheduler("2026-11-23T12:00:00Z").await;
     assert!(ok, "{log}");
     assert!(
-        w.backup_jobs().is_empty(),
+        backup_jobs(&w).is_empty(),
         "no backup of a PVC being restored"
     );
-    w.populate(&keys).await;
+    populate(&w, &keys).await;
     for (ns, pvc, _) in apps {
         let (entries, snap) = &before[&(ns, pvc)];
-        assert_eq!(&digest::entries(&w.dir(ns, pvc)), entries, "{ns}/{pvc}");
+        assert_eq!(&digest::entries(&dir(&w, ns, pvc)), entries, "{ns}/{pvc}");
         assert_eq!(w.ann(ns, pvc, status::POPULATED_FROM).as_ref(), Some(snap));
         assert_eq!(w.events(ns, pvc, pc::reason::RESTORED).len(), 1);
         assert_eq!(w.events(ns, pvc, pc::reason::RESTORE_STARTED).len(), 1);
     }
-    assert!(w.primes().is_empty(), "prime PVCs deleted");
+    assert!(primes(&w).is_empty(), "prime PVCs deleted");
     // The app pods run where the restored volumes are.
     w.cluster
         .wait_for(WAIT, |s| {
@@ -509,8 +311,7 @@ async fn cluster_rebuild_restores_every_pvc_before_any_backup() {
         .await
         .unwrap();
     // Backups continue the history (the first-backup guard lets populated PVCs through).
-    w.backup("2026-11-23T12:10:00Z", "2026-11-23T12:15:00Z")
-        .await;
+    backup(&w, "2026-11-23T12:10:00Z", "2026-11-23T12:15:00Z").await;
     for (ns, pvc, _) in apps {
         assert_eq!(
             w.ann(ns, pvc, status::LAST_RESULT).as_deref(),
@@ -524,13 +325,12 @@ async fn cluster_rebuild_restores_every_pvc_before_any_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_added() {
-    let w = World::new();
-    w.apply_app("db", &World::pvc_spec("pg"), "node-a");
-    w.populate(&[("db", "pg")]).await;
-    std::fs::write(w.dir("db", "pg").join("v"), "version 1").unwrap();
-    w.backup("2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z")
-        .await;
-    std::fs::write(w.dir("db", "pg").join("v"), "version 2").unwrap();
+    let w = world();
+    apply_app(&w, "db", &pvc_spec("pg"), "node-a");
+    populate(&w, &[("db", "pg")]).await;
+    std::fs::write(dir(&w, "db", "pg").join("v"), "version 1").unwrap();
+    backup(&w, "2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z").await;
+    std::fs::write(dir(&w, "db", "pg").join("v"), "version 2").unwrap();
     w.cluster
         .store()
         .patch::<PersistentVolumeClaim>(
@@ -539,8 +339,7 @@ async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_
             &json!({"metadata": {"annotations": {user::BACKUP_NOW: "1"}}}),
         )
         .unwrap();
-    w.backup("2026-11-23T10:10:00Z", "2026-11-23T10:15:00Z")
-        .await;
+    backup(&w, "2026-11-23T10:10:00Z", "2026-11-23T10:15:00Z").await;
     let snaps = w.snapshots("db", "pg");
     assert_eq!(snaps.len(), 2);
     let first_time = snaps
@@ -573,19 +372,12 @@ async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_
             "spec": {"sourceNamespace": "db", "sourcePvc": "pg", "asOf": first_time.to_string()}}),
         )
         .unwrap();
-    let copy = PvcSpec::new("pg-copy").class("local").data_source_ref(
-        "stowage.io",
-        "Restore",
-        "from-prod",
-    );
-    let old =
-        PvcSpec::new("pg-old")
-            .class("local")
-            .data_source_ref("stowage.io", "Restore", "as-of");
-    w.apply_app("staging", &copy, "node-b");
-    w.apply_app("staging", &old, "node-b");
+    let copy = restore_pvc("pg-copy", "from-prod").class("local");
+    let old = restore_pvc("pg-old", "as-of").class("local");
+    apply_app(&w, "staging", &copy, "node-b");
+    apply_app(&w, "staging", &old, "node-b");
     // prod (namespace db) has not granted staging its data: refused, with the fix.
-    w.prewarm_until("cross-namespace restores refused", |s| {
+    prewarm_until(&w, "cross-namespace restores refused", |s| {
         let refused = |pvc: &str| {
             s.list::<Event>(Some("staging")).iter().any(|e| {
                 e.reason.as_deref() == Some(pc::reason::RESTORE_NOT_GRANTED)
@@ -599,7 +391,7 @@ async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_
     })
     .await;
     assert!(!bound(w.cluster.store(), "staging", "pg-copy"));
-    assert!(w.primes().is_empty(), "nothing read before the grant");
+    assert!(primes(&w).is_empty(), "nothing read before the grant");
     w.cluster
         .store()
         .patch::<k8s_openapi::api::core::v1::Namespace>(
@@ -608,14 +400,13 @@ async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_
             &json!({"metadata": {"annotations": {"stowage.io/grant-repositories-to": "staging"}}}),
         )
         .unwrap();
-    w.populate(&[("staging", "pg-copy"), ("staging", "pg-old")])
-        .await;
+    populate(&w, &[("staging", "pg-copy"), ("staging", "pg-old")]).await;
     assert_eq!(
-        std::fs::read_to_string(w.dir("staging", "pg-copy").join("v")).unwrap(),
+        std::fs::read_to_string(dir(&w, "staging", "pg-copy").join("v")).unwrap(),
         "version 2"
     );
     assert_eq!(
-        std::fs::read_to_string(w.dir("staging", "pg-old").join("v")).unwrap(),
+        std::fs::read_to_string(dir(&w, "staging", "pg-old").join("v")).unwrap(),
         "version 1"
     );
     assert_eq!(
@@ -635,10 +426,10 @@ async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_
         })
         .await
         .unwrap();
-    w.apply_app("db", &World::pvc_spec("pg"), "node-b");
-    w.populate(&[("db", "pg")]).await;
+    apply_app(&w, "db", &pvc_spec("pg"), "node-b");
+    populate(&w, &[("db", "pg")]).await;
     assert_eq!(
-        std::fs::read_to_string(w.dir("db", "pg").join("v")).unwrap(),
+        std::fs::read_to_string(dir(&w, "db", "pg").join("v")).unwrap(),
         "version 2"
     );
 }
@@ -646,12 +437,12 @@ async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_secret_keeps_the_pvc_pending_until_it_exists() {
     let g = garage::shared();
-    let w = World::new();
+    let w = world();
     w.cluster
         .store()
         .delete::<Secret>("stowage", "stowage-credentials")
         .unwrap();
-    w.apply_app("app", &World::pvc_spec("data"), "node-a");
+    apply_app(&w, "app", &pvc_spec("data"), "node-a");
     w.cluster
         .wait_for(WAIT, |s| {
             w.ann("app", "data", "volume.kubernetes.io/selected-node")
@@ -660,9 +451,9 @@ async fn missing_secret_keeps_the_pvc_pending_until_it_exists() {
         .await
         .unwrap();
     // The class is probed first (an unknown provisioner).
-    w.judged("local").await;
-    let (_, log) = w.prewarm_once(&[]).await;
-    let (_, log2) = w.prewarm_once(&[]).await;
+    judged(&w, "local").await;
+    let (_, log) = prewarm_once(&w, &[]).await;
+    let (_, log2) = prewarm_once(&w, &[]).await;
     let missing = w.events("app", "data", reason::CREDENTIALS_MISSING);
     assert_eq!(
         missing.len(),
@@ -678,7 +469,7 @@ async fn missing_secret_keeps_the_pvc_pending_until_it_exists() {
         !bound(w.cluster.store(), "app", "data"),
         "never bound empty on an error"
     );
-    assert!(w.primes().is_empty());
+    assert!(primes(&w).is_empty());
     // Wrong S3 keys: the storage does not answer clearly either.
     w.cluster
         .store()
@@ -688,7 +479,7 @@ async fn missing_secret_keeps_the_pvc_pending_until_it_exists() {
                            "mover-secret-access-key": "bad"}
         })))
         .unwrap();
-    let (_, log) = w.prewarm_once(&[]).await;
+    let (_, log) = prewarm_once(&w, &[]).await;
     assert_eq!(
         w.events("app", "data", pc::reason::SOURCE_UNAVAILABLE)
             .len(),
@@ -696,15 +487,15 @@ async fn missing_secret_keeps_the_pvc_pending_until_it_exists() {
         "{log}"
     );
     assert!(!bound(w.cluster.store(), "app", "data"));
-    assert!(w.primes().is_empty());
+    assert!(primes(&w).is_empty());
     // Fixed: it binds (no backup exists: empty, on the storage's clear answer).
     w.cluster
         .store()
         .delete::<Secret>("stowage", "stowage-credentials")
         .unwrap();
-    w.create_secret();
+    w.cluster.store().create(&w.credentials()).unwrap();
     let _ = g;
-    w.populate(&[("app", "data")]).await;
+    populate(&w, &[("app", "data")]).await;
     assert_eq!(
         w.ann("app", "data", pc::status::BOUND_EMPTY).as_deref(),
         Some(pc::EMPTY_NO_BACKUP)
@@ -713,19 +504,12 @@ async fn missing_secret_keeps_the_pvc_pending_until_it_exists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_storage_class_is_refused_with_an_event() {
-    let w = World::new();
+    let w = world();
     w.cluster.create_namespace("app", &[]).unwrap();
     w.cluster
-        .create_pvc(
-            "app",
-            &PvcSpec::new("data").class("local-path").data_source_ref(
-                "stowage.io",
-                "Restore",
-                "data",
-            ),
-        )
+        .create_pvc("app", &restore_pvc("data", "data").class("local-path"))
         .unwrap();
-    let (ok, log) = w.prewarm_once(&[]).await;
+    let (ok, log) = prewarm_once(&w, &[]).await;
     assert!(ok, "{log}");
     let refused = w.events("app", "data", pc::reason::UNSAFE_STORAGE_CLASS);
     assert_eq!(refused.len(), 1, "{log}");
@@ -734,30 +518,29 @@ async fn unsafe_storage_class_is_refused_with_an_event() {
         "{}",
         refused[0]
     );
-    assert!(w.primes().is_empty(), "no action");
+    assert!(primes(&w).is_empty(), "no action");
 }
 
 /// A volume with a backup, deleted: the next PVC of that name restores it.
 async fn backed_up(w: &World, size: usize) -> BTreeMap<String, String> {
-    w.apply_app("db", &World::pvc_spec("pg"), "node-a");
-    w.populate(&[("db", "pg")]).await;
-    fill(&w.dir("db", "pg"), 7);
-    trees::write_random(&w.dir("db", "pg").join("big.bin"), size, 9);
-    w.backup("2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z")
-        .await;
-    let entries = digest::entries(&w.dir("db", "pg"));
+    apply_app(w, "db", &pvc_spec("pg"), "node-a");
+    populate(w, &[("db", "pg")]).await;
+    fill(&dir(w, "db", "pg"), 7);
+    trees::write_random(&dir(w, "db", "pg").join("big.bin"), size, 9);
+    backup(w, "2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z").await;
+    let entries = digest::entries(&dir(w, "db", "pg"));
     w.cluster.wipe(false).await;
-    w.install(true);
+    w.reinstall();
     entries
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_killed_halfway_is_completed_and_never_bound_half_done() {
-    let w = World::new();
+    let w = world();
     let expected = backed_up(&w, 48 << 20).await;
-    w.apply_app("db", &World::pvc_spec("pg"), "node-a");
+    apply_app(&w, "db", &pvc_spec("pg"), "node-a");
     // Kill the restore's process as soon as it runs.
-    let mut prewarm = w.spawn_prewarm();
+    let mut prewarm = spawn_prewarm(&w);
     let pod = w
         .cluster
         .wait_for(WAIT, |s| {
@@ -787,7 +570,7 @@ async fn a_restore_killed_halfway_is_completed_and_never_bound_half_done() {
     let _ = prewarm.start_kill();
     let _ = prewarm.wait().await;
     assert!(killed, "the restore was still running when killed");
-    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+    assert_eq!(digest::entries(&dir(&w, "db", "pg")), expected);
     assert_eq!(
         job.status.as_ref().unwrap().failed,
         Some(1),
@@ -798,12 +581,12 @@ async fn a_restore_killed_halfway_is_completed_and_never_bound_half_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prewarm_killed_between_restore_and_hand_over_is_continued() {
-    let w = World::new();
+    let w = world();
     let expected = backed_up(&w, 1 << 20).await;
-    w.apply_app("db", &World::pvc_spec("pg"), "node-a");
+    apply_app(&w, "db", &pvc_spec("pg"), "node-a");
     // Step 3 done by a run that is then killed (SIGKILL) before step 4: killed while
     // the restore runs, so it cannot see it finish.
-    let mut prewarm = w.spawn_prewarm();
+    let mut prewarm = spawn_prewarm(&w);
     w.cluster
         .wait_for(WAIT, |s| {
             s.list::<Pod>(Some("stowage"))
@@ -819,11 +602,11 @@ async fn prewarm_killed_between_restore_and_hand_over_is_continued() {
         !bound(w.cluster.store(), "db", "pg"),
         "nobody handed the volume over"
     );
-    assert_eq!(w.primes().len(), 1);
+    assert_eq!(primes(&w).len(), 1);
     // The next run picks the finished restore up.
-    w.populate(&[("db", "pg")]).await;
-    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
-    assert!(w.primes().is_empty());
+    populate(&w, &[("db", "pg")]).await;
+    assert_eq!(digest::entries(&dir(&w, "db", "pg")), expected);
+    assert!(primes(&w).is_empty());
     // Counted by the Jobs the API server created (the Job goes with its prime PVC at
     // the hand-over; the killed run may have died before its RestoreStarted Event).
     let created = w
@@ -840,16 +623,15 @@ async fn prewarm_killed_between_restore_and_hand_over_is_continued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_lists_every_repository_with_its_newest_snapshot() {
-    let w = World::new();
+    let w = world();
     for (ns, pvc, node) in [("db", "pg", "node-a"), ("web", "www", "node-b")] {
-        w.apply_app(ns, &World::pvc_spec(pvc), node);
+        apply_app(&w, ns, &pvc_spec(pvc), node);
     }
-    w.populate(&[("db", "pg"), ("web", "www")]).await;
-    fill(&w.dir("db", "pg"), 1);
-    fill(&w.dir("web", "www"), 2);
-    w.backup("2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z")
-        .await;
-    let (ok, log) = w.prewarm_once(&["--index-now"]).await;
+    populate(&w, &[("db", "pg"), ("web", "www")]).await;
+    fill(&dir(&w, "db", "pg"), 1);
+    fill(&dir(&w, "web", "www"), 2);
+    backup(&w, "2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z").await;
+    let (ok, log) = prewarm_once(&w, &["--index-now"]).await;
     assert!(ok, "{log}");
     let cm: ConfigMap = w.cluster.store().get("stowage", "stowage-index").unwrap();
     let idx: serde_json::Value =
@@ -867,7 +649,7 @@ async fn index_lists_every_repository_with_its_newest_snapshot() {
     }
     let first_requests = idx["s3_requests"].as_u64().unwrap();
     // Unchanged repositories are not opened again.
-    let (ok, log) = w.prewarm_once(&["--index-now"]).await;
+    let (ok, log) = prewarm_once(&w, &["--index-now"]).await;
     assert!(ok, "{log}");
     let cm: ConfigMap = w.cluster.store().get("stowage", "stowage-index").unwrap();
     let idx: serde_json::Value =
@@ -899,89 +681,88 @@ fn app_file(name: &str) -> Vec<serde_json::Value> {
     docs.into_iter().filter(|d| !d.is_null()).collect()
 }
 
-impl World {
-    /// The shipped `stowage-settings` ConfigMap with the values a user's ks.yaml would
-    /// substitute (this test's S3), as the template's Job reads it through `envFrom`.
-    fn install_settings(&self) {
-        let mut cm = app_file("settings.yaml").remove(0);
-        let env = self.env();
-        let data = cm["data"].as_object_mut().unwrap();
-        for (k, v) in data.iter_mut() {
-            if let Some((_, x)) = env.iter().find(|(n, _)| n == k) {
-                *v = json!(x);
-            } else if v.as_str().is_some_and(|v| v.contains("${")) {
-                // Flux's default after `:=`.
-                let d = v.as_str().unwrap();
-                let default = d.split(":=").nth(1).map(|x| x.trim_end_matches('}'));
-                *v = json!(default.unwrap_or(""));
-            }
+/// The shipped `stowage-settings` ConfigMap with the values a user's ks.yaml would
+/// substitute (this test's S3), as the template's Job reads it through `envFrom`.
+fn install_settings(w: &World) {
+    let mut cm = app_file("settings.yaml").remove(0);
+    let mut env = prewarm_env(w);
+    env.push(("STOWAGE_MAX_CONCURRENT_JOBS".into(), "10".into()));
+    let data = cm["data"].as_object_mut().unwrap();
+    for (k, v) in data.iter_mut() {
+        if let Some((_, x)) = env.iter().find(|(n, _)| n == k) {
+            *v = json!(x);
+        } else if v.as_str().is_some_and(|v| v.contains("${")) {
+            // Flux's default after `:=`.
+            let d = v.as_str().unwrap();
+            let default = d.split(":=").nth(1).map(|x| x.trim_end_matches('}'));
+            *v = json!(default.unwrap_or(""));
         }
-        data.insert("STOWAGE_ALLOW_HTTP".into(), json!("true"));
-        data.insert("STOWAGE_LOG_FORMAT".into(), json!("text"));
-        data.insert("STOWAGE_POLL_SECONDS".into(), json!("1"));
-        cm["metadata"]["namespace"] = json!("stowage");
-        self.cluster.store().create::<ConfigMap>(&obj(cm)).unwrap();
     }
+    data.insert("STOWAGE_ALLOW_HTTP".into(), json!("true"));
+    data.insert("STOWAGE_LOG_FORMAT".into(), json!("text"));
+    data.insert("STOWAGE_POLL_SECONDS".into(), json!("1"));
+    cm["metadata"]["namespace"] = json!("stowage");
+    w.cluster.store().create::<ConfigMap>(&obj(cm)).unwrap();
+}
 
-    /// What `kubectl -n stowage create job --from=cronjob/stowage-manual-restore NAME`
-    /// creates from the template in kustomize/app/restore-template.yaml; waits for the
-    /// Job to finish and returns whether it succeeded and the run's log.
-    async fn manual_restore_job(&self, name: &str) -> (bool, String) {
-        let cj = app_file("restore-template.yaml")
-            .into_iter()
-            .find(|o| o["kind"] == "CronJob" && o["metadata"]["name"] == "stowage-manual-restore")
-            .expect("CronJob stowage-manual-restore");
-        assert_eq!(cj["spec"]["suspend"], true);
-        let job = json!({
-            "metadata": {
-                "name": name, "namespace": "stowage",
-                "labels": cj["spec"]["jobTemplate"]["metadata"]["labels"],
-                "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
-            },
-            "spec": cj["spec"]["jobTemplate"]["spec"],
-        });
-        self.cluster.store().create::<Job>(&obj(job)).unwrap();
-        let ok = self
-            .cluster
-            .wait_for(WAIT, |s| {
-                let j = s.get::<Job>("stowage", name)?;
-                j.status?.conditions?.iter().find_map(|c| {
-                    (c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
-                        .then(|| c.type_ == "Complete")
-                })
+/// What `kubectl -n stowage create job --from=cronjob/stowage-manual-restore NAME`
+/// creates from the template in kustomize/app/restore-template.yaml; waits for the
+/// Job to finish and returns whether it succeeded and the run's log.
+async fn manual_restore_job(w: &World, name: &str) -> (bool, String) {
+    let cj = app_file("restore-template.yaml")
+        .into_iter()
+        .find(|o| o["kind"] == "CronJob" && o["metadata"]["name"] == "stowage-manual-restore")
+        .expect("CronJob stowage-manual-restore");
+    assert_eq!(cj["spec"]["suspend"], true);
+    let job = json!({
+        "metadata": {
+            "name": name, "namespace": "stowage",
+            "labels": cj["spec"]["jobTemplate"]["metadata"]["labels"],
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+        },
+        "spec": cj["spec"]["jobTemplate"]["spec"],
+    });
+    w.cluster.store().create::<Job>(&obj(job)).unwrap();
+    let ok = w
+        .cluster
+        .wait_for(WAIT, |s| {
+            let j = s.get::<Job>("stowage", name)?;
+            j.status?.conditions?.iter().find_map(|c| {
+                (c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
+                    .then(|| c.type_ == "Complete")
             })
-            .await
-            .unwrap_or_else(|_| panic!("{name} did not finish\n{}", self.cluster.all_pod_logs()));
-        let pod = self
-            .cluster
-            .store()
-            .list::<Pod>(Some("stowage"))
-            .into_iter()
-            .find(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("job-name"))
-                    .is_some_and(|j| j == name)
-            })
-            .unwrap();
-        (
-            ok,
-            self.cluster
-                .pod_logs("stowage", pod.metadata.name.as_deref().unwrap()),
-        )
-    }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} did not finish\n{}", w.cluster.all_pod_logs()));
+    let pod = w
+        .cluster
+        .store()
+        .list::<Pod>(Some("stowage"))
+        .into_iter()
+        .find(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("job-name"))
+                .is_some_and(|j| j == name)
+        })
+        .unwrap();
+    (
+        ok,
+        w.cluster
+            .pod_logs("stowage", pod.metadata.name.as_deref().unwrap()),
+    )
+}
 
-    fn annotate(&self, ns: &str, pvc: &str, kv: &[(&str, &str)]) {
-        let mut m = serde_json::Map::new();
-        for (k, v) in kv {
-            m.insert(k.to_string(), json!(v));
-        }
-        self.cluster
-            .store()
-            .patch::<PersistentVolumeClaim>(ns, pvc, &json!({"metadata": {"annotations": m}}))
-            .unwrap();
+fn annotate(w: &World, ns: &str, pvc: &str, kv: &[(&str, &str)]) {
+    let mut m = serde_json::Map::new();
+    for (k, v) in kv {
+        m.insert(k.to_string(), json!(v));
     }
+    w.cluster
+        .store()
+        .patch::<PersistentVolumeClaim>(ns, pvc, &json!({"metadata": {"annotations": m}}))
+        .unwrap();
 }
 
 /// Manual restore from the shipped template, as the runbook says: the PVC names the
@@ -989,33 +770,32 @@ impl World {
 /// refused on a non-empty volume, restored with replace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_restore_from_the_template_refuses_a_non_empty_volume_unless_told_to_replace() {
-    let w = World::new();
-    w.install_settings();
+    let w = world();
+    install_settings(&w);
     w.cluster
         .create_namespace("db", &[("stowage.io/privileged-mover", "true")])
         .unwrap();
-    w.apply_app("db", &World::pvc_spec("pg"), "node-a");
-    w.populate(&[("db", "pg")]).await;
-    fill(&w.dir("db", "pg"), 3);
-    w.backup("2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z")
-        .await;
-    let expected = digest::entries(&w.dir("db", "pg"));
+    apply_app(&w, "db", &pvc_spec("pg"), "node-a");
+    populate(&w, &[("db", "pg")]).await;
+    fill(&dir(&w, "db", "pg"), 3);
+    backup(&w, "2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z").await;
+    let expected = digest::entries(&dir(&w, "db", "pg"));
     let snapshot = w.ann("db", "pg", status::LAST_SNAPSHOT).unwrap();
     // The incident: the data is damaged.
-    std::fs::write(w.dir("db", "pg").join("damage.txt"), "oops").unwrap();
-    let first = std::fs::read_dir(w.dir("db", "pg"))
+    std::fs::write(dir(&w, "db", "pg").join("damage.txt"), "oops").unwrap();
+    let first = std::fs::read_dir(dir(&w, "db", "pg"))
         .unwrap()
         .flatten()
         .find(|e| e.path().is_file() && e.file_name() != "damage.txt")
         .unwrap()
         .path();
     std::fs::write(&first, "overwritten").unwrap();
-    let damaged = digest::entries(&w.dir("db", "pg"));
+    let damaged = digest::entries(&dir(&w, "db", "pg"));
     assert_ne!(damaged, expected);
 
     // 1. The app still runs: refused, nothing written.
-    w.annotate("db", "pg", &[(manual::REQUEST, &snapshot[..8])]);
-    let (ok, log) = w.manual_restore_job("restore-1").await;
+    annotate(&w, "db", "pg", &[(manual::REQUEST, &snapshot[..8])]);
+    let (ok, log) = manual_restore_job(&w, "restore-1").await;
     assert!(!ok, "{log}");
     let result = w.ann("db", "pg", manual::RESULT).unwrap_or_default();
     assert!(
@@ -1023,7 +803,7 @@ async fn manual_restore_from_the_template_refuses_a_non_empty_volume_unless_told
         "{result}\n{log}"
     );
     assert_eq!(w.ann("db", "pg", manual::REQUEST), None, "request served");
-    assert_eq!(digest::entries(&w.dir("db", "pg")), damaged);
+    assert_eq!(digest::entries(&dir(&w, "db", "pg")), damaged);
 
     // 2. Scaled down, no replace: the mover refuses the non-empty volume.
     w.cluster.store().delete::<Pod>("db", "app-pg").unwrap();
@@ -1033,8 +813,8 @@ async fn manual_restore_from_the_template_refuses_a_non_empty_volume_unless_told
         })
         .await
         .unwrap();
-    w.annotate("db", "pg", &[(manual::REQUEST, &snapshot[..8])]);
-    let (ok, log) = w.manual_restore_job("restore-2").await;
+    annotate(&w, "db", "pg", &[(manual::REQUEST, &snapshot[..8])]);
+    let (ok, log) = manual_restore_job(&w, "restore-2").await;
     assert!(!ok, "{log}");
     let result = w.ann("db", "pg", manual::RESULT).unwrap_or_default();
     assert!(
@@ -1044,23 +824,24 @@ async fn manual_restore_from_the_template_refuses_a_non_empty_volume_unless_told
     );
     assert_eq!(w.events("db", "pg", manual::reason::REFUSED).len(), 2);
     assert_eq!(
-        digest::entries(&w.dir("db", "pg")),
+        digest::entries(&dir(&w, "db", "pg")),
         damaged,
         "nothing written"
     );
 
     // 3. Told to replace: the volume equals the snapshot again.
-    w.annotate(
+    annotate(
+        &w,
         "db",
         "pg",
         &[(manual::REQUEST, &snapshot), (manual::REPLACE, "true")],
     );
-    let (ok, log) = w.manual_restore_job("restore-3").await;
+    let (ok, log) = manual_restore_job(&w, "restore-3").await;
     assert!(ok, "{log}\n{}", w.cluster.all_pod_logs());
     let result = w.ann("db", "pg", manual::RESULT).unwrap_or_default();
     assert!(result.starts_with("restored snapshot"), "{result}");
     assert!(result.contains(&snapshot), "{result}");
-    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+    assert_eq!(digest::entries(&dir(&w, "db", "pg")), expected);
     assert_eq!(w.events("db", "pg", manual::reason::SUCCEEDED).len(), 1);
     for k in [manual::REQUEST, manual::REPLACE, manual::JOB] {
         assert_eq!(w.ann("db", "pg", k), None, "{k} removed");
@@ -1092,7 +873,7 @@ async fn manual_restore_from_the_template_refuses_a_non_empty_volume_unless_told
         );
     }
     // A run with nothing to do does nothing.
-    let (_, log) = w.manual_restore_job("restore-4").await;
+    let (_, log) = manual_restore_job(&w, "restore-4").await;
     assert!(log.contains("no PVC is annotated"), "{log}");
 }
 
@@ -1102,7 +883,7 @@ async fn manual_restore_from_the_template_refuses_a_non_empty_volume_unless_told
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn populate_with_the_pvcs_own_volsync_secret() {
     let g = garage::shared();
-    let w = World::new();
+    let w = world();
     // Data backed up by someone else (VolSync, restic) into a repository of its own.
     let src = tempfile::tempdir().unwrap();
     fill(src.path(), 5);
@@ -1126,12 +907,12 @@ async fn populate_with_the_pvcs_own_volsync_secret() {
     );
 
     w.cluster.create_namespace("db", &[]).unwrap();
-    let spec = World::pvc_spec("pg").annotation("stowage.io/secret", "restic-pg");
-    w.apply_app("db", &spec, "node-a");
+    let spec = pvc_spec("pg").annotation("stowage.io/secret", "restic-pg");
+    apply_app(&w, "db", &spec, "node-a");
     // The Secret is missing at first: a clear Event, the PVC waits (once its class,
     // an unknown provisioner, was probed).
-    w.judged("local").await;
-    let (_, log) = w.prewarm_once(&[]).await;
+    judged(&w, "local").await;
+    let (_, log) = prewarm_once(&w, &[]).await;
     let missing = w.events("db", "pg", reason::CREDENTIALS_MISSING);
     assert_eq!(missing.len(), 1, "{log}");
     assert!(missing[0].contains("db/restic-pg"), "{}", missing[0]);
@@ -1143,8 +924,8 @@ async fn populate_with_the_pvcs_own_volsync_secret() {
             "stringData": {
                 "RESTIC_REPOSITORY": repo,
                 "RESTIC_PASSWORD": "own volsync password",
-                "AWS_ACCESS_KEY_ID": w.keys["AWS_ACCESS_KEY_ID"],
-                "AWS_SECRET_ACCESS_KEY": w.keys["AWS_SECRET_ACCESS_KEY"],
+                "AWS_ACCESS_KEY_ID": g.access_key,
+                "AWS_SECRET_ACCESS_KEY": g.secret_key,
                 "UNRELATED": "not copied",
             }
         })))
@@ -1152,17 +933,16 @@ async fn populate_with_the_pvcs_own_volsync_secret() {
     // The per-run Secret, while its restore Job runs (both go once the volume is
     // handed over): only restic's and S3's keys, the Secret's own password, owned by
     // the restore Job.
-    let (job, sec) = w
-        .prewarm_until("the restore Job and its Secret", |s| {
-            let jobs: Vec<Job> = s.list(Some("stowage"));
-            let job = jobs.into_iter().next()?;
-            let sec: Secret = s.get("stowage", job.metadata.name.as_deref()?)?;
-            Some((job, sec))
-        })
-        .await;
+    let (job, sec) = prewarm_until(&w, "the restore Job and its Secret", |s| {
+        let jobs: Vec<Job> = s.list(Some("stowage"));
+        let job = jobs.into_iter().next()?;
+        let sec: Secret = s.get("stowage", job.metadata.name.as_deref()?)?;
+        Some((job, sec))
+    })
+    .await;
     assert_eq!(w.cluster.store().list::<Job>(Some("stowage")).len(), 1);
-    w.populate(&[("db", "pg")]).await;
-    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+    populate(&w, &[("db", "pg")]).await;
+    assert_eq!(digest::entries(&dir(&w, "db", "pg")), expected);
     assert_eq!(
         w.ann("db", "pg", pc::status::RESTORED_FROM).as_deref(),
         Some(repo.as_str())
@@ -1190,10 +970,10 @@ async fn populate_with_the_pvcs_own_volsync_secret() {
 /// PVC and the restore Job (with its pod and per-run Secret).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_prime_pvc_and_restore_job_are_cleaned_up() {
-    let w = World::new();
+    let w = world();
     let _ = backed_up(&w, 48 << 20).await;
-    w.apply_app("db", &World::pvc_spec("pg"), "node-a");
-    let mut prewarm = w.spawn_prewarm();
+    apply_app(&w, "db", &pvc_spec("pg"), "node-a");
+    let mut prewarm = spawn_prewarm(&w);
     w.cluster
         .wait_for(WAIT, |s| {
             s.list::<Pod>(Some("stowage"))
@@ -1203,7 +983,7 @@ async fn abandoned_prime_pvc_and_restore_job_are_cleaned_up() {
         })
         .await
         .unwrap();
-    assert_eq!(w.primes().len(), 1);
+    assert_eq!(primes(&w).len(), 1);
     // The app is removed from Git while its volume is being restored.
     w.cluster.store().delete::<Pod>("db", "app-pg").unwrap();
     w.cluster
@@ -1221,8 +1001,7 @@ async fn abandoned_prime_pvc_and_restore_job_are_cleaned_up() {
         .await;
     let _ = prewarm.start_kill();
     let _ = prewarm.wait().await;
-    let n = w.runs.load(std::sync::atomic::Ordering::Relaxed);
-    let log = w.cluster.program_log(&format!("prewarm-{n}"));
+    let log = w.last_prewarm_log();
     r.unwrap_or_else(|_| {
         panic!(
             "PVCs {:?} Jobs {:?}\n{log}",
@@ -1272,29 +1051,24 @@ fn probe_leftovers(s: &stowage_testkit::fakeapi::Store) -> Vec<String> {
 async fn unlisted_naive_class_is_found_unsafe_by_the_probe() {
     // A provisioner no list knows, which provisions PVCs with a foreign dataSourceRef
     // at once (WaitForFirstConsumer, as rancher.io/local-path).
-    let w = World::with_classes(vec![StorageClassSpec {
+    let w = world_with_classes(vec![StorageClassSpec {
         provisioner: "example.com/naive".into(),
         ..StorageClassSpec::local_path("odd")
     }]);
     w.cluster.create_namespace("app", &[]).unwrap();
     w.cluster
-        .create_pvc(
-            "app",
-            &PvcSpec::new("data")
-                .class("odd")
-                .data_source_ref("stowage.io", "Restore", "data"),
-        )
+        .create_pvc("app", &restore_pvc("data", "data").class("odd"))
         .unwrap();
     // Not refused at once (unknown), never populated either: it waits for the probe.
-    let (ok, log) = w.prewarm_once(&[]).await;
+    let (ok, log) = prewarm_once(&w, &[]).await;
     assert!(ok, "{log}");
     assert!(
         w.events("app", "data", pc::reason::UNSAFE_STORAGE_CLASS)
             .is_empty()
     );
-    assert!(w.primes().is_empty(), "{log}");
+    assert!(primes(&w).is_empty(), "{log}");
     assert!(!probe_leftovers(w.cluster.store()).is_empty(), "{log}");
-    w.prewarm_until("class judged unsafe, probe cleaned up", |s| {
+    prewarm_until(&w, "class judged unsafe, probe cleaned up", |s| {
         let refused = s.list::<Event>(Some("app")).iter().any(|e| {
             e.reason.as_deref() == Some(pc::reason::UNSAFE_STORAGE_CLASS)
                 && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("data")
@@ -1302,7 +1076,7 @@ async fn unlisted_naive_class_is_found_unsafe_by_the_probe() {
         (refused && probe_leftovers(s).is_empty()).then_some(())
     })
     .await;
-    assert_eq!(w.verdict("odd").as_deref(), Some("unsafe"));
+    assert_eq!(verdict(&w, "odd").as_deref(), Some("unsafe"));
     let refused = w.events("app", "data", pc::reason::UNSAFE_STORAGE_CLASS);
     assert!(
         refused
@@ -1311,30 +1085,30 @@ async fn unlisted_naive_class_is_found_unsafe_by_the_probe() {
         "{refused:?}"
     );
     assert!(!bound(w.cluster.store(), "app", "data"));
-    assert!(w.primes().is_empty(), "never populated");
+    assert!(primes(&w).is_empty(), "never populated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlisted_populator_respecting_class_is_found_safe_and_restored() {
-    let w = World::with_classes(vec![StorageClassSpec {
+    let w = world_with_classes(vec![StorageClassSpec {
         provisioner: "example.com/careful".into(),
         ..StorageClassSpec::local_csi("careful")
     }]);
     let expected = backed_up(&w, 1 << 20).await;
-    w.apply_app("db", &World::pvc_spec("pg").class("careful"), "node-a");
-    w.populate(&[("db", "pg")]).await;
-    assert_eq!(w.verdict("careful").as_deref(), Some("safe"));
+    apply_app(&w, "db", &pvc_spec("pg").class("careful"), "node-a");
+    populate(&w, &[("db", "pg")]).await;
+    assert_eq!(verdict(&w, "careful").as_deref(), Some("safe"));
     assert!(probe_leftovers(w.cluster.store()).is_empty());
     assert!(w.ann("db", "pg", status::POPULATED_FROM).is_some());
-    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+    assert_eq!(digest::entries(&dir(&w, "db", "pg")), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_created_after_the_backup_was_indexed() {
-    let w = World::new();
+    let w = world();
     let expected = backed_up(&w, 1 << 20).await;
     // The index runs on the rebuilt cluster, before the namespace exists.
-    let (ok, log) = w.prewarm_once(&["--index-now"]).await;
+    let (ok, log) = prewarm_once(&w, &["--index-now"]).await;
     assert!(ok, "{log}");
     let cm: ConfigMap = w.cluster.store().get("stowage", "stowage-index").unwrap();
     assert!(
@@ -1348,8 +1122,8 @@ async fn namespace_created_after_the_backup_was_indexed() {
             .is_none()
     );
     // Then the namespace and its PVC appear.
-    w.apply_app("db", &World::pvc_spec("pg"), "node-b");
-    w.populate(&[("db", "pg")]).await;
-    assert_eq!(digest::entries(&w.dir("db", "pg")), expected);
+    apply_app(&w, "db", &pvc_spec("pg"), "node-b");
+    populate(&w, &[("db", "pg")]).await;
+    assert_eq!(digest::entries(&dir(&w, "db", "pg")), expected);
     assert!(w.ann("db", "pg", status::POPULATED_FROM).is_some());
 }

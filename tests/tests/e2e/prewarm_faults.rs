@@ -9,192 +9,71 @@
 //!   continues the work; the volume is never bound before its restore completed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
-use stowage_testkit::obj;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
 use serde_json::json;
 use stowage_common::k8s::contract::{prewarm as pc, status};
-use stowage_common::k8s::credentials::derive_repository_password;
-use stowage_common::k8s::naming::repository_for;
 use stowage_testkit::fakeapi::{Fault, Gvr, Store};
-use stowage_testkit::proxy::{FaultProxy, Rates};
-use stowage_testkit::sim::{Cluster, ClusterOptions, NodeSpec, PvcSpec, StorageClassSpec, digest};
-use stowage_testkit::{bins, garage, trees};
+use stowage_testkit::proxy::Rates;
+use stowage_testkit::sim::{NodeSpec, StorageClassSpec, digest};
+use stowage_testkit::world::{
+    Keys, PREWARM, WAIT, World, WorldBuilder, bound, log_of, restore_pvc,
+};
+use stowage_testkit::{bins, cli, trees};
 
-const PREWARM: &str = "system:serviceaccount:stowage:stowage-prewarm";
 const MASTER: &str = "prewarm faults master password";
-const WAIT: Duration = Duration::from_secs(120);
 
-struct World {
-    cluster: Cluster,
-    proxy: FaultProxy,
-    bucket: String,
-    runs: std::sync::atomic::AtomicUsize,
+/// One node, the programs reach Garage through the fault proxy.
+fn builder() -> WorldBuilder {
+    World::builder(MASTER)
+        .node(NodeSpec::new("node-a"))
+        // Judged safe by an earlier probe (probing: prewarm_e2e).
+        .safe_storage_class(StorageClassSpec::local_csi("local").default_class())
+        .mover_keys(Keys::Garage)
+        .bucket("prewarm-faults")
+        .fault_proxy()
 }
 
-impl World {
-    fn new() -> Self {
-        Self::with_mover(bins::path("stowage-mover"))
-    }
+fn world() -> World {
+    builder().build()
+}
 
-    /// The world whose mover image runs `mover` (a stand-in that reports what a test
-    /// needs).
-    fn with_mover(mover: std::path::PathBuf) -> Self {
-        let g = garage::shared();
-        let bucket = g.bucket("prewarm-faults");
-        let proxy = FaultProxy::start(g.addr());
-        let cluster = Cluster::start(
-            ClusterOptions::new()
-                .node(NodeSpec::new("node-a"))
-                .storage_class(StorageClassSpec::local_csi("local").default_class())
-                .namespace("stowage")
-                .binary("stowage-mover", mover),
-        );
-        let store = cluster.store();
-        store
-            .create::<Secret>(&obj(json!({
-                "metadata": {"name": "stowage-credentials", "namespace": "stowage"},
-                "stringData": {"master-password": MASTER,
-                               "mover-access-key-id": g.access_key,
-                               "mover-secret-access-key": g.secret_key}
-            })))
-            .unwrap();
-        // The class was judged safe by an earlier probe (probing: prewarm_e2e).
-        store
-            .create::<ConfigMap>(&obj(json!({
-                "metadata": {"name": pc::probe::CONFIGMAP, "namespace": "stowage"},
-                "data": {"local": json!({"verdict": pc::probe::SAFE,
-                                         "provisioner": "local.csi.openebs.io",
-                                         "judgedAt": "2026-11-23T09:00:00Z",
-                                         "detail": "probe"}).to_string()}
-            })))
-            .unwrap();
-        World {
-            cluster,
-            proxy,
-            bucket,
-            runs: Default::default(),
-        }
-    }
+/// The world whose mover image runs `mover` (a stand-in that reports what a test
+/// needs).
+fn world_with_mover(mover: PathBuf) -> World {
+    builder().binary("stowage-mover", mover).build()
+}
 
-    /// The repository base as the programs see it: through the proxy.
-    fn base(&self) -> String {
-        format!("s3:{}/{}", self.proxy.endpoint, self.bucket)
+/// The app: its PVC populated through the Restore object `restore` (none: its own
+/// backups), and a pod using it on node-a.
+fn apply_app(w: &World, ns: &str, pvc: &str, restore: Option<&str>) {
+    if w.cluster
+        .store()
+        .get::<k8s_openapi::api::core::v1::Namespace>("", ns)
+        .is_none()
+    {
+        w.cluster.create_namespace(ns, &[]).unwrap();
     }
-
-    /// Direct access to the repository of `ns/pvc` (its password is derived from the
-    /// URL the programs use).
-    fn direct(&self, ns: &str, pvc: &str) -> Vec<(String, String)> {
-        let url = repository_for(&self.base(), ns, pvc);
-        let mut env = garage::shared().env(&format!("{}/{ns}/{pvc}", self.bucket));
-        env.push((
-            "RESTIC_PASSWORD".into(),
-            derive_repository_password(MASTER, &url),
-        ));
-        env
-    }
-
-    /// Backs `dir` up as the volume `ns/pvc` (directly, not through the proxy).
-    fn backup(&self, ns: &str, pvc: &str, dir: &Path) -> String {
-        let out = std::process::Command::new(bins::path("stowage-mover"))
-            .arg("backup")
-            .arg(dir)
-            .env_clear()
-            .envs(self.direct(ns, pvc))
-            .env("STOWAGE_NAMESPACE", ns)
-            .env("STOWAGE_PVC", pvc)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(
-            out.stdout
-                .split(|b| *b == b'\n')
-                .rfind(|l| l.starts_with(b"{"))
-                .unwrap(),
-        )
+    let spec = restore_pvc(pvc, restore.unwrap_or(pvc)).class("local");
+    w.cluster.create_pvc(ns, &spec).unwrap();
+    w.cluster
+        .create_app_pod(ns, &format!("app-{pvc}"), pvc, Some("node-a"), None, &[])
         .unwrap();
-        r["snapshot"].as_str().unwrap().to_string()
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("STOWAGE_REPOSITORY_BASE", self.base()),
-            ("STOWAGE_ALLOW_HTTP", "true".into()),
-            ("AWS_DEFAULT_REGION", garage::REGION.into()),
-            (
-                "STOWAGE_MOVER_IMAGE",
-                "ghcr.io/stowage-backup/stowage-mover:e2e".into(),
-            ),
-            ("STOWAGE_LOG_FORMAT", "text".into()),
-            ("STOWAGE_POLL_SECONDS", "1".into()),
-            ("STOWAGE_RESTORE_BACKOFF_SECONDS", "1".into()),
-        ]
-    }
-
-    /// A prewarm run as the CronJob runs it (polling every second).
-    fn spawn_prewarm(&self) -> (tokio::process::Child, String) {
-        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let name = format!("prewarm-{n}");
-        let env = self.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let child = self.cluster.spawn_program(
-            &bins::path("stowage-prewarm"),
-            &["--duration", "300", "--no-index"],
-            &env,
-            PREWARM,
-            &name,
-        );
-        (child, name)
-    }
-
-    /// The app: its PVC populated through the Restore object `restore` (none: its own
-    /// backups), and a pod using it on node-a.
-    fn apply_app(&self, ns: &str, pvc: &str, restore: Option<&str>) {
-        if self
-            .cluster
-            .store()
-            .get::<k8s_openapi::api::core::v1::Namespace>("", ns)
-            .is_none()
-        {
-            self.cluster.create_namespace(ns, &[]).unwrap();
-        }
-        let spec = PvcSpec::new(pvc).class("local").data_source_ref(
-            "stowage.io",
-            "Restore",
-            restore.unwrap_or(pvc),
-        );
-        self.cluster.create_pvc(ns, &spec).unwrap();
-        self.cluster
-            .create_app_pod(ns, &format!("app-{pvc}"), pvc, Some("node-a"), None, &[])
-            .unwrap();
-    }
-
-    fn dir(&self, ns: &str, pvc: &str) -> std::path::PathBuf {
-        self.cluster.volume_dir(ns, pvc).unwrap()
-    }
-
-    fn uid(&self, ns: &str, pvc: &str) -> String {
-        self.cluster
-            .store()
-            .get::<PersistentVolumeClaim>(ns, pvc)
-            .and_then(|p| p.metadata.uid)
-            .unwrap()
-    }
 }
 
-fn bound(s: &Store, ns: &str, pvc: &str) -> bool {
-    s.get::<PersistentVolumeClaim>(ns, pvc)
-        .and_then(|p| p.status?.phase)
-        .as_deref()
-        == Some("Bound")
+fn dir(w: &World, ns: &str, pvc: &str) -> PathBuf {
+    w.cluster.volume_dir(ns, pvc).unwrap()
+}
+
+fn pvc_uid(w: &World, ns: &str, pvc: &str) -> String {
+    w.cluster
+        .store()
+        .get::<PersistentVolumeClaim>(ns, pvc)
+        .and_then(|p| p.metadata.uid)
+        .unwrap()
 }
 
 /// The restore Jobs of the PVC with this UID.
@@ -272,7 +151,7 @@ fn bound_only_when_restored(
         "{case}: {ns}/{pvc} bound before its restore Job completed"
     );
     assert_eq!(
-        &digest::entries(&w.dir(ns, pvc)),
+        &digest::entries(&dir(w, ns, pvc)),
         expected,
         "{case}: {ns}/{pvc} bound with content other than the snapshot's"
     );
@@ -377,13 +256,13 @@ async fn a_restore_that_restored_nothing_or_another_snapshot_is_never_bound() {
             r#"{"operation":"restore","ok":true,"files":0,"bytes":0,"added_bytes":0,"uploaded_bytes":0,"downloaded_bytes":0,"duration_secs":0.1,"restored":false}"#,
         ),
     );
-    let w = World::with_mover(mover.clone());
+    let w = world_with_mover(mover.clone());
     let src = tempfile::tempdir().unwrap();
     fill(src.path(), 41);
     let expected = digest::entries(src.path());
     w.backup("app", "data", src.path());
-    w.apply_app("app", "data", None);
-    let (child, log) = w.spawn_prewarm();
+    apply_app(&w, "app", "data", None);
+    let (child, log) = w.spawn_prewarm(&[]);
 
     // 1. restored:false: never bound, an Event that says so.
     let note = |s: &Store| {
@@ -433,21 +312,21 @@ async fn a_restore_that_restored_nothing_or_another_snapshot_is_never_bound() {
 /// snapshot, and the repository checks clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn populate_and_index_complete_through_s3_faults_at_rates() {
-    let w = World::new();
+    let w = world();
     let src = tempfile::tempdir().unwrap();
     fill(src.path(), 3);
     let expected = digest::entries(src.path());
     let snapshot = w.backup("db", "pg", src.path());
 
-    w.proxy.set_rates(Rates::mix(21));
-    w.apply_app("db", "pg", None);
-    let (child, log) = w.spawn_prewarm();
+    w.proxy().set_rates(Rates::mix(21));
+    apply_app(&w, "db", "pg", None);
+    let (child, log) = w.spawn_prewarm(&[]);
     populated(&w, "db", "pg", &expected, "rates", &log).await;
     stop(child).await;
-    let injected = w.proxy.injected();
+    let injected = w.proxy().injected();
     eprintln!(
         "populate: {} requests, injected {injected:?}",
-        w.proxy.requests()
+        w.proxy().requests()
     );
     assert!(
         injected.slow_down > 0 && injected.total() > 5,
@@ -459,25 +338,18 @@ async fn populate_and_index_complete_through_s3_faults_at_rates() {
         Some(&snapshot)
     );
 
-    let before = w.proxy.injected().total();
-    let env = w.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let before = w.proxy().injected().total();
     let out = w
-        .cluster
-        .run_program(
-            &bins::path("stowage-prewarm"),
+        .run(
+            "stowage-prewarm",
             &["--once", "--index-now"],
-            &env,
+            &w.prewarm_env(),
             PREWARM,
         )
         .await;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = log_of(&out);
     assert!(out.status.success(), "{log}");
-    w.proxy.clear();
+    w.proxy().clear();
     let cm: ConfigMap = w.cluster.store().get("stowage", "stowage-index").unwrap();
     let idx: serde_json::Value =
         serde_json::from_str(&cm.data.as_ref().unwrap()[pc::INDEX_KEY]).unwrap();
@@ -487,31 +359,19 @@ async fn populate_and_index_complete_through_s3_faults_at_rates() {
     assert_eq!(repos[0]["latest"]["id"].as_str(), Some(snapshot.as_str()));
     eprintln!(
         "index: injected {} faults",
-        w.proxy.injected().total() - before
+        w.proxy().injected().total() - before
     );
     assert!(
-        w.proxy.injected().total() > before,
+        w.proxy().injected().total() > before,
         "faults during the index"
     );
 
-    let check = std::process::Command::new("restic")
-        .args(["check", "--read-data"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env(
-            "RESTIC_CACHE_DIR",
-            std::env::temp_dir().join("stowage-test-restic-cache"),
-        )
-        .envs(w.direct("db", "pg"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
+    let check = cli::restic(
+        &w.repository_env("db", "pg"),
+        &["check", "--read-data"],
+        None,
     );
+    assert!(check.status.success(), "{}", log_of(&check));
 }
 
 /// Where a populate is interrupted.
@@ -543,7 +403,7 @@ impl Kill {
 /// restore Job; no volume is ever bound before its restore completed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_restored_volume() {
-    let w = World::new();
+    let w = world();
     let src = tempfile::tempdir().unwrap();
     fill(src.path(), 5);
     let expected = digest::entries(src.path());
@@ -569,13 +429,13 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
 
     // The uninterrupted populate, counted: the lookup's requests (until the prime PVC
     // exists) and the mover's (until its Job completed).
-    w.apply_app("staging", "copy-0", Some("from-db"));
-    let uid = w.uid("staging", "copy-0");
-    let start = w.proxy.requests();
-    let (child, log) = w.spawn_prewarm();
+    apply_app(&w, "staging", "copy-0", Some("from-db"));
+    let uid = pvc_uid(&w, "staging", "copy-0");
+    let start = w.proxy().requests();
+    let (child, log) = w.spawn_prewarm(&[]);
     let at_prime = w
         .cluster
-        .wait_for(WAIT, |s| prime_of(s, &uid).map(|_| w.proxy.requests()))
+        .wait_for(WAIT, |s| prime_of(s, &uid).map(|_| w.proxy().requests()))
         .await
         .unwrap();
     let at_done = w
@@ -584,7 +444,7 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
             jobs_of(s, &uid)
                 .iter()
                 .any(complete)
-                .then(|| w.proxy.requests())
+                .then(|| w.proxy().requests())
         })
         .await
         .unwrap();
@@ -610,13 +470,13 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
     for (i, kill) in kills.iter().enumerate() {
         let pvc = format!("copy-{}", i + 1);
         let case = format!("case {}/{}: {}", i + 1, kills.len(), kill.describe());
-        w.apply_app("staging", &pvc, Some("from-db"));
-        let uid = w.uid("staging", &pvc);
+        apply_app(&w, "staging", &pvc, Some("from-db"));
+        let uid = pvc_uid(&w, "staging", &pvc);
         let store = w.cluster.store();
         match kill {
             Kill::Lookup(n) => {
-                let pause = w.proxy.pause_at(w.proxy.requests() + n);
-                let (child, _) = w.spawn_prewarm();
+                let pause = w.proxy().pause_at(w.proxy().requests() + n);
+                let (child, _) = w.spawn_prewarm(&[]);
                 assert!(pause.wait_async(WAIT).await, "{case}: never reached");
                 stop(child).await; // SIGKILL
                 drop(pause);
@@ -632,7 +492,7 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
                     fault = fault.name(&pvc);
                 }
                 w.cluster.api().inject(fault);
-                let (child, log) = w.spawn_prewarm();
+                let (child, log) = w.spawn_prewarm(&[]);
                 if !pause.wait_async(WAIT).await {
                     panic!("{case}: never reached\n{}", w.cluster.program_log(&log));
                 }
@@ -651,13 +511,13 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
                 bound_only_when_restored(&w, s, "staging", &pvc, &expected, &case);
             }
             Kill::Mover(n) => {
-                let (child, log) = w.spawn_prewarm();
+                let (child, log) = w.spawn_prewarm(&[]);
                 w.cluster
                     .wait_for(WAIT, |s| prime_of(s, &uid).map(|_| ()))
                     .await
                     .unwrap();
                 // From here on only the restore's mover talks to S3.
-                let pause = w.proxy.pause_at(w.proxy.requests() + n);
+                let pause = w.proxy().pause_at(w.proxy().requests() + n);
                 if !pause.wait_async(WAIT).await {
                     panic!("{case}: never reached\n{}", w.cluster.all_pod_logs());
                 }
@@ -697,7 +557,7 @@ async fn a_populate_killed_at_each_step_is_continued_and_never_binds_a_half_rest
         // its annotations record the restore).
         let event_lost = matches!(kill, Kill::Call("delete", ..));
         if !matches!(kill, Kill::Mover(_)) {
-            let (child, log) = w.spawn_prewarm();
+            let (child, log) = w.spawn_prewarm(&[]);
             populated_as(&w, "staging", &pvc, &expected, &case, &log, event_lost).await;
             stop(child).await;
             assert!(

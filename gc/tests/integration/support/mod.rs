@@ -1,11 +1,15 @@
-//! Runs the real `stowage-gc` binary and `restic` against Garage.
+//! Runs the real `stowage-gc` binary and `restic` against Garage; the world of the passes
+//! on the fake API.
 #![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use jiff::{SignedDuration, Timestamp};
+use serde::de::DeserializeOwned;
 use stowage_common::env::GcConfig;
 use stowage_common::repo::RepoAccess;
+use stowage_testkit::world::{ApiWorld, Keys, World};
 use stowage_testkit::{garage, trees};
 
 pub const PASSWORD: &str = "gc test password";
@@ -112,4 +116,45 @@ pub fn snapshot_count(env: &[(String, String)]) -> usize {
 pub fn access(env: &[(String, String)]) -> RepoAccess {
     let cfg = GcConfig::from_vars(env).unwrap();
     RepoAccess::from_env(&cfg.restic, &cfg.common, None, None).unwrap()
+}
+
+pub const USER: &str = "system:serviceaccount:stowage:stowage-gc";
+pub const MASTER: &str = "master secret";
+
+/// gc's world on the fake API: the namespace `a`, `policies`, gc's keys of the shared
+/// Garage, repositories under `backups/` of a fresh bucket named after `bucket`.
+pub fn world(bucket: &str, policies: &str) -> ApiWorld {
+    World::builder(MASTER)
+        .namespace("a")
+        .policies(policies)
+        .gc_keys(Keys::Garage)
+        .bucket(bucket)
+        .bucket_prefix("backups")
+        .build_api()
+}
+
+/// The clock of the passes (`--now`): two hours after the fake API stamped the
+/// objects' creation times (it stamps them itself, with the real clock), so that a
+/// Secret left without its Job is past its one-hour grace.
+pub fn clock() -> Timestamp {
+    Timestamp::now() + SignedDuration::from_hours(2)
+}
+
+/// The repository of `ns/pvc` with the derived password and one snapshot per entry of
+/// `times` (see [`repo_with_snapshots`]); its environment.
+pub fn repository_at(
+    w: &ApiWorld,
+    ns: &str,
+    pvc: &str,
+    seed: u64,
+    times: &[&str],
+) -> Vec<(String, String)> {
+    let env = w.repository_env(ns, pvc);
+    repo_with_snapshots(&env, times, 1, seed);
+    env
+}
+
+/// Whether the object `a/<name>` exists.
+pub fn exists<K: k8s_openapi::Resource + DeserializeOwned>(w: &ApiWorld, name: &str) -> bool {
+    w.api.store().get::<K>("a", name).is_some()
 }
