@@ -636,7 +636,7 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
     spec.active_deadline_seconds =
         mover_job::deadline(r.capacity_bytes, None, r.deadline.as_deref())?;
     spec.ca_from_secret = creds.as_ref().is_some_and(|c| c.ca_bundle.is_some());
-    spec.env = pass::mover_env(&ctx.cfg);
+    spec.env = mover_job::mover_env(&ctx.cfg.restic, &ctx.cfg.common, None);
     spec.extra_labels
         .insert(contract::app::INSTANCE.into(), "manual-restore".into());
     spec.annotations.insert(REQUEST.into(), r.snapshot.clone());

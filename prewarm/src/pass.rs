@@ -1384,22 +1384,6 @@ async fn create_prime(
     }
 }
 
-pub(crate) fn mover_env(cfg: &PrewarmConfig) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    let c = &cfg.common;
-    if c.allow_http {
-        env.push(("STOWAGE_ALLOW_HTTP".into(), "true".into()));
-    }
-    if let Some(p) = c.s3_path_style {
-        env.push(("STOWAGE_S3_PATH_STYLE".into(), p.to_string()));
-    }
-    if let Some(e) = &cfg.restic.aws_endpoint_url_s3 {
-        env.push(("AWS_ENDPOINT_URL_S3".into(), e.clone()));
-    }
-    env.push(("STOWAGE_LOG".into(), c.log.clone()));
-    env
-}
-
 async fn start_job(
     ctx: &Ctx,
     u: &UserPvc,
@@ -1451,7 +1435,7 @@ async fn start_job(
     // The prime volume is stowage's own: a retry (of the Job's pod or of the Job)
     // replaces whatever a killed attempt left.
     spec.args = vec!["--snapshot".into(), snapshot.into(), "--replace".into()];
-    spec.env = mover_env(&ctx.cfg);
+    spec.env = mover_job::mover_env(&ctx.cfg.restic, &ctx.cfg.common, None);
     spec.active_deadline_seconds = deadline;
     spec.ca_from_secret = creds.ca_bundle.is_some();
     spec.annotations.insert(pc::prime::FOR_PVC.into(), u.key());

@@ -19,7 +19,7 @@ use stowage_common::k8s::contract::{self, reason, secret_keys, status, user};
 use stowage_common::k8s::credentials::{self, RunCredentials};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::job_result;
-use stowage_common::k8s::mover_job::{self, MoverJobSpec};
+use stowage_common::k8s::mover_job::{self, BackupEnv, MoverJobSpec};
 use stowage_common::k8s::naming::Operation;
 use stowage_common::k8s::policy::Policies;
 use stowage_common::k8s::{describe_kube_error, is_status};
@@ -979,32 +979,6 @@ fn central_keys(cfg: &SchedulerConfig, sec: &Secret) -> Result<Central, String> 
     })
 }
 
-/// Settings the mover inherits from the scheduler, plus the PVC's own.
-fn mover_env(cfg: &SchedulerConfig, start: &Start) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    let c = &cfg.common;
-    if c.allow_http {
-        env.push(("STOWAGE_ALLOW_HTTP".into(), "true".into()));
-    }
-    if let Some(p) = c.s3_path_style {
-        env.push(("STOWAGE_S3_PATH_STYLE".into(), p.to_string()));
-    }
-    if let Some(e) = &cfg.restic.aws_endpoint_url_s3 {
-        env.push(("AWS_ENDPOINT_URL_S3".into(), e.clone()));
-    }
-    env.push(("STOWAGE_LOG".into(), c.log.clone()));
-    if let Some(x) = &start.excludes {
-        env.push(("STOWAGE_EXCLUDES".into(), x.clone()));
-    }
-    if let Some(l) = start.upload_kib_per_sec {
-        env.push(("STOWAGE_LIMIT_UPLOAD".into(), l.to_string()));
-    }
-    if start.adopt_history {
-        env.push(("STOWAGE_ADOPT_HISTORY".into(), "true".into()));
-    }
-    env
-}
-
 /// What the consistency steps before a mover Job produced.
 struct Prepared {
     /// The temporary PVC the mover reads (Snapshot, Clone).
@@ -1398,13 +1372,18 @@ async fn start_backup(
     }
     spec.active_deadline_seconds = start.deadline_seconds;
     spec.ca_from_secret = creds.as_ref().is_some_and(|c| c.ca_bundle.is_some());
-    spec.env = mover_env(ctx.cfg, start);
+    let backup = BackupEnv {
+        excludes: start.excludes.clone(),
+        upload_kib_per_sec: start.upload_kib_per_sec,
+        adopt_history: start.adopt_history,
+        extra_tags: prepared
+            .as_ref()
+            .map(|p| p.tags.clone())
+            .unwrap_or_default(),
+    };
+    spec.env = mover_job::mover_env(&ctx.cfg.restic, &ctx.cfg.common, Some(&backup));
     if let Some(p) = &prepared {
         spec.claim = p.claim.clone();
-        if !p.tags.is_empty() {
-            spec.env
-                .push(("STOWAGE_EXTRA_TAGS".into(), p.tags.join(",")));
-        }
     }
     spec.extra_labels
         .insert(contract::app::INSTANCE.into(), start.policy.clone());
