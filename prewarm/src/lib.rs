@@ -204,7 +204,7 @@ async fn run(cli: Cli, cfg: PrewarmConfig) -> ExitCode {
         errors = report.errors.len(),
         "run done"
     );
-    if let Some(url) = &cfg.prewarm.pushgateway_url
+    if let Some(url) = &cfg.prewarm.cluster.pushgateway_url
         && let Err(e) = metrics::push(url, pass::PROGRAM, &registry).await
     {
         tracing::warn!("metrics not pushed: {e}");
@@ -227,13 +227,14 @@ async fn run_index(
     if skip {
         return Ok(None);
     }
-    let Some(base) = &p.repository_base else {
+    let Some(base) = &p.cluster.repository_base else {
         if force {
             anyhow::bail!("no index without STOWAGE_REPOSITORY_BASE (the base to list)");
         }
         return Ok(None);
     };
-    let (previous, at) = index::load(client, &p.system_namespace, &p.index_configmap).await?;
+    let (previous, at) =
+        index::load(client, &p.cluster.system_namespace, &p.index_configmap).await?;
     if !force
         && !index::due(
             at,
@@ -246,21 +247,24 @@ async fn run_index(
     }
     let secret = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
         client.clone(),
-        &p.system_namespace,
+        &p.cluster.system_namespace,
     )
-    .get_opt(&p.credentials_secret)
+    .get_opt(&p.cluster.credentials_secret)
     .await
     .map_err(|e| {
         anyhow::anyhow!(stowage_common::k8s::describe_kube_error(
             &e,
-            &format!("get secret {}/{}", p.system_namespace, p.credentials_secret)
+            &format!(
+                "get secret {}/{}",
+                p.cluster.system_namespace, p.cluster.credentials_secret
+            )
         ))
     })?
     .ok_or_else(|| {
         anyhow::anyhow!(
             "credentials Secret {}/{} not found: the index needs the master password and S3 keys",
-            p.system_namespace,
-            p.credentials_secret
+            p.cluster.system_namespace,
+            p.cluster.credentials_secret
         )
     })?;
     let get =
@@ -270,8 +274,8 @@ async fn run_index(
     if master.is_empty() {
         anyhow::bail!(
             "credentials Secret {}/{} has no key {}",
-            p.system_namespace,
-            p.credentials_secret,
+            p.cluster.system_namespace,
+            p.cluster.credentials_secret,
             keys::MASTER_PASSWORD
         );
     }
@@ -284,7 +288,13 @@ async fn run_index(
         );
     }
     let idx = index::build(base, &master, (&ak, &sk), cfg, &previous).await?;
-    index::store(client, &p.system_namespace, &p.index_configmap, &idx).await?;
+    index::store(
+        client,
+        &p.cluster.system_namespace,
+        &p.index_configmap,
+        &idx,
+    )
+    .await?;
     tracing::info!(
         repositories = idx.repositories.len(),
         errors = idx
@@ -296,7 +306,7 @@ async fn run_index(
         s3_requests = idx.s3_requests,
         seconds = format!("{:.2}", idx.duration_secs),
         "index stored in ConfigMap {}/{}",
-        p.system_namespace,
+        p.cluster.system_namespace,
         p.index_configmap
     );
     Ok(Some(idx))

@@ -79,8 +79,8 @@ impl Ctx {
     pub fn new(client: Client, cfg: PrewarmConfig) -> Self {
         let p = &cfg.prewarm;
         let settings = plan::Settings {
-            system_namespace: p.system_namespace.clone(),
-            repository_base: p.repository_base.clone(),
+            system_namespace: p.cluster.system_namespace.clone(),
+            repository_base: p.cluster.repository_base.clone(),
             unsafe_provisioners: list(p.unsafe_provisioners.as_deref()),
             restore_backoff: SignedDuration::from_secs(p.restore_backoff_seconds as i64),
             probe_wait: SignedDuration::from_secs(p.probe_seconds as i64),
@@ -100,7 +100,7 @@ impl Ctx {
     }
 
     fn ns(&self) -> &str {
-        &self.cfg.prewarm.system_namespace
+        &self.cfg.prewarm.cluster.system_namespace
     }
 }
 
@@ -248,15 +248,15 @@ pub(crate) struct Central {
 
 pub(crate) async fn central(ctx: &Ctx) -> Result<Central, String> {
     let p = &ctx.cfg.prewarm;
-    let api = Api::<Secret>::namespaced(ctx.client.clone(), &p.system_namespace);
-    let s = match api.get_opt(&p.credentials_secret).await {
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &p.cluster.system_namespace);
+    let s = match api.get_opt(&p.cluster.credentials_secret).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             return Err(format!(
                 "credentials Secret {}/{} not found: create it (keys {}, {}, {}; see the \
                  README). The PVC stays Pending until it exists",
-                p.system_namespace,
-                p.credentials_secret,
+                p.cluster.system_namespace,
+                p.cluster.credentials_secret,
                 secret_keys::MASTER_PASSWORD,
                 secret_keys::MOVER_ACCESS_KEY_ID,
                 secret_keys::MOVER_SECRET_ACCESS_KEY
@@ -265,7 +265,10 @@ pub(crate) async fn central(ctx: &Ctx) -> Result<Central, String> {
         Err(e) => {
             return Err(describe_kube_error(
                 &e,
-                &format!("get secret {}/{}", p.system_namespace, p.credentials_secret),
+                &format!(
+                    "get secret {}/{}",
+                    p.cluster.system_namespace, p.cluster.credentials_secret
+                ),
             ));
         }
     };
@@ -273,7 +276,7 @@ pub(crate) async fn central(ctx: &Ctx) -> Result<Central, String> {
         credentials::secret_value(&s, k).ok_or_else(|| {
             format!(
                 "credentials Secret {}/{} has no key {k}: add it",
-                p.system_namespace, p.credentials_secret
+                p.cluster.system_namespace, p.cluster.credentials_secret
             )
         })
     };

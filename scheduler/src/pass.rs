@@ -208,12 +208,12 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         })
         .collect();
     let settings = PassSettings {
-        backup_label: s.backup_label.clone(),
+        backup_label: s.cluster.backup_label.clone(),
         max_concurrent_jobs: s.max_concurrent_jobs,
         include_namespaces: list(s.include_namespaces.as_deref()),
         exclude_namespaces: list(s.exclude_namespaces.as_deref()),
         default_snapshot_class: s.volume_snapshot_class.clone(),
-        repository_base: s.repository_base.clone(),
+        repository_base: s.cluster.repository_base.clone(),
     };
 
     // Results of finished Jobs first: they free their PVC and may fail the guard.
@@ -432,8 +432,8 @@ fn count_skip(report: &mut PassReport, reason: &str) {
 /// a broken policy is only its PVCs' problem.
 async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
     let s = &ctx.cfg.scheduler;
-    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &s.system_namespace);
-    let doc = match api.get_opt(&s.policies_configmap).await {
+    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &s.cluster.system_namespace);
+    let doc = match api.get_opt(&s.cluster.policies_configmap).await {
         Ok(Some(cm)) => cm
             .data
             .and_then(|d| d.get(contract::POLICIES_KEY).cloned())
@@ -442,7 +442,7 @@ async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
             return Err(format!(
                 "policies ConfigMap {}/{} not found: no PVC can be backed up (deploy \
                  kustomize/ or set STOWAGE_POLICIES_CONFIGMAP)",
-                s.system_namespace, s.policies_configmap
+                s.cluster.system_namespace, s.cluster.policies_configmap
             ));
         }
         Err(e) => {
@@ -450,7 +450,7 @@ async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
                 &e,
                 &format!(
                     "get configmap {}/{}",
-                    s.system_namespace, s.policies_configmap
+                    s.cluster.system_namespace, s.cluster.policies_configmap
                 ),
             ));
         }
@@ -458,8 +458,8 @@ async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
     let p = Policies::parse(&doc).map_err(|e| {
         format!(
             "ConfigMap {}/{} key {}: {e}",
-            s.system_namespace,
-            s.policies_configmap,
+            s.cluster.system_namespace,
+            s.cluster.policies_configmap,
             contract::POLICIES_KEY
         )
     })?;
@@ -475,7 +475,7 @@ fn scheduler_ref(ctx: &Ctx<'_>) -> ObjectReference {
         api_version: Some("batch/v1".into()),
         kind: Some("CronJob".into()),
         name: Some(PROGRAM.into()),
-        namespace: Some(ctx.cfg.scheduler.system_namespace.clone()),
+        namespace: Some(ctx.cfg.scheduler.cluster.system_namespace.clone()),
         ..Default::default()
     }
 }
@@ -908,14 +908,14 @@ async fn run_credentials(
         };
     };
     if ctx.central.is_none() {
-        let api = Api::<Secret>::namespaced(ctx.client.clone(), &s.system_namespace);
-        ctx.central = Some(match api.get_opt(&s.credentials_secret).await {
+        let api = Api::<Secret>::namespaced(ctx.client.clone(), &s.cluster.system_namespace);
+        ctx.central = Some(match api.get_opt(&s.cluster.credentials_secret).await {
             Ok(Some(sec)) => central_keys(ctx.cfg, &sec),
             Ok(None) => Err(format!(
                 "credentials Secret {}/{} not found: create it (see the README: keys {}, {}, \
                  {}) or give the PVC its own Secret with annotation {}",
-                s.system_namespace,
-                s.credentials_secret,
+                s.cluster.system_namespace,
+                s.cluster.credentials_secret,
                 secret_keys::MASTER_PASSWORD,
                 secret_keys::MOVER_ACCESS_KEY_ID,
                 secret_keys::MOVER_SECRET_ACCESS_KEY,
@@ -923,7 +923,10 @@ async fn run_credentials(
             )),
             Err(e) => Err(describe_kube_error(
                 &e,
-                &format!("get secret {}/{}", s.system_namespace, s.credentials_secret),
+                &format!(
+                    "get secret {}/{}",
+                    s.cluster.system_namespace, s.cluster.credentials_secret
+                ),
             )),
         });
     }
@@ -963,8 +966,8 @@ fn central_keys(cfg: &SchedulerConfig, sec: &Secret) -> Result<Central, String> 
             format!(
                 "credentials Secret {}/{} has no key {k} (or it is empty): add it (the keys \
                      are {}, {}, {}), or give the PVC its own Secret with annotation {}",
-                s.system_namespace,
-                s.credentials_secret,
+                s.cluster.system_namespace,
+                s.cluster.credentials_secret,
                 secret_keys::MASTER_PASSWORD,
                 secret_keys::MOVER_ACCESS_KEY_ID,
                 secret_keys::MOVER_SECRET_ACCESS_KEY,
