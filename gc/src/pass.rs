@@ -21,7 +21,9 @@ use kube::{Api, Client, ResourceExt};
 use stowage_common::backend::{BackendOptions, Storage};
 use stowage_common::env::{GcConfig, ResticEnv, may_start};
 use stowage_common::k8s::contract::{self, app, label, reason, run_secret_keys, secret_keys};
-use stowage_common::k8s::credentials::{derive_repository_password, secret_value};
+use stowage_common::k8s::credentials::{
+    self, CentralError, derive_repository_password, secret_value,
+};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::policy::Policies;
 use stowage_common::k8s::{describe_kube_error, is_status, mover_job};
@@ -209,42 +211,34 @@ async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Res
         ));
         Policies::default()
     });
-    let central = Api::<Secret>::namespaced(client.clone(), &g.cluster.system_namespace)
-        .get_opt(&g.cluster.credentials_secret)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(describe_kube_error(
-                &e,
-                &format!(
-                    "get secret {}/{}",
-                    g.cluster.system_namespace, g.cluster.credentials_secret
-                )
-            ))
-        })?;
-    let (master, gc_keys) = match &central {
-        Some(s) => (
-            secret_value(s, secret_keys::MASTER_PASSWORD),
-            (
-                secret_value(s, secret_keys::GC_ACCESS_KEY_ID),
-                secret_value(s, secret_keys::GC_SECRET_ACCESS_KEY),
-            ),
+    // Without the central Secret (or its master password) only repositories with a
+    // Secret of their own can be opened: the pass goes on with those.
+    let central = match credentials::central_secret(client, &g.cluster).await {
+        Err(e @ CentralError::Unreadable { .. }) => return Err(anyhow::anyhow!(e)),
+        found => found,
+    };
+    let master = central
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|c| c.require(secret_keys::MASTER_PASSWORD));
+    let gc_keys = match &central {
+        Ok(c) => (
+            c.value(secret_keys::GC_ACCESS_KEY_ID),
+            c.value(secret_keys::GC_SECRET_ACCESS_KEY),
         ),
-        None => (None, (None, None)),
+        Err(_) => (None, None),
     };
     // The gc keys may also come from the environment (AWS_ACCESS_KEY_ID...).
     let gc_keys = (
         gc_keys.0.or(cfg.restic.aws_access_key_id.clone()),
         gc_keys.1.or(cfg.restic.aws_secret_access_key.clone()),
     );
-    if master.is_none() {
+    if let Err(e) = &master {
         report.errors.push(format!(
-            "credentials Secret {}/{} has no key {}: repositories with derived passwords \
-             cannot be opened",
-            g.cluster.system_namespace,
-            g.cluster.credentials_secret,
-            secret_keys::MASTER_PASSWORD
+            "{e}; repositories with derived passwords cannot be opened"
         ));
     }
+    let master = master.ok();
     let pvc_list = Api::<PersistentVolumeClaim>::all(client.clone())
         .list(&ListParams::default())
         .await

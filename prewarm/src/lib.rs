@@ -245,40 +245,18 @@ async fn run_index(
     {
         return Ok(None);
     }
-    let secret = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
-        client.clone(),
-        &p.cluster.system_namespace,
-    )
-    .get_opt(&p.cluster.credentials_secret)
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(stowage_common::k8s::describe_kube_error(
-            &e,
-            &format!(
-                "get secret {}/{}",
-                p.cluster.system_namespace, p.cluster.credentials_secret
-            )
-        ))
-    })?
-    .ok_or_else(|| {
-        anyhow::anyhow!(
-            "credentials Secret {}/{} not found: the index needs the master password and S3 keys",
-            p.cluster.system_namespace,
-            p.cluster.credentials_secret
-        )
-    })?;
-    let get =
-        |k: &str| stowage_common::k8s::credentials::secret_value(&secret, k).unwrap_or_default();
     use stowage_common::k8s::contract::secret_keys as keys;
-    let master = get(keys::MASTER_PASSWORD);
-    if master.is_empty() {
-        anyhow::bail!(
-            "credentials Secret {}/{} has no key {}",
-            p.cluster.system_namespace,
-            p.cluster.credentials_secret,
-            keys::MASTER_PASSWORD
-        );
-    }
+    use stowage_common::k8s::credentials::{self, CentralError};
+    let central = credentials::central_secret(client, &p.cluster)
+        .await
+        .map_err(|e| match e {
+            CentralError::NotFound { .. } => {
+                anyhow::anyhow!("{e}; the index needs the master password and S3 keys")
+            }
+            e => e.into(),
+        })?;
+    let master = central.require(keys::MASTER_PASSWORD)?;
+    let get = |k: &str| central.value(k).unwrap_or_default();
     // gc's keys list everything; the mover's read as well.
     let (mut ak, mut sk) = (get(keys::GC_ACCESS_KEY_ID), get(keys::GC_SECRET_ACCESS_KEY));
     if ak.is_empty() {

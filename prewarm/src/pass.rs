@@ -17,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use stowage_common::env::{PrewarmConfig, list};
 use stowage_common::k8s::contract::{self, app, label, prewarm as pc, reason, secret_keys, status};
-use stowage_common::k8s::credentials::{self, RunCredentials};
+use stowage_common::k8s::credentials::{self, CentralError, RunCredentials};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::job_result;
 use stowage_common::k8s::mover_job::{self, MoverJobSpec, Placement, RunAs};
@@ -247,44 +247,23 @@ pub(crate) struct Central {
 }
 
 pub(crate) async fn central(ctx: &Ctx) -> Result<Central, String> {
-    let p = &ctx.cfg.prewarm;
-    let api = Api::<Secret>::namespaced(ctx.client.clone(), &p.cluster.system_namespace);
-    let s = match api.get_opt(&p.cluster.credentials_secret).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return Err(format!(
-                "credentials Secret {}/{} not found: create it (keys {}, {}, {}; see the \
-                 README). The PVC stays Pending until it exists",
-                p.cluster.system_namespace,
-                p.cluster.credentials_secret,
-                secret_keys::MASTER_PASSWORD,
-                secret_keys::MOVER_ACCESS_KEY_ID,
-                secret_keys::MOVER_SECRET_ACCESS_KEY
-            ));
-        }
-        Err(e) => {
-            return Err(describe_kube_error(
-                &e,
-                &format!(
-                    "get secret {}/{}",
-                    p.cluster.system_namespace, p.cluster.credentials_secret
-                ),
-            ));
-        }
-    };
-    let get = |k: &str| -> Result<String, String> {
-        credentials::secret_value(&s, k).ok_or_else(|| {
-            format!(
-                "credentials Secret {}/{} has no key {k}: add it",
-                p.cluster.system_namespace, p.cluster.credentials_secret
-            )
-        })
-    };
+    let c = credentials::central_secret(&ctx.client, &ctx.cfg.prewarm.cluster)
+        .await
+        .map_err(|e| match e {
+            CentralError::NotFound { .. } => format!("{e}. The PVC stays Pending until it exists"),
+            e => e.to_string(),
+        })?;
     Ok(Central {
-        master: get(secret_keys::MASTER_PASSWORD)?,
+        master: c
+            .require(secret_keys::MASTER_PASSWORD)
+            .map_err(|e| e.to_string())?,
         // Local repositories need no keys.
-        access_key_id: get(secret_keys::MOVER_ACCESS_KEY_ID).unwrap_or_default(),
-        secret_access_key: get(secret_keys::MOVER_SECRET_ACCESS_KEY).unwrap_or_default(),
+        access_key_id: c
+            .value(secret_keys::MOVER_ACCESS_KEY_ID)
+            .unwrap_or_default(),
+        secret_access_key: c
+            .value(secret_keys::MOVER_SECRET_ACCESS_KEY)
+            .unwrap_or_default(),
     })
 }
 

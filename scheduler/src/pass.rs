@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use stowage_common::env::{SchedulerConfig, list};
 use stowage_common::k8s::contract::{self, reason, secret_keys, status, user};
-use stowage_common::k8s::credentials::{self, RunCredentials};
+use stowage_common::k8s::credentials::{self, CentralError, CentralSecret, RunCredentials};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::job_result;
 use stowage_common::k8s::mover_job::{self, BackupEnv, MoverJobSpec};
@@ -908,27 +908,14 @@ async fn run_credentials(
         };
     };
     if ctx.central.is_none() {
-        let api = Api::<Secret>::namespaced(ctx.client.clone(), &s.cluster.system_namespace);
-        ctx.central = Some(match api.get_opt(&s.cluster.credentials_secret).await {
-            Ok(Some(sec)) => central_keys(ctx.cfg, &sec),
-            Ok(None) => Err(format!(
-                "credentials Secret {}/{} not found: create it (see the README: keys {}, {}, \
-                 {}) or give the PVC its own Secret with annotation {}",
-                s.cluster.system_namespace,
-                s.cluster.credentials_secret,
-                secret_keys::MASTER_PASSWORD,
-                secret_keys::MOVER_ACCESS_KEY_ID,
-                secret_keys::MOVER_SECRET_ACCESS_KEY,
+        let found = credentials::central_secret(&ctx.client, &s.cluster).await;
+        ctx.central = Some(found.and_then(|c| central_keys(&c)).map_err(|e| match e {
+            CentralError::Unreadable { .. } => e.to_string(),
+            _ => format!(
+                "{e}, or give the PVC its own Secret with annotation {}",
                 user::SECRET
-            )),
-            Err(e) => Err(describe_kube_error(
-                &e,
-                &format!(
-                    "get secret {}/{}",
-                    s.cluster.system_namespace, s.cluster.credentials_secret
-                ),
-            )),
-        });
+            ),
+        }));
     }
     let central = ctx
         .central
@@ -958,27 +945,12 @@ struct Central {
     secret_access_key: String,
 }
 
-/// The keys of the central Secret; Err names the first one missing.
-fn central_keys(cfg: &SchedulerConfig, sec: &Secret) -> Result<Central, String> {
-    let s = &cfg.scheduler;
-    let get = |k: &str| -> Result<String, String> {
-        credentials::secret_value(sec, k).ok_or_else(|| {
-            format!(
-                "credentials Secret {}/{} has no key {k} (or it is empty): add it (the keys \
-                     are {}, {}, {}), or give the PVC its own Secret with annotation {}",
-                s.cluster.system_namespace,
-                s.cluster.credentials_secret,
-                secret_keys::MASTER_PASSWORD,
-                secret_keys::MOVER_ACCESS_KEY_ID,
-                secret_keys::MOVER_SECRET_ACCESS_KEY,
-                user::SECRET
-            )
-        })
-    };
+/// The keys the scheduler needs of the central Secret; Err names the first one missing.
+fn central_keys(c: &CentralSecret) -> Result<Central, CentralError> {
     Ok(Central {
-        master: get(secret_keys::MASTER_PASSWORD)?,
-        access_key_id: get(secret_keys::MOVER_ACCESS_KEY_ID)?,
-        secret_access_key: get(secret_keys::MOVER_SECRET_ACCESS_KEY)?,
+        master: c.require(secret_keys::MASTER_PASSWORD)?,
+        access_key_id: c.require(secret_keys::MOVER_ACCESS_KEY_ID)?,
+        secret_access_key: c.require(secret_keys::MOVER_SECRET_ACCESS_KEY)?,
     })
 }
 
