@@ -204,16 +204,46 @@ impl Default for MoverEnv {
     }
 }
 
+/// Settings every cluster program (scheduler, gc, prewarm) reads alike, embedded in
+/// each one's settings (`#[serde(flatten)]`), so that they cannot disagree on where
+/// stowage's objects are (`STOWAGE_` prefix, as the rest).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ClusterEnv {
+    /// Namespace of stowage itself (policies ConfigMap, credentials Secret, gc state,
+    /// prime PVCs and restore Jobs, index ConfigMap).
+    pub system_namespace: String,
+    pub policies_configmap: String,
+    pub credentials_secret: String,
+    /// Opt-in label key on PVCs and namespaces (its value names the policy).
+    pub backup_label: String,
+    /// Repositories live under `<base>/<namespace>/<pvc>`, e.g.
+    /// `s3:https://s3.lan/volsync-backups` (restic's forms); gc and the index list them
+    /// all.
+    pub repository_base: Option<String>,
+    /// Prometheus Pushgateway base URL (`http://host:9091`); unset: no metrics.
+    pub pushgateway_url: Option<String>,
+}
+
+impl Default for ClusterEnv {
+    fn default() -> Self {
+        Self {
+            system_namespace: "stowage".into(),
+            policies_configmap: "stowage-policies".into(),
+            credentials_secret: "stowage-credentials".into(),
+            backup_label: "backup".into(),
+            repository_base: None,
+            pushgateway_url: None,
+        }
+    }
+}
+
 /// The scheduler's settings (`STOWAGE_` prefix).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct SchedulerEnv {
-    /// Namespace of stowage itself (policies ConfigMap, credentials Secret).
-    pub system_namespace: String,
-    pub policies_configmap: String,
-    pub credentials_secret: String,
-    /// Opt-in label key on PVCs and namespaces.
-    pub backup_label: String,
+    #[serde(flatten)]
+    pub cluster: ClusterEnv,
     /// Mover Jobs running at once across the cluster.
     pub max_concurrent_jobs: usize,
     /// Only these namespaces (comma separated; empty: all).
@@ -222,11 +252,6 @@ pub struct SchedulerEnv {
     pub exclude_namespaces: Option<String>,
     /// Image of the mover Jobs.
     pub mover_image: String,
-    /// Repositories live under `<base>/<namespace>/<pvc>`, e.g.
-    /// `s3:https://s3.lan/volsync-backups` (restic's forms).
-    pub repository_base: Option<String>,
-    /// Prometheus Pushgateway base URL (`http://host:9091`); unset: no metrics.
-    pub pushgateway_url: Option<String>,
     /// VolumeSnapshotClass of the `Snapshot` copy method when the PVC names none
     /// (unset: the cluster's default class).
     pub volume_snapshot_class: Option<String>,
@@ -244,16 +269,11 @@ pub const DEFAULT_MOVER_IMAGE: &str = "ghcr.io/stowage-backup/stowage-mover:late
 impl Default for SchedulerEnv {
     fn default() -> Self {
         Self {
-            system_namespace: "stowage".into(),
-            policies_configmap: "stowage-policies".into(),
-            credentials_secret: "stowage-credentials".into(),
-            backup_label: "backup".into(),
+            cluster: ClusterEnv::default(),
             max_concurrent_jobs: 3,
             include_namespaces: None,
             exclude_namespaces: None,
             mover_image: DEFAULT_MOVER_IMAGE.into(),
-            repository_base: None,
-            pushgateway_url: None,
             volume_snapshot_class: None,
             copy_timeout_secs: 300,
             orphan_grace_secs: 900,
@@ -295,16 +315,8 @@ impl SchedulerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct GcEnv {
-    /// Namespace of stowage itself (policies ConfigMap, credentials Secret, gc state).
-    pub system_namespace: String,
-    pub policies_configmap: String,
-    pub credentials_secret: String,
-    /// Opt-in label key on PVCs (its value names the policy).
-    pub backup_label: String,
-    /// Repositories live under `<base>/<namespace>/<pvc>`; gc lists them all.
-    pub repository_base: Option<String>,
-    /// Prometheus Pushgateway base URL (`http://host:9091`); unset: no metrics.
-    pub pushgateway_url: Option<String>,
+    #[serde(flatten)]
+    pub cluster: ClusterEnv,
     /// ConfigMap (system namespace) where gc records when it last pruned and checked
     /// each repository.
     pub gc_state_configmap: String,
@@ -341,12 +353,7 @@ pub struct GcEnv {
 impl Default for GcEnv {
     fn default() -> Self {
         Self {
-            system_namespace: "stowage".into(),
-            policies_configmap: "stowage-policies".into(),
-            credentials_secret: "stowage-credentials".into(),
-            backup_label: "backup".into(),
-            repository_base: None,
-            pushgateway_url: None,
+            cluster: ClusterEnv::default(),
             gc_state_configmap: "stowage-gc-state".into(),
             prune_interval_hours: 7 * 24,
             prune_unused_percent: 20,
@@ -414,16 +421,12 @@ impl GcConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct PrewarmEnv {
-    /// Namespace of stowage itself (credentials Secret, prime PVCs, restore Jobs,
-    /// index ConfigMap).
-    pub system_namespace: String,
-    pub credentials_secret: String,
-    /// Repositories live under `<base>/<namespace>/<pvc>` (as for the scheduler).
-    pub repository_base: Option<String>,
+    /// (prewarm reads no policies: the policies ConfigMap and the backup label are
+    /// unused here.)
+    #[serde(flatten)]
+    pub cluster: ClusterEnv,
     /// Image of the restore mover Jobs.
     pub mover_image: String,
-    /// Prometheus Pushgateway base URL (`http://host:9091`); unset: no metrics.
-    pub pushgateway_url: Option<String>,
     /// ConfigMap (system namespace) holding the index of all repositories.
     pub index_configmap: String,
     /// Minutes between index runs (listing every repository); 0: never.
@@ -448,11 +451,8 @@ pub struct PrewarmEnv {
 impl Default for PrewarmEnv {
     fn default() -> Self {
         Self {
-            system_namespace: "stowage".into(),
-            credentials_secret: "stowage-credentials".into(),
-            repository_base: None,
+            cluster: ClusterEnv::default(),
             mover_image: DEFAULT_MOVER_IMAGE.into(),
-            pushgateway_url: None,
             index_configmap: "stowage-index".into(),
             index_interval_minutes: 15,
             run_seconds: 50,
@@ -808,5 +808,85 @@ mod tests {
         ] {
             assert!(names.contains(n), "{n}");
         }
+    }
+
+    #[test]
+    fn cluster_settings_are_read_alike_by_every_cluster_program() {
+        let defaults = ClusterEnv {
+            system_namespace: "stowage".into(),
+            policies_configmap: "stowage-policies".into(),
+            credentials_secret: "stowage-credentials".into(),
+            backup_label: "backup".into(),
+            repository_base: None,
+            pushgateway_url: None,
+        };
+        assert_eq!(
+            SchedulerConfig::from_vars(&[]).unwrap().scheduler.cluster,
+            defaults
+        );
+        assert_eq!(GcConfig::from_vars(&[]).unwrap().gc.cluster, defaults);
+        assert_eq!(
+            PrewarmConfig::from_vars(&[]).unwrap().prewarm.cluster,
+            defaults
+        );
+        let v = vars(&[
+            ("STOWAGE_SYSTEM_NAMESPACE", "backup-system"),
+            ("STOWAGE_POLICIES_CONFIGMAP", "policies"),
+            ("STOWAGE_CREDENTIALS_SECRET", "creds"),
+            ("STOWAGE_BACKUP_LABEL", "example.com/backup"),
+            ("STOWAGE_REPOSITORY_BASE", "s3:https://s3.lan/b"),
+            ("STOWAGE_PUSHGATEWAY_URL", "http://pgw:9091"),
+            // Each program's own settings still parse beside them.
+            ("STOWAGE_MAX_CONCURRENT_JOBS", "5"),
+            ("STOWAGE_PRUNE_INTERVAL_HOURS", "12"),
+            ("STOWAGE_POLL_SECONDS", "3"),
+        ]);
+        let s = SchedulerConfig::from_vars(&v).unwrap().scheduler;
+        let g = GcConfig::from_vars(&v).unwrap().gc;
+        let p = PrewarmConfig::from_vars(&v).unwrap().prewarm;
+        assert_eq!(s.cluster.system_namespace, "backup-system");
+        assert_eq!(s.cluster.backup_label, "example.com/backup");
+        assert_eq!(
+            s.cluster.pushgateway_url.as_deref(),
+            Some("http://pgw:9091")
+        );
+        assert_eq!(s.cluster, g.cluster);
+        assert_eq!(s.cluster, p.cluster);
+        assert_eq!(
+            (
+                s.max_concurrent_jobs,
+                g.prune_interval_hours,
+                p.poll_seconds
+            ),
+            (5, 12, 3)
+        );
+        // A malformed own setting is still named.
+        let err = SchedulerConfig::from_vars(&vars(&[
+            ("STOWAGE_SYSTEM_NAMESPACE", "backup-system"),
+            ("STOWAGE_MAX_CONCURRENT_JOBS", "lots"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("STOWAGE_MAX_CONCURRENT_JOBS"), "{err}");
+    }
+
+    #[test]
+    fn the_embedded_cluster_settings_keep_their_variable_names() {
+        let names = known_stowage_names();
+        for n in [
+            "system_namespace",
+            "policies_configmap",
+            "credentials_secret",
+            "backup_label",
+            "repository_base",
+            "pushgateway_url",
+        ] {
+            assert!(names.contains(n), "{n}");
+        }
+        assert!(!names.contains("cluster"), "{names:?}");
+        assert!(
+            SchedulerConfig::from_vars(&vars(&[("STOWAGE_CLUSTER", "x")])).is_err(),
+            "the field's own name is no variable"
+        );
     }
 }

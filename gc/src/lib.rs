@@ -271,7 +271,7 @@ async fn run(cli: Cli, cfg: GcConfig) -> ExitCode {
         }
     };
     summarize(&report, cli.dry_run);
-    if let Some(url) = &cfg.gc.pushgateway_url
+    if let Some(url) = &cfg.gc.cluster.pushgateway_url
         && !cli.dry_run
         && let Err(e) = metrics::push(url, pass::PROGRAM, &report.metrics).await
     {

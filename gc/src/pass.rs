@@ -21,7 +21,9 @@ use kube::{Api, Client, ResourceExt};
 use stowage_common::backend::{BackendOptions, Storage};
 use stowage_common::env::{GcConfig, ResticEnv, may_start};
 use stowage_common::k8s::contract::{self, app, label, reason, run_secret_keys, secret_keys};
-use stowage_common::k8s::credentials::{derive_repository_password, secret_value};
+use stowage_common::k8s::credentials::{
+    self, CentralError, derive_repository_password, secret_value,
+};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::policy::Policies;
 use stowage_common::k8s::{describe_kube_error, is_status, mover_job};
@@ -179,11 +181,11 @@ struct Facts {
 
 async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Result<Facts> {
     let g = &cfg.gc;
-    let cms = Api::<ConfigMap>::namespaced(client.clone(), &g.system_namespace);
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &g.cluster.system_namespace);
     // Policies that cannot be read are not "no policies": the default retention would
     // forget what a PVC's own policy keeps. The pass stops before it touches anything.
     let doc = cms
-        .get_opt(&g.policies_configmap)
+        .get_opt(&g.cluster.policies_configmap)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
@@ -192,7 +194,7 @@ async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Res
                     &e,
                     &format!(
                         "get configmap {}/{}",
-                        g.system_namespace, g.policies_configmap
+                        g.cluster.system_namespace, g.cluster.policies_configmap
                     ),
                 )
             )
@@ -203,45 +205,40 @@ async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Res
     let policies = Policies::parse(&doc).unwrap_or_else(|e| {
         report.errors.push(format!(
             "ConfigMap {}/{} key {}: {e}; the default retention applies to every repository",
-            g.system_namespace,
-            g.policies_configmap,
+            g.cluster.system_namespace,
+            g.cluster.policies_configmap,
             contract::POLICIES_KEY
         ));
         Policies::default()
     });
-    let central = Api::<Secret>::namespaced(client.clone(), &g.system_namespace)
-        .get_opt(&g.credentials_secret)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(describe_kube_error(
-                &e,
-                &format!("get secret {}/{}", g.system_namespace, g.credentials_secret)
-            ))
-        })?;
-    let (master, gc_keys) = match &central {
-        Some(s) => (
-            secret_value(s, secret_keys::MASTER_PASSWORD),
-            (
-                secret_value(s, secret_keys::GC_ACCESS_KEY_ID),
-                secret_value(s, secret_keys::GC_SECRET_ACCESS_KEY),
-            ),
+    // Without the central Secret (or its master password) only repositories with a
+    // Secret of their own can be opened: the pass goes on with those.
+    let central = match credentials::central_secret(client, &g.cluster).await {
+        Err(e @ CentralError::Unreadable { .. }) => return Err(anyhow::anyhow!(e)),
+        found => found,
+    };
+    let master = central
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|c| c.require(secret_keys::MASTER_PASSWORD));
+    let gc_keys = match &central {
+        Ok(c) => (
+            c.value(secret_keys::GC_ACCESS_KEY_ID),
+            c.value(secret_keys::GC_SECRET_ACCESS_KEY),
         ),
-        None => (None, (None, None)),
+        Err(_) => (None, None),
     };
     // The gc keys may also come from the environment (AWS_ACCESS_KEY_ID...).
     let gc_keys = (
         gc_keys.0.or(cfg.restic.aws_access_key_id.clone()),
         gc_keys.1.or(cfg.restic.aws_secret_access_key.clone()),
     );
-    if master.is_none() {
+    if let Err(e) = &master {
         report.errors.push(format!(
-            "credentials Secret {}/{} has no key {}: repositories with derived passwords \
-             cannot be opened",
-            g.system_namespace,
-            g.credentials_secret,
-            secret_keys::MASTER_PASSWORD
+            "{e}; repositories with derived passwords cannot be opened"
         ));
     }
+    let master = master.ok();
     let pvc_list = Api::<PersistentVolumeClaim>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -317,7 +314,7 @@ async fn gather(client: &Client, cfg: &GcConfig, report: &mut PassReport) -> Res
                 .map(|p| p.name_any())
                 .collect();
             // Pods of stowage's own namespace (gc itself, manual runs) count too.
-            if let Ok(own) = Api::<Pod>::namespaced(client.clone(), &g.system_namespace)
+            if let Ok(own) = Api::<Pod>::namespaced(client.clone(), &g.cluster.system_namespace)
                 .list(&ListParams::default())
                 .await
             {
@@ -369,7 +366,7 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
 
     // Discovery.
     let mut discovered = Vec::new();
-    if let Some(base) = &g.repository_base {
+    if let Some(base) = &g.cluster.repository_base {
         let endpoint = cfg
             .restic
             .aws_endpoint_url_s3
@@ -409,7 +406,7 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
         &facts.pvcs,
         &facts.ns_labels,
         &facts.policies,
-        &g.backup_label,
+        &g.cluster.backup_label,
     );
     let manual_ttl = Some(g.manual_backup_ttl.trim())
         .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("off"));
@@ -417,13 +414,14 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
         tracing::warn!("{w}");
     }
 
-    let mut stored = match state::load(&client, &g.system_namespace, &g.gc_state_configmap).await {
-        Ok(s) => s,
-        Err(e) => {
-            report.errors.push(e);
-            Stored::default()
-        }
-    };
+    let mut stored =
+        match state::load(&client, &g.cluster.system_namespace, &g.gc_state_configmap).await {
+            Ok(s) => s,
+            Err(e) => {
+                report.errors.push(e);
+                Stored::default()
+            }
+        };
     let state = &mut stored.repos;
 
     // Repositories: listed without opening them, opened only for work, most urgent
@@ -897,8 +895,13 @@ pub async fn run(client: Client, cfg: &GcConfig, opts: PassOptions) -> Result<Pa
         stored.last_success = Some(opts.now);
     }
     if !opts.dry_run
-        && let Err(e) =
-            state::save(&client, &g.system_namespace, &g.gc_state_configmap, &stored).await
+        && let Err(e) = state::save(
+            &client,
+            &g.cluster.system_namespace,
+            &g.gc_state_configmap,
+            &stored,
+        )
+        .await
     {
         report.errors.push(e);
         stored.last_success = previous_success;
@@ -1119,7 +1122,7 @@ fn state_ref(cfg: &GcConfig) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("ConfigMap".into()),
-        namespace: Some(cfg.gc.system_namespace.clone()),
+        namespace: Some(cfg.gc.cluster.system_namespace.clone()),
         name: Some(cfg.gc.gc_state_configmap.clone()),
         ..Default::default()
     }
@@ -1131,8 +1134,8 @@ fn resolve_creds(t: &Target, facts: &Facts, cfg: &GcConfig) -> Result<RepoCreds,
             let master = facts.master.as_deref().ok_or_else(|| {
                 format!(
                     "no master password (Secret {}/{} key {})",
-                    cfg.gc.system_namespace,
-                    cfg.gc.credentials_secret,
+                    cfg.gc.cluster.system_namespace,
+                    cfg.gc.cluster.credentials_secret,
                     secret_keys::MASTER_PASSWORD
                 )
             })?;

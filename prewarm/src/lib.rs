@@ -204,7 +204,7 @@ async fn run(cli: Cli, cfg: PrewarmConfig) -> ExitCode {
         errors = report.errors.len(),
         "run done"
     );
-    if let Some(url) = &cfg.prewarm.pushgateway_url
+    if let Some(url) = &cfg.prewarm.cluster.pushgateway_url
         && let Err(e) = metrics::push(url, pass::PROGRAM, &registry).await
     {
         tracing::warn!("metrics not pushed: {e}");
@@ -227,13 +227,14 @@ async fn run_index(
     if skip {
         return Ok(None);
     }
-    let Some(base) = &p.repository_base else {
+    let Some(base) = &p.cluster.repository_base else {
         if force {
             anyhow::bail!("no index without STOWAGE_REPOSITORY_BASE (the base to list)");
         }
         return Ok(None);
     };
-    let (previous, at) = index::load(client, &p.system_namespace, &p.index_configmap).await?;
+    let (previous, at) =
+        index::load(client, &p.cluster.system_namespace, &p.index_configmap).await?;
     if !force
         && !index::due(
             at,
@@ -244,37 +245,18 @@ async fn run_index(
     {
         return Ok(None);
     }
-    let secret = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
-        client.clone(),
-        &p.system_namespace,
-    )
-    .get_opt(&p.credentials_secret)
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(stowage_common::k8s::describe_kube_error(
-            &e,
-            &format!("get secret {}/{}", p.system_namespace, p.credentials_secret)
-        ))
-    })?
-    .ok_or_else(|| {
-        anyhow::anyhow!(
-            "credentials Secret {}/{} not found: the index needs the master password and S3 keys",
-            p.system_namespace,
-            p.credentials_secret
-        )
-    })?;
-    let get =
-        |k: &str| stowage_common::k8s::credentials::secret_value(&secret, k).unwrap_or_default();
     use stowage_common::k8s::contract::secret_keys as keys;
-    let master = get(keys::MASTER_PASSWORD);
-    if master.is_empty() {
-        anyhow::bail!(
-            "credentials Secret {}/{} has no key {}",
-            p.system_namespace,
-            p.credentials_secret,
-            keys::MASTER_PASSWORD
-        );
-    }
+    use stowage_common::k8s::credentials::{self, CentralError};
+    let central = credentials::central_secret(client, &p.cluster)
+        .await
+        .map_err(|e| match e {
+            CentralError::NotFound { .. } => {
+                anyhow::anyhow!("{e}; the index needs the master password and S3 keys")
+            }
+            e => e.into(),
+        })?;
+    let master = central.require(keys::MASTER_PASSWORD)?;
+    let get = |k: &str| central.value(k).unwrap_or_default();
     // gc's keys list everything; the mover's read as well.
     let (mut ak, mut sk) = (get(keys::GC_ACCESS_KEY_ID), get(keys::GC_SECRET_ACCESS_KEY));
     if ak.is_empty() {
@@ -284,7 +266,13 @@ async fn run_index(
         );
     }
     let idx = index::build(base, &master, (&ak, &sk), cfg, &previous).await?;
-    index::store(client, &p.system_namespace, &p.index_configmap, &idx).await?;
+    index::store(
+        client,
+        &p.cluster.system_namespace,
+        &p.index_configmap,
+        &idx,
+    )
+    .await?;
     tracing::info!(
         repositories = idx.repositories.len(),
         errors = idx
@@ -296,7 +284,7 @@ async fn run_index(
         s3_requests = idx.s3_requests,
         seconds = format!("{:.2}", idx.duration_secs),
         "index stored in ConfigMap {}/{}",
-        p.system_namespace,
+        p.cluster.system_namespace,
         p.index_configmap
     );
     Ok(Some(idx))

@@ -448,7 +448,8 @@ async fn in_use(ctx: &Ctx, r: &Request, own_job: Option<&str>) -> Result<Option<
 /// `Some(refusal)` when the PVC's repository annotation names another namespace's
 /// repository (the base's layout) and that namespace has not granted it.
 async fn not_granted(ctx: &Ctx, r: &Request) -> Result<Option<String>, String> {
-    let (Some(repo), Some(base)) = (&r.repository, &ctx.cfg.prewarm.repository_base) else {
+    let base = &ctx.cfg.prewarm.cluster.repository_base;
+    let (Some(repo), Some(base)) = (&r.repository, base) else {
         return Ok(None);
     };
     if r.secret.is_some() {
@@ -579,7 +580,8 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
             let repository = match &r.repository {
                 Some(x) => x.clone(),
                 None => {
-                    let base = ctx.cfg.prewarm.repository_base.as_deref().ok_or_else(|| {
+                    let base = &ctx.cfg.prewarm.cluster.repository_base;
+                    let base = base.as_deref().ok_or_else(|| {
                         format!(
                             "no repository for PVC {}: set STOWAGE_REPOSITORY_BASE or annotate \
                              the PVC {}",
@@ -636,7 +638,7 @@ async fn start(ctx: &Ctx, r: &Request, name: &str) -> Result<(), String> {
     spec.active_deadline_seconds =
         mover_job::deadline(r.capacity_bytes, None, r.deadline.as_deref())?;
     spec.ca_from_secret = creds.as_ref().is_some_and(|c| c.ca_bundle.is_some());
-    spec.env = pass::mover_env(&ctx.cfg);
+    spec.env = mover_job::mover_env(&ctx.cfg.restic, &ctx.cfg.common, None);
     spec.extra_labels
         .insert(contract::app::INSTANCE.into(), "manual-restore".into());
     spec.annotations.insert(REQUEST.into(), r.snapshot.clone());

@@ -17,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use stowage_common::env::{PrewarmConfig, list};
 use stowage_common::k8s::contract::{self, app, label, prewarm as pc, reason, secret_keys, status};
-use stowage_common::k8s::credentials::{self, RunCredentials};
+use stowage_common::k8s::credentials::{self, CentralError, RunCredentials};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::job_result;
 use stowage_common::k8s::mover_job::{self, MoverJobSpec, Placement, RunAs};
@@ -79,8 +79,8 @@ impl Ctx {
     pub fn new(client: Client, cfg: PrewarmConfig) -> Self {
         let p = &cfg.prewarm;
         let settings = plan::Settings {
-            system_namespace: p.system_namespace.clone(),
-            repository_base: p.repository_base.clone(),
+            system_namespace: p.cluster.system_namespace.clone(),
+            repository_base: p.cluster.repository_base.clone(),
             unsafe_provisioners: list(p.unsafe_provisioners.as_deref()),
             restore_backoff: SignedDuration::from_secs(p.restore_backoff_seconds as i64),
             probe_wait: SignedDuration::from_secs(p.probe_seconds as i64),
@@ -100,7 +100,7 @@ impl Ctx {
     }
 
     fn ns(&self) -> &str {
-        &self.cfg.prewarm.system_namespace
+        &self.cfg.prewarm.cluster.system_namespace
     }
 }
 
@@ -247,41 +247,23 @@ pub(crate) struct Central {
 }
 
 pub(crate) async fn central(ctx: &Ctx) -> Result<Central, String> {
-    let p = &ctx.cfg.prewarm;
-    let api = Api::<Secret>::namespaced(ctx.client.clone(), &p.system_namespace);
-    let s = match api.get_opt(&p.credentials_secret).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return Err(format!(
-                "credentials Secret {}/{} not found: create it (keys {}, {}, {}; see the \
-                 README). The PVC stays Pending until it exists",
-                p.system_namespace,
-                p.credentials_secret,
-                secret_keys::MASTER_PASSWORD,
-                secret_keys::MOVER_ACCESS_KEY_ID,
-                secret_keys::MOVER_SECRET_ACCESS_KEY
-            ));
-        }
-        Err(e) => {
-            return Err(describe_kube_error(
-                &e,
-                &format!("get secret {}/{}", p.system_namespace, p.credentials_secret),
-            ));
-        }
-    };
-    let get = |k: &str| -> Result<String, String> {
-        credentials::secret_value(&s, k).ok_or_else(|| {
-            format!(
-                "credentials Secret {}/{} has no key {k}: add it",
-                p.system_namespace, p.credentials_secret
-            )
-        })
-    };
+    let c = credentials::central_secret(&ctx.client, &ctx.cfg.prewarm.cluster)
+        .await
+        .map_err(|e| match e {
+            CentralError::NotFound { .. } => format!("{e}. The PVC stays Pending until it exists"),
+            e => e.to_string(),
+        })?;
     Ok(Central {
-        master: get(secret_keys::MASTER_PASSWORD)?,
+        master: c
+            .require(secret_keys::MASTER_PASSWORD)
+            .map_err(|e| e.to_string())?,
         // Local repositories need no keys.
-        access_key_id: get(secret_keys::MOVER_ACCESS_KEY_ID).unwrap_or_default(),
-        secret_access_key: get(secret_keys::MOVER_SECRET_ACCESS_KEY).unwrap_or_default(),
+        access_key_id: c
+            .value(secret_keys::MOVER_ACCESS_KEY_ID)
+            .unwrap_or_default(),
+        secret_access_key: c
+            .value(secret_keys::MOVER_SECRET_ACCESS_KEY)
+            .unwrap_or_default(),
     })
 }
 
@@ -1384,22 +1366,6 @@ async fn create_prime(
     }
 }
 
-pub(crate) fn mover_env(cfg: &PrewarmConfig) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    let c = &cfg.common;
-    if c.allow_http {
-        env.push(("STOWAGE_ALLOW_HTTP".into(), "true".into()));
-    }
-    if let Some(p) = c.s3_path_style {
-        env.push(("STOWAGE_S3_PATH_STYLE".into(), p.to_string()));
-    }
-    if let Some(e) = &cfg.restic.aws_endpoint_url_s3 {
-        env.push(("AWS_ENDPOINT_URL_S3".into(), e.clone()));
-    }
-    env.push(("STOWAGE_LOG".into(), c.log.clone()));
-    env
-}
-
 async fn start_job(
     ctx: &Ctx,
     u: &UserPvc,
@@ -1451,7 +1417,7 @@ async fn start_job(
     // The prime volume is stowage's own: a retry (of the Job's pod or of the Job)
     // replaces whatever a killed attempt left.
     spec.args = vec!["--snapshot".into(), snapshot.into(), "--replace".into()];
-    spec.env = mover_env(&ctx.cfg);
+    spec.env = mover_job::mover_env(&ctx.cfg.restic, &ctx.cfg.common, None);
     spec.active_deadline_seconds = deadline;
     spec.ca_from_secret = creds.ca_bundle.is_some();
     spec.annotations.insert(pc::prime::FOR_PVC.into(), u.key());

@@ -138,7 +138,7 @@ async fn run(cli: Cli, cfg: SchedulerConfig) -> ExitCode {
         "pass done"
     );
     let mut pushed = true;
-    if let Some(url) = &cfg.scheduler.pushgateway_url
+    if let Some(url) = &cfg.scheduler.cluster.pushgateway_url
         && !cli.dry_run
         && let Err(e) = metrics::push(url, pass::PROGRAM, &report.metrics).await
     {

@@ -16,10 +16,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use stowage_common::env::{SchedulerConfig, list};
 use stowage_common::k8s::contract::{self, reason, secret_keys, status, user};
-use stowage_common::k8s::credentials::{self, RunCredentials};
+use stowage_common::k8s::credentials::{self, CentralError, CentralSecret, RunCredentials};
 use stowage_common::k8s::events::Events;
 use stowage_common::k8s::job_result;
-use stowage_common::k8s::mover_job::{self, MoverJobSpec};
+use stowage_common::k8s::mover_job::{self, BackupEnv, MoverJobSpec};
 use stowage_common::k8s::naming::Operation;
 use stowage_common::k8s::policy::Policies;
 use stowage_common::k8s::{describe_kube_error, is_status};
@@ -208,12 +208,12 @@ pub async fn run(client: Client, cfg: &SchedulerConfig, opts: PassOptions) -> Re
         })
         .collect();
     let settings = PassSettings {
-        backup_label: s.backup_label.clone(),
+        backup_label: s.cluster.backup_label.clone(),
         max_concurrent_jobs: s.max_concurrent_jobs,
         include_namespaces: list(s.include_namespaces.as_deref()),
         exclude_namespaces: list(s.exclude_namespaces.as_deref()),
         default_snapshot_class: s.volume_snapshot_class.clone(),
-        repository_base: s.repository_base.clone(),
+        repository_base: s.cluster.repository_base.clone(),
     };
 
     // Results of finished Jobs first: they free their PVC and may fail the guard.
@@ -432,8 +432,8 @@ fn count_skip(report: &mut PassReport, reason: &str) {
 /// a broken policy is only its PVCs' problem.
 async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
     let s = &ctx.cfg.scheduler;
-    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &s.system_namespace);
-    let doc = match api.get_opt(&s.policies_configmap).await {
+    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &s.cluster.system_namespace);
+    let doc = match api.get_opt(&s.cluster.policies_configmap).await {
         Ok(Some(cm)) => cm
             .data
             .and_then(|d| d.get(contract::POLICIES_KEY).cloned())
@@ -442,7 +442,7 @@ async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
             return Err(format!(
                 "policies ConfigMap {}/{} not found: no PVC can be backed up (deploy \
                  kustomize/ or set STOWAGE_POLICIES_CONFIGMAP)",
-                s.system_namespace, s.policies_configmap
+                s.cluster.system_namespace, s.cluster.policies_configmap
             ));
         }
         Err(e) => {
@@ -450,7 +450,7 @@ async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
                 &e,
                 &format!(
                     "get configmap {}/{}",
-                    s.system_namespace, s.policies_configmap
+                    s.cluster.system_namespace, s.cluster.policies_configmap
                 ),
             ));
         }
@@ -458,8 +458,8 @@ async fn load_policies(ctx: &Ctx<'_>) -> Result<Policies, String> {
     let p = Policies::parse(&doc).map_err(|e| {
         format!(
             "ConfigMap {}/{} key {}: {e}",
-            s.system_namespace,
-            s.policies_configmap,
+            s.cluster.system_namespace,
+            s.cluster.policies_configmap,
             contract::POLICIES_KEY
         )
     })?;
@@ -475,7 +475,7 @@ fn scheduler_ref(ctx: &Ctx<'_>) -> ObjectReference {
         api_version: Some("batch/v1".into()),
         kind: Some("CronJob".into()),
         name: Some(PROGRAM.into()),
-        namespace: Some(ctx.cfg.scheduler.system_namespace.clone()),
+        namespace: Some(ctx.cfg.scheduler.cluster.system_namespace.clone()),
         ..Default::default()
     }
 }
@@ -908,24 +908,14 @@ async fn run_credentials(
         };
     };
     if ctx.central.is_none() {
-        let api = Api::<Secret>::namespaced(ctx.client.clone(), &s.system_namespace);
-        ctx.central = Some(match api.get_opt(&s.credentials_secret).await {
-            Ok(Some(sec)) => central_keys(ctx.cfg, &sec),
-            Ok(None) => Err(format!(
-                "credentials Secret {}/{} not found: create it (see the README: keys {}, {}, \
-                 {}) or give the PVC its own Secret with annotation {}",
-                s.system_namespace,
-                s.credentials_secret,
-                secret_keys::MASTER_PASSWORD,
-                secret_keys::MOVER_ACCESS_KEY_ID,
-                secret_keys::MOVER_SECRET_ACCESS_KEY,
+        let found = credentials::central_secret(&ctx.client, &s.cluster).await;
+        ctx.central = Some(found.and_then(|c| central_keys(&c)).map_err(|e| match e {
+            CentralError::Unreadable { .. } => e.to_string(),
+            _ => format!(
+                "{e}, or give the PVC its own Secret with annotation {}",
                 user::SECRET
-            )),
-            Err(e) => Err(describe_kube_error(
-                &e,
-                &format!("get secret {}/{}", s.system_namespace, s.credentials_secret),
-            )),
-        });
+            ),
+        }));
     }
     let central = ctx
         .central
@@ -955,54 +945,13 @@ struct Central {
     secret_access_key: String,
 }
 
-/// The keys of the central Secret; Err names the first one missing.
-fn central_keys(cfg: &SchedulerConfig, sec: &Secret) -> Result<Central, String> {
-    let s = &cfg.scheduler;
-    let get = |k: &str| -> Result<String, String> {
-        credentials::secret_value(sec, k).ok_or_else(|| {
-            format!(
-                "credentials Secret {}/{} has no key {k} (or it is empty): add it (the keys \
-                     are {}, {}, {}), or give the PVC its own Secret with annotation {}",
-                s.system_namespace,
-                s.credentials_secret,
-                secret_keys::MASTER_PASSWORD,
-                secret_keys::MOVER_ACCESS_KEY_ID,
-                secret_keys::MOVER_SECRET_ACCESS_KEY,
-                user::SECRET
-            )
-        })
-    };
+/// The keys the scheduler needs of the central Secret; Err names the first one missing.
+fn central_keys(c: &CentralSecret) -> Result<Central, CentralError> {
     Ok(Central {
-        master: get(secret_keys::MASTER_PASSWORD)?,
-        access_key_id: get(secret_keys::MOVER_ACCESS_KEY_ID)?,
-        secret_access_key: get(secret_keys::MOVER_SECRET_ACCESS_KEY)?,
+        master: c.require(secret_keys::MASTER_PASSWORD)?,
+        access_key_id: c.require(secret_keys::MOVER_ACCESS_KEY_ID)?,
+        secret_access_key: c.require(secret_keys::MOVER_SECRET_ACCESS_KEY)?,
     })
-}
-
-/// Settings the mover inherits from the scheduler, plus the PVC's own.
-fn mover_env(cfg: &SchedulerConfig, start: &Start) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    let c = &cfg.common;
-    if c.allow_http {
-        env.push(("STOWAGE_ALLOW_HTTP".into(), "true".into()));
-    }
-    if let Some(p) = c.s3_path_style {
-        env.push(("STOWAGE_S3_PATH_STYLE".into(), p.to_string()));
-    }
-    if let Some(e) = &cfg.restic.aws_endpoint_url_s3 {
-        env.push(("AWS_ENDPOINT_URL_S3".into(), e.clone()));
-    }
-    env.push(("STOWAGE_LOG".into(), c.log.clone()));
-    if let Some(x) = &start.excludes {
-        env.push(("STOWAGE_EXCLUDES".into(), x.clone()));
-    }
-    if let Some(l) = start.upload_kib_per_sec {
-        env.push(("STOWAGE_LIMIT_UPLOAD".into(), l.to_string()));
-    }
-    if start.adopt_history {
-        env.push(("STOWAGE_ADOPT_HISTORY".into(), "true".into()));
-    }
-    env
 }
 
 /// What the consistency steps before a mover Job produced.
@@ -1398,13 +1347,18 @@ async fn start_backup(
     }
     spec.active_deadline_seconds = start.deadline_seconds;
     spec.ca_from_secret = creds.as_ref().is_some_and(|c| c.ca_bundle.is_some());
-    spec.env = mover_env(ctx.cfg, start);
+    let backup = BackupEnv {
+        excludes: start.excludes.clone(),
+        upload_kib_per_sec: start.upload_kib_per_sec,
+        adopt_history: start.adopt_history,
+        extra_tags: prepared
+            .as_ref()
+            .map(|p| p.tags.clone())
+            .unwrap_or_default(),
+    };
+    spec.env = mover_job::mover_env(&ctx.cfg.restic, &ctx.cfg.common, Some(&backup));
     if let Some(p) = &prepared {
         spec.claim = p.claim.clone();
-        if !p.tags.is_empty() {
-            spec.env
-                .push(("STOWAGE_EXTRA_TAGS".into(), p.tags.join(",")));
-        }
     }
     spec.extra_labels
         .insert(contract::app::INSTANCE.into(), start.policy.clone());

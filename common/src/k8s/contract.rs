@@ -6,7 +6,7 @@
 pub const PREFIX: &str = "stowage.io/";
 
 // The opt-in label key and the names of the policies ConfigMap and credentials Secret
-// are settings: their defaults are in `env::SchedulerEnv`.
+// are settings: their defaults are in `env::ClusterEnv`.
 /// Values of the opt-in label that opt a PVC out (a PVC label overrides its
 /// namespace's).
 pub const OPT_OUT_VALUES: &[&str] = &["none", "off", "false", "disabled"];

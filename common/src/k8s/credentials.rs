@@ -11,6 +11,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::contract::run_secret_keys as keys;
+use super::contract::secret_keys;
+use crate::env::ClusterEnv;
 use crate::location::Location;
 
 /// Domain separation: a derived password is useless for anything else.
@@ -30,6 +32,93 @@ pub fn secret_value(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> O
                 .to_string()
         })
         .filter(|v| !v.is_empty())
+}
+
+/// Why the central credentials Secret (`STOWAGE_CREDENTIALS_SECRET` in
+/// `STOWAGE_SYSTEM_NAMESPACE`) gave no value: each names the Secret (`namespace/name`),
+/// what failed and what to do; callers add what it means for them (a PVC that waits, a
+/// pass that cannot open derived repositories).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CentralError {
+    /// The API did not answer with it (permissions, timeout, a failing API server):
+    /// `message` says which, from [`super::describe_kube_error`].
+    #[error("{message}")]
+    Unreadable { secret: String, message: String },
+    #[error(
+        "credentials Secret {secret} not found: create it (keys {master}, {ak}, {sk}; see the \
+         README)",
+        master = secret_keys::MASTER_PASSWORD,
+        ak = secret_keys::MOVER_ACCESS_KEY_ID,
+        sk = secret_keys::MOVER_SECRET_ACCESS_KEY
+    )]
+    NotFound { secret: String },
+    #[error(
+        "credentials Secret {secret} has no key {key} (or it is empty): add it (the keys are \
+         {master}, {ak}, {sk})",
+        master = secret_keys::MASTER_PASSWORD,
+        ak = secret_keys::MOVER_ACCESS_KEY_ID,
+        sk = secret_keys::MOVER_SECRET_ACCESS_KEY
+    )]
+    MissingKey { secret: String, key: String },
+}
+
+/// The central credentials Secret, as read once by a pass: the master password every
+/// derived repository password comes from, the movers' and gc's S3 keys.
+#[derive(Clone)]
+pub struct CentralSecret {
+    /// `namespace/name`, for messages.
+    pub name: String,
+    secret: Secret,
+}
+
+impl CentralSecret {
+    /// What a lookup of the Secret found (`None`: it does not exist).
+    pub fn found(cluster: &ClusterEnv, found: Option<Secret>) -> Result<Self, CentralError> {
+        let name = central_name(cluster);
+        match found {
+            Some(secret) => Ok(Self { name, secret }),
+            None => Err(CentralError::NotFound { secret: name }),
+        }
+    }
+
+    /// The decoded value of `key` ([`secret_value`]).
+    pub fn value(&self, key: &str) -> Option<String> {
+        secret_value(&self.secret, key)
+    }
+
+    /// The value of `key`, which the caller cannot do without.
+    pub fn require(&self, key: &str) -> Result<String, CentralError> {
+        self.value(key).ok_or_else(|| CentralError::MissingKey {
+            secret: self.name.clone(),
+            key: key.into(),
+        })
+    }
+}
+
+fn central_name(cluster: &ClusterEnv) -> String {
+    format!(
+        "{}/{}",
+        cluster.system_namespace, cluster.credentials_secret
+    )
+}
+
+/// Reads the central credentials Secret (scheduler, gc, prewarm and its index all read
+/// it this way).
+pub async fn central_secret(
+    client: &kube::Client,
+    cluster: &ClusterEnv,
+) -> Result<CentralSecret, CentralError> {
+    let found = kube::Api::<Secret>::namespaced(client.clone(), &cluster.system_namespace)
+        .get_opt(&cluster.credentials_secret)
+        .await
+        .map_err(|e| {
+            let secret = central_name(cluster);
+            CentralError::Unreadable {
+                message: super::describe_kube_error(&e, &format!("get secret {secret}")),
+                secret,
+            }
+        })?;
+    CentralSecret::found(cluster, found)
 }
 
 /// The repository's identity for derivation: for S3, `bucket/prefix` (so moving the
@@ -325,5 +414,83 @@ mod tests {
         std::fs::write(&file, "not a certificate").unwrap();
         let err = load_ca_bundle(&common, &ResticEnv::default()).unwrap_err();
         assert!(err.contains("PEM"), "{err}");
+    }
+
+    fn secret(data: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({ "data": data })).unwrap()
+    }
+
+    #[test]
+    fn a_missing_central_secret_is_named_with_what_to_create() {
+        let cluster = ClusterEnv::default();
+        let e = CentralSecret::found(&cluster, None).err().unwrap();
+        assert_eq!(
+            e,
+            CentralError::NotFound {
+                secret: "stowage/stowage-credentials".into()
+            }
+        );
+        let text = e.to_string();
+        for needle in [
+            "credentials Secret stowage/stowage-credentials not found",
+            "create it",
+            "master-password",
+            "mover-access-key-id",
+            "mover-secret-access-key",
+        ] {
+            assert!(text.contains(needle), "{needle:?} in {text}");
+        }
+        let other = ClusterEnv {
+            system_namespace: "backup-system".into(),
+            credentials_secret: "creds".into(),
+            ..Default::default()
+        };
+        let text = CentralSecret::found(&other, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("Secret backup-system/creds not found"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn central_secret_values_are_decoded_and_a_missing_or_empty_key_is_named() {
+        // master-password "master\n", mover-access-key-id "AK", mover-secret-access-key "".
+        let found = secret(serde_json::json!({
+            "master-password": "bWFzdGVyCg==",
+            "mover-access-key-id": "QUs=",
+            "mover-secret-access-key": "",
+        }));
+        let c = CentralSecret::found(&ClusterEnv::default(), Some(found)).unwrap();
+        assert_eq!(c.name, "stowage/stowage-credentials");
+        assert_eq!(c.require(secret_keys::MASTER_PASSWORD).unwrap(), "master");
+        assert_eq!(
+            c.value(secret_keys::MOVER_ACCESS_KEY_ID).as_deref(),
+            Some("AK")
+        );
+        assert_eq!(c.value(secret_keys::MOVER_SECRET_ACCESS_KEY), None);
+        assert_eq!(c.value(secret_keys::GC_ACCESS_KEY_ID), None);
+        for key in [
+            secret_keys::MOVER_SECRET_ACCESS_KEY,
+            secret_keys::GC_SECRET_ACCESS_KEY,
+        ] {
+            let e = c.require(key).unwrap_err();
+            assert_eq!(
+                e,
+                CentralError::MissingKey {
+                    secret: "stowage/stowage-credentials".into(),
+                    key: key.into()
+                }
+            );
+            let text = e.to_string();
+            for needle in [
+                format!("credentials Secret stowage/stowage-credentials has no key {key}"),
+                "add it".into(),
+            ] {
+                assert!(text.contains(&needle), "{needle:?} in {text}");
+            }
+        }
     }
 }

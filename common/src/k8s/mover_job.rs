@@ -192,6 +192,58 @@ pub fn mover_selector() -> String {
     )
 }
 
+/// What one backup adds to its mover's environment (a restore adds nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupEnv {
+    /// Exclude globs, comma separated (policy and PVC annotation).
+    pub excludes: Option<String>,
+    /// Upload limit in KiB/s.
+    pub upload_kib_per_sec: Option<u64>,
+    /// The user let this PVC continue another PVC's history.
+    pub adopt_history: bool,
+    /// Snapshot tags of the consistency steps (copy method, hook outcomes).
+    pub extra_tags: Vec<String>,
+}
+
+/// The environment of a mover Job ([`MoverJobSpec::env`]), for the scheduler's backups,
+/// prewarm's restores and the manual restore alike: the mover reaches S3 the way the
+/// program that starts it does (plain http, path style, endpoint) and logs at its level;
+/// a backup adds its own settings.
+pub fn mover_env(
+    restic: &crate::env::ResticEnv,
+    common: &crate::env::CommonEnv,
+    backup: Option<&BackupEnv>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut put = |k: &str, v: String| env.push((k.into(), v));
+    if common.allow_http {
+        put("STOWAGE_ALLOW_HTTP", "true".into());
+    }
+    if let Some(p) = common.s3_path_style {
+        put("STOWAGE_S3_PATH_STYLE", p.to_string());
+    }
+    if let Some(e) = &restic.aws_endpoint_url_s3 {
+        put("AWS_ENDPOINT_URL_S3", e.clone());
+    }
+    put("STOWAGE_LOG", common.log.clone());
+    let Some(b) = backup else {
+        return env;
+    };
+    if let Some(x) = &b.excludes {
+        put("STOWAGE_EXCLUDES", x.clone());
+    }
+    if let Some(l) = b.upload_kib_per_sec {
+        put("STOWAGE_LIMIT_UPLOAD", l.to_string());
+    }
+    if b.adopt_history {
+        put("STOWAGE_ADOPT_HISTORY", "true".into());
+    }
+    if !b.extra_tags.is_empty() {
+        put("STOWAGE_EXTRA_TAGS", b.extra_tags.join(","));
+    }
+    env
+}
+
 /// The Job.
 pub fn mover_job(s: &MoverJobSpec) -> Job {
     let mut labels = mover_labels(s.operation, &s.pvc_uid);
@@ -741,6 +793,101 @@ mod tests {
         assert!(
             err.contains("stowage.io/mover-deadline") && err.contains("forever"),
             "{err}"
+        );
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_restore_mover_inherits_only_s3_access_and_logging() {
+        use crate::env::{CommonEnv, ResticEnv};
+        let (restic, common) = (ResticEnv::default(), CommonEnv::default());
+        assert_eq!(
+            mover_env(&restic, &common, None),
+            pairs(&[("STOWAGE_LOG", "info,rustic_core=warn")])
+        );
+        let restic = ResticEnv {
+            aws_endpoint_url_s3: Some("http://garage:3900".into()),
+            // The program's own keys and repository never reach a mover.
+            aws_access_key_id: Some("AK".into()),
+            restic_repository: Some("s3:https://s3.lan/b".into()),
+            ..Default::default()
+        };
+        let common = CommonEnv {
+            allow_http: true,
+            s3_path_style: Some(false),
+            log: "debug".into(),
+            s3_concurrency: 8,
+            ..Default::default()
+        };
+        assert_eq!(
+            mover_env(&restic, &common, None),
+            pairs(&[
+                ("STOWAGE_ALLOW_HTTP", "true"),
+                ("STOWAGE_S3_PATH_STYLE", "false"),
+                ("AWS_ENDPOINT_URL_S3", "http://garage:3900"),
+                ("STOWAGE_LOG", "debug"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_backup_mover_adds_its_own_settings_in_order() {
+        use crate::env::{CommonEnv, ResticEnv};
+        let (restic, common) = (ResticEnv::default(), CommonEnv::default());
+        assert_eq!(
+            mover_env(&restic, &common, Some(&BackupEnv::default())),
+            mover_env(&restic, &common, None)
+        );
+        let backup = BackupEnv {
+            excludes: Some("*.tmp,cache/".into()),
+            upload_kib_per_sec: Some(512),
+            adopt_history: true,
+            extra_tags: vec!["copy=Clone".into(), "hooks=ok".into()],
+        };
+        assert_eq!(
+            mover_env(&restic, &common, Some(&backup)),
+            pairs(&[
+                ("STOWAGE_LOG", "info,rustic_core=warn"),
+                ("STOWAGE_EXCLUDES", "*.tmp,cache/"),
+                ("STOWAGE_LIMIT_UPLOAD", "512"),
+                ("STOWAGE_ADOPT_HISTORY", "true"),
+                ("STOWAGE_EXTRA_TAGS", "copy=Clone,hooks=ok"),
+            ])
+        );
+    }
+
+    #[test]
+    fn every_mover_env_variable_is_one_the_mover_reads() {
+        use crate::env::{CommonEnv, MoverConfig, ResticEnv};
+        let restic = ResticEnv {
+            aws_endpoint_url_s3: Some("http://garage:3900".into()),
+            ..Default::default()
+        };
+        let common = CommonEnv {
+            allow_http: true,
+            s3_path_style: Some(true),
+            ..Default::default()
+        };
+        let backup = BackupEnv {
+            excludes: Some("*.tmp".into()),
+            upload_kib_per_sec: Some(64),
+            adopt_history: true,
+            extra_tags: vec!["copy=Direct".into()],
+        };
+        let c = MoverConfig::from_vars(&mover_env(&restic, &common, Some(&backup))).unwrap();
+        assert!(c.common.allow_http && c.mover.adopt_history);
+        assert_eq!(c.common.s3_path_style, Some(true));
+        assert_eq!(c.common.limit_upload, Some(64));
+        assert_eq!(c.mover.excludes.as_deref(), Some("*.tmp"));
+        assert_eq!(c.mover.extra_tags.as_deref(), Some("copy=Direct"));
+        assert_eq!(
+            c.restic.aws_endpoint_url_s3.as_deref(),
+            Some("http://garage:3900")
         );
     }
 }

@@ -74,8 +74,8 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn names_and_keys_are_the_ones_common_defines() {
     let objs = app();
-    let s = SchedulerEnv::default();
-    let g = GcEnv::default();
+    let s = SchedulerEnv::default().cluster;
+    let g = GcEnv::default().cluster;
     let k = kustomization();
     assert_eq!(k["namespace"], s.system_namespace.as_str());
     assert_eq!(g.system_namespace, s.system_namespace);
@@ -728,7 +728,7 @@ fn references_to_namespace(objs: &[Value], old: &str, new: &str) -> Vec<String> 
 /// app, every component and the Namespace component.
 #[test]
 fn app_and_components_render_into_another_namespace() {
-    let s = SchedulerEnv::default();
+    let s = SchedulerEnv::default().cluster;
     let new = "backup-system";
     let comps = app_components();
     for c in [
@@ -804,7 +804,7 @@ fn app_and_components_render_into_another_namespace() {
 
 #[test]
 fn the_namespace_object_is_a_component() {
-    let s = SchedulerEnv::default();
+    let s = SchedulerEnv::default().cluster;
     let (_tmp, k) = scratch();
     let base = render(&k.join("app"), &no_vars());
     assert!(
@@ -853,7 +853,7 @@ fn kyverno_policy_follows_the_configured_label_key() {
         &serde_json::json!({"resources": ["../app"], "components": ["../components/kyverno"]}),
     );
     for key in [
-        SchedulerEnv::default().backup_label.as_str(),
+        SchedulerEnv::default().cluster.backup_label.as_str(),
         "example.org/backup-policy",
     ] {
         let objs = render(&dir, &vars(&[("STOWAGE_BACKUP_LABEL", key)]));

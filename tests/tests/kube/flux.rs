@@ -130,7 +130,7 @@ async fn the_app_installs_with_the_pushgateway_url_unset() {
     let parsed = stowage_common::env::SchedulerConfig::from_vars(&env)
         .unwrap_or_else(|e| panic!("the scheduler refuses the stored settings: {e}"));
     assert_eq!(
-        parsed.scheduler.pushgateway_url, None,
+        parsed.scheduler.cluster.pushgateway_url, None,
         "an empty Pushgateway URL means no metrics"
     );
 }
