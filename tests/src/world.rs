@@ -57,8 +57,8 @@ pub const POLICIES: &str = "hourly:\n  schedule: \"@hourly\"\n";
 
 /// The stowage namespace and the names of its objects, as the programs look for them
 /// by default.
-fn names() -> SchedulerEnv {
-    SchedulerEnv::default()
+fn names() -> stowage_common::env::ClusterEnv {
+    SchedulerEnv::default().cluster
 }
 
 /// Text of a program's stdout and stderr.
