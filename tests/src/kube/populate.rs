@@ -468,6 +468,26 @@ impl Env {
             .cloned()
     }
 
+    /// Namespace `source` grants `to` the use of its repositories, as a user does:
+    /// `kubectl annotate namespace <source> stowage.io/grant-repositories-to=<to>`.
+    pub fn grant(&self, source: &str, to: &str) {
+        let out = install::kubectl(
+            self.c.cp,
+            &[
+                "annotate",
+                "namespace",
+                source,
+                &format!("{}={to}", stowage_common::k8s::grant::GRANT_ANNOTATION),
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "grant {source} to {to}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Merges `annotations` into PVC `ns/pvc` (a user's `kubectl annotate`).
     pub async fn annotate_pvc(&self, ns: &str, pvc: &str, annotations: &[(&str, &str)]) {
         let m: serde_json::Map<String, serde_json::Value> = annotations

@@ -139,3 +139,56 @@ pub async fn movers_turn() -> tokio::sync::RwLockReadGuard<'static, ()> {
 pub async fn gc_turn() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     turns().write().await
 }
+
+/// A client with the identity of ServiceAccount `ns/name` as the API server sees it
+/// (its user name and groups, in a client certificate of the cluster's CA).
+pub async fn service_account_client(
+    cp: &super::ControlPlane,
+    ns: &str,
+    name: &str,
+) -> ::kube::Client {
+    super::client_from(&cp.kubeconfig_for(
+        &format!("system:serviceaccount:{ns}:{name}"),
+        &[
+            "system:serviceaccounts",
+            &format!("system:serviceaccounts:{ns}"),
+            "system:authenticated",
+        ],
+    ))
+    .await
+}
+
+/// Returns once the API server enforces stowage's admission policy: `admitted` (a
+/// server-side dry run of a request the policy denies) answers false. The API
+/// server enforces a new binding once its admission plugin has loaded it, which no
+/// object's status tells.
+pub async fn until_policy_enforced<F, Fut>(admitted: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while admitted().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admission policy is not enforced after {WAIT:?}"
+        );
+        // Polling the API server's own state: there is no event to await.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Asserts that `result` is stowage's admission policy denying the request: a
+/// ValidatingAdmissionPolicy denies as Invalid (422) unless it says otherwise.
+pub fn assert_policy_denied<T: std::fmt::Debug>(result: Result<T, ::kube::Error>, what: &str) {
+    match result {
+        Err(::kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{what}: {e:?}");
+            assert!(
+                e.message.contains("stowage-service-accounts"),
+                "{what}: {e:?}"
+            );
+        }
+        other => panic!("{what}: {other:?}"),
+    }
+}

@@ -7,7 +7,9 @@
 //! settings of the install (`install::prewarm_test_settings`).
 
 use std::collections::BTreeMap;
-use stowage_testkit::kube::scenario::movers_turn;
+use stowage_testkit::kube::scenario::{
+    assert_policy_denied, movers_turn, service_account_client, until_policy_enforced,
+};
 
 use serde_json::json;
 use stowage_common::k8s::contract::{prewarm as pc, reason, status, user};
@@ -278,21 +280,7 @@ async fn restore_into_another_namespace_needs_its_grant_as_of_a_time_and_app_re_
             "nothing read before the grant"
         );
     }
-    let out = install::kubectl(
-        env.c.cp,
-        &[
-            "annotate",
-            "namespace",
-            &db,
-            &format!("stowage.io/grant-repositories-to={staging}"),
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.grant(&db, &staging);
     env.populate(&[(&staging, "pg-copy"), (&staging, "pg-old")])
         .await;
     let read = |d: std::path::PathBuf| std::fs::read_to_string(d.join("v")).unwrap();
@@ -512,17 +500,7 @@ async fn the_admission_policy_lets_prewarm_delete_only_the_volumes_of_its_probes
     let env = Env::shared().await;
     let _scope = env.c.cp.scope("populate-policy");
     let admin = env.client().await;
-    // prewarm as the API server knows it: its ServiceAccount's name and groups (a
-    // client certificate of the cluster CA with that name).
-    let prewarm = stowage_testkit::kube::client_from(&env.c.cp.kubeconfig_for(
-        "system:serviceaccount:stowage:stowage-prewarm",
-        &[
-            "system:serviceaccounts",
-            "system:serviceaccounts:stowage",
-            "system:authenticated",
-        ],
-    ))
-    .await;
+    let prewarm = service_account_client(env.c.cp, "stowage", "stowage-prewarm").await;
     // The policy is in force once the API server has loaded it (it type-checks what
     // it loaded: the status' observed generation).
     use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
@@ -563,37 +541,22 @@ async fn the_admission_policy_lets_prewarm_delete_only_the_volumes_of_its_probes
         .await
         .expect("create PV");
     let as_prewarm = Api::<PersistentVolume>::all(prewarm);
-    // The API server enforces a new binding once its admission plugin has loaded it,
-    // which no object's status tells: asked with server-side dry runs until denied
-    // (nothing is deleted).
+    // Asked with server-side dry runs (nothing is deleted).
     let dry = DeleteParams {
         dry_run: true,
         ..DeleteParams::background()
     };
-    let deadline = std::time::Instant::now() + stowage_testkit::kube::WAIT;
-    while as_prewarm.delete(&user_pv, &dry).await.is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the admission policy is not enforced"
-        );
-        // Polling the API server's own state: there is no event to await.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    until_policy_enforced(|| async { as_prewarm.delete(&user_pv, &dry).await.is_ok() }).await;
     as_prewarm
         .delete(&probe_pv, &DeleteParams::background())
         .await
         .unwrap_or_else(|e| panic!("prewarm may delete its probe's volume: {e}"));
-    match as_prewarm
-        .delete(&user_pv, &DeleteParams::background())
-        .await
-    {
-        Err(kube::Error::Api(e)) => {
-            // A ValidatingAdmissionPolicy denies as Invalid (422) unless it says otherwise.
-            assert_eq!(e.code, 422, "{e:?}");
-            assert!(e.message.contains("stowage-service-accounts"), "{e:?}");
-        }
-        other => panic!("prewarm deleted a volume that is not its probe's: {other:?}"),
-    }
+    assert_policy_denied(
+        as_prewarm
+            .delete(&user_pv, &DeleteParams::background())
+            .await,
+        "prewarm deleted a volume that is not its probe's",
+    );
     let _ = pvs.delete(&user_pv, &DeleteParams::background()).await;
 }
 
@@ -613,15 +576,7 @@ async fn the_admission_policy_admits_the_schedulers_temporary_copies_in_app_name
     let _scope = env.c.cp.scope("policy-copies");
     let ns = env.c.cp.unique_name("policy-copies");
     env.namespace(&ns, &[]).await;
-    let scheduler = stowage_testkit::kube::client_from(&env.c.cp.kubeconfig_for(
-        "system:serviceaccount:stowage:stowage-scheduler",
-        &[
-            "system:serviceaccounts",
-            "system:serviceaccounts:stowage",
-            "system:authenticated",
-        ],
-    ))
-    .await;
+    let scheduler = service_account_client(env.c.cp, "stowage", "stowage-scheduler").await;
     let as_scheduler = Api::<PersistentVolumeClaim>::namespaced(scheduler, &ns);
     let admin = Api::<PersistentVolumeClaim>::namespaced(env.client().await, &ns);
     let copy = |method: CopyMethod, job: &str| {
@@ -643,29 +598,12 @@ async fn the_admission_policy_admits_the_schedulers_temporary_copies_in_app_name
                  "resources": {"requests": {"storage": "1Gi"}}},
     }))
     .unwrap();
-    let denied = |r: Result<PersistentVolumeClaim, kube::Error>, what: &str| match r {
-        // A ValidatingAdmissionPolicy denies as Invalid (422) unless it says otherwise.
-        Err(kube::Error::Api(e)) if e.code == 422 => {
-            assert!(e.message.contains("stowage-service-accounts"), "{e:?}")
-        }
-        other => panic!("{what}: {other:?}"),
-    };
     let dry = PostParams {
         dry_run: true,
         ..PostParams::default()
     };
-    // The API server enforces the policy once its admission plugin has loaded it,
-    // which no object's status tells: asked with server-side dry runs until denied.
-    let deadline = std::time::Instant::now() + stowage_testkit::kube::WAIT;
-    while as_scheduler.create(&dry, &foreign).await.is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the admission policy is not enforced"
-        );
-        // Polling the API server's own state: there is no event to await.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    denied(
+    until_policy_enforced(|| async { as_scheduler.create(&dry, &foreign).await.is_ok() }).await;
+    assert_policy_denied(
         as_scheduler.create(&PostParams::default(), &foreign).await,
         "the scheduler created a PVC that is not its own",
     );
@@ -686,15 +624,12 @@ async fn the_admission_policy_admits_the_schedulers_temporary_copies_in_app_name
         .create(&PostParams::default(), &foreign)
         .await
         .expect("the user's PVC");
-    match as_scheduler
-        .delete("not-ours", &DeleteParams::background())
-        .await
-    {
-        Err(kube::Error::Api(e)) if e.code == 422 => {
-            assert!(e.message.contains("stowage-service-accounts"), "{e:?}")
-        }
-        other => panic!("the scheduler deleted a PVC that is not its own: {other:?}"),
-    }
+    assert_policy_denied(
+        as_scheduler
+            .delete("not-ours", &DeleteParams::background())
+            .await,
+        "the scheduler deleted a PVC that is not its own",
+    );
 }
 
 /// stowage installed as on a cluster without the prometheus-operator and with its S3

@@ -205,21 +205,7 @@ async fn scenarios(env: &Env, client: &kube::Client, scope: &cluster::Scope) {
     assert!(gc.ok(), "gc: {:?}\n{}", gc.job.status, gc.log);
 
     let other = scope.namespace(client, &restricted).await;
-    let out = install::kubectl(
-        env.c.cp,
-        &[
-            "annotate",
-            "namespace",
-            &ns,
-            &format!("stowage.io/grant-repositories-to={other}"),
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.grant(&ns, &other);
     let restore = json!({"apiVersion": "stowage.io/v1alpha1", "kind": "Restore",
                          "metadata": {"name": "from-db", "namespace": other},
                          "spec": {"sourceNamespace": ns, "sourcePvc": "db"}});
