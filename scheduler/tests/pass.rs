@@ -4,9 +4,7 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use serde_json::{Value, json};
 use stowage_common::env::SchedulerConfig;
@@ -17,7 +15,7 @@ use stowage_scheduler::pass::{self, PassOptions, PassReport};
 use stowage_testkit::fakeapi::Fault;
 use stowage_testkit::fakeapi::store::base64;
 use stowage_testkit::obj;
-use stowage_testkit::world::{ApiWorld, Keys, World};
+use stowage_testkit::world::{ApiWorld, Keys, World, bound_app_pvc};
 
 const USER: &str = "system:serviceaccount:stowage:stowage-scheduler";
 
@@ -47,42 +45,7 @@ fn pvc(
     labels: Value,
     annotations: Value,
 ) -> PersistentVolumeClaim {
-    w.api.put::<PersistentVolume>(json!({
-        "metadata": {"name": format!("pv-{ns}-{name}")},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                 "hostPath": {"path": "/tmp/x"}}
-    }));
-    w.api.put::<PersistentVolumeClaim>(json!({
-        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                 "volumeName": format!("pv-{ns}-{name}")}
-    }));
-    let pvc = w
-        .api
-        .store()
-        .modify::<PersistentVolumeClaim>(ns, name, |p| {
-            p.status = Some(obj(
-                json!({"phase": "Bound", "capacity": {"storage": "1Gi"}}),
-            ));
-        })
-        .unwrap();
-    w.api.put::<Pod>(json!({
-        "metadata": {"name": format!("app-{name}"), "namespace": ns},
-        "spec": {
-            "nodeName": "node-a",
-            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-            "containers": [{"name": "app", "image": "app",
-                            "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
-            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}]
-        }
-    }));
-    w.api
-        .store()
-        .modify::<Pod>(ns, &format!("app-{name}"), |p| {
-            p.status = Some(obj(json!({"phase": "Running"})));
-        })
-        .unwrap();
-    pvc
+    bound_app_pvc(&w.api, ns, name, labels, annotations)
 }
 
 fn get_pvc(w: &ApiWorld, ns: &str, name: &str) -> PersistentVolumeClaim {

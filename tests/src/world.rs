@@ -749,3 +749,92 @@ pub fn job_finished(j: &Job) -> bool {
                 .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
         })
 }
+
+/// The prime PVCs of zero-touch restores in namespace `ns` of `store`.
+pub fn prime_pvcs(store: &Store, ns: &str) -> Vec<PersistentVolumeClaim> {
+    store
+        .list::<PersistentVolumeClaim>(Some(ns))
+        .into_iter()
+        .filter(|p| {
+            p.metadata.name.as_deref().is_some_and(|n| {
+                n.starts_with(stowage_common::k8s::contract::prewarm::prime::NAME_PREFIX)
+            })
+        })
+        .collect()
+}
+
+/// The PV binder's part on the fake API: every unbound PVC of namespace `ns` whose
+/// name starts with `prefix` (`""`: every one) gets a volume and is `Bound`.
+pub fn bind_claims(api: &FakeApi, ns: &str, prefix: &str) {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    for p in api.store().list::<PersistentVolumeClaim>(Some(ns)) {
+        let name = p.metadata.name.clone().unwrap();
+        let bound = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_ref())
+            .is_some();
+        if bound || !name.starts_with(prefix) {
+            continue;
+        }
+        let pv = format!("pv-{name}");
+        api.put::<PersistentVolume>(json!({
+            "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "hostPath": {"path": "/tmp/x"}, "storageClassName": "local",
+                     "claimRef": {"namespace": ns, "name": name, "uid": p.metadata.uid}}
+        }));
+        api.store()
+            .modify::<PersistentVolumeClaim>(ns, &name, |p| {
+                p.spec.as_mut().unwrap().volume_name = Some(pv.clone());
+                p.status = Some(obj(json!({"phase": "Bound"})));
+            })
+            .unwrap();
+    }
+}
+
+/// A bound PVC `ns/name` on the fake API, with its PV and a running app pod (uid
+/// 1000) on node-a.
+pub fn bound_app_pvc(
+    api: &FakeApi,
+    ns: &str,
+    name: &str,
+    labels: serde_json::Value,
+    annotations: serde_json::Value,
+) -> PersistentVolumeClaim {
+    use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+    api.put::<PersistentVolume>(json!({
+        "metadata": {"name": format!("pv-{ns}-{name}")},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "hostPath": {"path": "/tmp/x"}}
+    }));
+    api.put::<PersistentVolumeClaim>(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "volumeName": format!("pv-{ns}-{name}")}
+    }));
+    let pvc = api
+        .store()
+        .modify::<PersistentVolumeClaim>(ns, name, |p| {
+            p.status = Some(obj(
+                json!({"phase": "Bound", "capacity": {"storage": "1Gi"}}),
+            ));
+        })
+        .unwrap();
+    api.put::<Pod>(json!({
+        "metadata": {"name": format!("app-{name}"), "namespace": ns},
+        "spec": {
+            "nodeName": "node-a",
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+            "containers": [{"name": "app", "image": "app",
+                            "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}]
+        }
+    }));
+    api.store()
+        .modify::<Pod>(ns, &format!("app-{name}"), |p| {
+            p.status = Some(obj(json!({"phase": "Running"})));
+        })
+        .unwrap();
+    pvc
+}

@@ -11,7 +11,7 @@ use serde_json::json;
 use stowage_common::k8s::contract::prewarm as pc;
 use stowage_prewarm::pass::{self, Ctx, Report};
 use stowage_testkit::sim::{BindingMode, PvcSpec, StorageClassSpec};
-use stowage_testkit::world::{ApiWorld, Keys, World, restore_pvc};
+use stowage_testkit::world::{self, ApiWorld, Keys, World, bind_claims, restore_pvc};
 
 pub const NS: &str = "stowage";
 pub const USER: &str = "system:serviceaccount:stowage:stowage-prewarm";
@@ -58,45 +58,12 @@ pub async fn round(ctx: &Ctx) -> Report {
 }
 
 pub fn prime_pvcs(w: &ApiWorld) -> Vec<PersistentVolumeClaim> {
-    w.api
-        .store()
-        .list::<PersistentVolumeClaim>(Some(NS))
-        .into_iter()
-        .filter(|p| {
-            p.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with(pc::prime::NAME_PREFIX))
-        })
-        .collect()
+    world::prime_pvcs(w.api.store(), NS)
 }
 
 /// The binder: every prime PVC gets a volume.
 pub fn bind_primes(w: &ApiWorld) {
-    for p in prime_pvcs(w) {
-        if p.spec
-            .as_ref()
-            .and_then(|s| s.volume_name.as_ref())
-            .is_some()
-        {
-            continue;
-        }
-        let name = p.metadata.name.clone().unwrap();
-        let pv = format!("pv-{name}");
-        w.api
-            .put::<PersistentVolume>(json!({"metadata": {"name": pv},
-                   "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                            "hostPath": {"path": "/tmp/x"}, "storageClassName": "local",
-                            "claimRef": {"namespace": NS, "name": name,
-                                         "uid": p.metadata.uid}}}));
-        w.api
-            .store()
-            .modify::<PersistentVolumeClaim>(NS, &name, |p| {
-                p.spec.as_mut().unwrap().volume_name = Some(pv.clone());
-                p.status = Some(serde_json::from_value(json!({"phase": "Bound"})).unwrap());
-            })
-            .unwrap();
-    }
+    bind_claims(&w.api, NS, pc::prime::NAME_PREFIX);
 }
 
 pub fn restore_jobs(w: &ApiWorld) -> Vec<Job> {

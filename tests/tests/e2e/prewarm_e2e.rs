@@ -14,7 +14,9 @@ use serde_json::json;
 use stowage_common::k8s::contract::{prewarm as pc, reason, status, user};
 use stowage_testkit::fakeapi::{Gvr, Store};
 use stowage_testkit::sim::{NodeSpec, PvcSpec, StorageClassSpec, digest};
-use stowage_testkit::world::{Keys, POLICIES, PREWARM, WAIT, World, bound, log_of, restore_pvc};
+use stowage_testkit::world::{
+    Keys, POLICIES, PREWARM, WAIT, World, bound, log_of, prime_pvcs, restore_pvc,
+};
 use stowage_testkit::{bins, garage, trees};
 
 const MASTER: &str = "prewarm e2e master password";
@@ -167,17 +169,7 @@ fn dir(w: &World, ns: &str, pvc: &str) -> PathBuf {
 }
 
 fn primes(w: &World) -> Vec<PersistentVolumeClaim> {
-    w.cluster
-        .store()
-        .list::<PersistentVolumeClaim>(Some("stowage"))
-        .into_iter()
-        .filter(|p| {
-            p.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with(pc::prime::NAME_PREFIX))
-        })
-        .collect()
+    prime_pvcs(w.cluster.store(), "stowage")
 }
 
 /// A prewarm run until the probe judged `class` (a PVC of the class waits).

@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret};
 use serde_json::{Value, json};
 use stowage_testkit::bins;
 use stowage_testkit::fakeapi::{AuditRecord, FakeApi};
+use stowage_testkit::world::{bind_claims, bound_app_pvc};
 
 /// Namespace of stowage (the kustomization's `namespace:`).
 const NS: &str = "stowage";
@@ -204,39 +203,7 @@ fn run(api: &FakeApi, program: &str, args: &[&str], env: &[(&str, &str)]) -> Str
 
 /// A bound PVC with its PV and a running app pod on node-a.
 fn pvc(api: &FakeApi, ns: &str, name: &str, labels: Value, annotations: Value) {
-    api.put::<PersistentVolume>(json!({
-        "metadata": {"name": format!("pv-{ns}-{name}")},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                 "hostPath": {"path": "/tmp/x"}}
-    }));
-    api.put::<PersistentVolumeClaim>(json!({
-        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                 "volumeName": format!("pv-{ns}-{name}")}
-    }));
-    api.store()
-        .modify::<PersistentVolumeClaim>(ns, name, |p| {
-            p.status = Some(
-                serde_json::from_value(json!({"phase": "Bound", "capacity": {"storage": "1Gi"}}))
-                    .unwrap(),
-            );
-        })
-        .unwrap();
-    api.put::<Pod>(json!({
-        "metadata": {"name": format!("app-{name}"), "namespace": ns},
-        "spec": {
-            "nodeName": "node-a",
-            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-            "containers": [{"name": "app", "image": "app",
-                            "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
-            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": name}}]
-        }
-    }));
-    api.store()
-        .modify::<Pod>(ns, &format!("app-{name}"), |p| {
-            p.status = Some(serde_json::from_value(json!({"phase": "Running"})).unwrap());
-        })
-        .unwrap();
+    bound_app_pvc(api, ns, name, labels, annotations);
 }
 
 /// Marks a mover Job finished, with the mover's result as its pod's termination message.
@@ -682,31 +649,9 @@ fn pending_pvc(api: &FakeApi, ns: &str, name: &str, class: &str, annotations: Va
     }));
 }
 
-/// The PV binder's part: every prime PVC of the stowage namespace gets a volume.
+/// The PV binder's part: every PVC of the stowage namespace (prime PVCs and the probe) gets a volume.
 fn bind_primes(api: &FakeApi) {
-    for p in api.store().list::<PersistentVolumeClaim>(Some(NS)) {
-        if p.spec
-            .as_ref()
-            .and_then(|s| s.volume_name.as_ref())
-            .is_some()
-        {
-            continue;
-        }
-        let name = p.metadata.name.clone().unwrap();
-        let pv = format!("pv-{name}");
-        api.put::<PersistentVolume>(json!({
-            "metadata": {"name": pv},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                     "hostPath": {"path": "/tmp/x"}, "storageClassName": "local",
-                     "claimRef": {"namespace": NS, "name": name, "uid": p.metadata.uid}}
-        }));
-        api.store()
-            .modify::<PersistentVolumeClaim>(NS, &name, |p| {
-                p.spec.as_mut().unwrap().volume_name = Some(pv.clone());
-                p.status = Some(serde_json::from_value(json!({"phase": "Bound"})).unwrap());
-            })
-            .unwrap();
-    }
+    bind_claims(api, NS, "");
 }
 
 /// The restore Jobs prewarm created in `ns` (newest last).
